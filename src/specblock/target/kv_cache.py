@@ -1,0 +1,59 @@
+"""A pre-allocated key/value cache for batch-1 decoding that can drop rejected draft nodes.
+
+Slots `[0, length)` hold the committed context. A tree verification writes its nodes'
+keys/values at `[length, length + n)`; after acceptance `keep_path` gathers the accepted
+nodes into contiguous slots and the rest is simply overwritten by the next forward.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class KVCache:
+    def __init__(
+        self,
+        num_layers: int,
+        num_kv_heads: int,
+        head_dim: int,
+        capacity: int,
+        dtype: torch.dtype,
+        device: torch.device | str,
+    ) -> None:
+        shape = (num_layers, num_kv_heads, capacity, head_dim)
+        self.keys = torch.zeros(shape, dtype=dtype, device=device)
+        self.values = torch.zeros(shape, dtype=dtype, device=device)
+        self.capacity = capacity
+        self.length = 0
+
+    def write(self, layer: int, start: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Store keys/values of shape [kv_heads, n, head_dim] at slots [start, start + n)."""
+        n = keys.shape[1]
+        if start + n > self.capacity:
+            raise RuntimeError(f"KV cache overflow: {start + n} slots needed, {self.capacity} allocated")
+        self.keys[layer, :, start : start + n] = keys
+        self.values[layer, :, start : start + n] = values
+
+    def view(self, layer: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of slots [0, end) as [1, kv_heads, end, head_dim] views."""
+        return self.keys[layer, :, :end].unsqueeze(0), self.values[layer, :, :end].unsqueeze(0)
+
+    def keep_path(self, start: int, node_slots: torch.Tensor | list[int]) -> None:
+        """Keep the nodes at slots `start + node_slots` (in order) as slots `start, start+1, ...`.
+
+        Node slots are offsets of the accepted path within the last verified block; the
+        gather copies before writing, so overlapping source and destination are safe.
+        """
+        idx = torch.as_tensor(node_slots, dtype=torch.long, device=self.keys.device) + start
+        m = idx.numel()
+        is_identity = bool((idx == torch.arange(start, start + m, device=idx.device)).all())
+        if not is_identity:
+            self.keys[:, :, start : start + m] = self.keys.index_select(2, idx)
+            self.values[:, :, start : start + m] = self.values.index_select(2, idx)
+        self.length = start + m
+
+    def truncate(self, length: int) -> None:
+        """Forget every slot from `length` on (a drafter rolling back its own cache)."""
+        if length > self.length:
+            raise ValueError(f"cannot truncate a cache of length {self.length} to {length}")
+        self.length = length

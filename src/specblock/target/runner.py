@@ -1,0 +1,79 @@
+"""The target side of one request: prefill, tree verification and KV-cache compaction.
+
+Invariant between calls: the cache holds every committed token except the newest one
+(the *root*), which the next `verify` runs first, followed by the draft tree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from specblock.errors import ContextLengthError
+from specblock.target.kv_cache import KVCache
+from specblock.target.transformer import Transformer
+from specblock.tree import DraftTree, verify_layout
+
+
+@dataclass
+class TargetStep:
+    logits: torch.Tensor  # [n, V] float32 next-token logits of each processed token
+    features: torch.Tensor | None  # [n, 3H] captured hidden states of each processed token
+
+
+class TargetRunner:
+    def __init__(self, model: Transformer) -> None:
+        self.model = model
+        self.cache: KVCache | None = None
+        self.forwards = 0
+
+    @property
+    def context_limit(self) -> int:
+        return self.model.cfg.max_position_embeddings
+
+    @property
+    def length(self) -> int:
+        """Tokens whose keys/values are in the cache (all committed tokens but the root)."""
+        return 0 if self.cache is None else self.cache.length
+
+    def prefill(self, prompt: list[int], capacity: int, capture: bool) -> TargetStep:
+        """Run the prompt; returns the last position's logits and every position's features."""
+        if not prompt:
+            raise ContextLengthError("the prompt is empty: give at least one token")
+        if len(prompt) >= self.context_limit:
+            raise ContextLengthError(
+                f"the prompt has {len(prompt)} tokens; the target's context holds {self.context_limit}, "
+                "so it must be shorter to leave room for at least one new token"
+            )
+        capacity = min(capacity, self.context_limit + 1)
+        if self.cache is None or self.cache.capacity < capacity:
+            self.cache = self.model.new_cache(capacity)
+        self.cache.length = 0
+        device = self.model.device
+        tokens = torch.tensor(prompt, dtype=torch.long, device=device)
+        out = self.model.forward(tokens, torch.arange(len(prompt), device=device), self.cache, 0, capture=capture)
+        self.cache.length = len(prompt)
+        self.forwards = 1
+        return TargetStep(logits=self.model.logits(out.hidden[-1:]), features=out.features)
+
+    def verify(self, root: int, tree: DraftTree, capture: bool) -> TargetStep:
+        """One forward over the root and the tree's nodes (ancestor mask, depth-based positions)."""
+        cache = self.cache
+        start = cache.length
+        device = self.model.device
+        tokens = torch.tensor([root, *tree.tokens], dtype=torch.long, device=device)
+        if tree.tokens:
+            tree_mask, depth = verify_layout(tree, device)
+            context = torch.ones(len(tokens), start, dtype=torch.bool, device=device)
+            mask = torch.cat([context, tree_mask], dim=1)
+            positions = start + depth
+        else:
+            mask, positions = None, torch.tensor([start], device=device)
+        out = self.model.forward(tokens, positions, cache, start, attn_mask=mask, capture=capture)
+        self.forwards += 1
+        return TargetStep(logits=self.model.logits(out.hidden), features=out.features)
+
+    def commit(self, path: list[int]) -> None:
+        """Keep the accepted path's keys/values (verify indices, root first) right after the context."""
+        self.cache.keep_path(self.cache.length, path)

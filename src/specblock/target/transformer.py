@@ -1,0 +1,198 @@
+"""A lean batch-1 decoder (Llama / Qwen2 / Qwen3) with tree attention and feature capture.
+
+Written for speed at batch size 1 in plain PyTorch: q/k/v and gate/up projections are
+fused into one matrix each, rotary tables are precomputed, and every forward writes its
+keys/values straight into a pre-allocated `KVCache`. The math follows the Hugging Face
+reference implementation (RMSNorm in float32, rotate-half RoPE), so logits agree with it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+
+from specblock.errors import UnsupportedModelError
+from specblock.target.config import ModelConfig, rope_inverse_frequencies
+from specblock.target.kv_cache import KVCache
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm computed in float32 and cast back, as the reference models do."""
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(x.dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+@dataclass
+class LayerWeights:
+    input_norm: torch.Tensor
+    qkv_weight: torch.Tensor
+    qkv_bias: torch.Tensor | None
+    q_norm: torch.Tensor | None
+    k_norm: torch.Tensor | None
+    o_weight: torch.Tensor
+    post_norm: torch.Tensor
+    gate_up_weight: torch.Tensor
+    down_weight: torch.Tensor
+
+
+@dataclass
+class ForwardOutput:
+    hidden: torch.Tensor  # [n, H] final-normed hidden states (input of the lm_head)
+    features: torch.Tensor | None  # [n, 3H] captured hidden states (design §3), or None
+
+
+class Transformer:
+    """Weights plus a forward pass over n new tokens that extends a KV cache."""
+
+    def __init__(self, cfg: ModelConfig, weights: dict[str, torch.Tensor], dtype: torch.dtype, device: str) -> None:
+        self.cfg = cfg
+        self.dtype = dtype
+        self.device = torch.device(device)
+        self.embed = weights["model.embed_tokens.weight"]
+        self.final_norm = weights["model.norm.weight"]
+        self.lm_head = weights.get("lm_head.weight", self.embed) if not cfg.tie_word_embeddings else self.embed
+        if "lm_head.weight" not in weights and not cfg.tie_word_embeddings:
+            raise UnsupportedModelError("checkpoint has no lm_head.weight and does not tie embeddings")
+        self.layers = [self._layer(weights, i) for i in range(cfg.num_layers)]
+        self._capture_after = [idx - 1 for idx in cfg.feature_layers]  # may repeat in tiny models
+        self._inv_freq = rope_inverse_frequencies(cfg).to(self.device)
+        self._cos = torch.empty(0, cfg.head_dim, device=self.device)
+        self._sin = torch.empty(0, cfg.head_dim, device=self.device)
+
+    def _layer(self, w: dict[str, torch.Tensor], i: int) -> LayerWeights:
+        p = f"model.layers.{i}."
+        a = p + "self_attn."
+        qkv = torch.cat([w[a + "q_proj.weight"], w[a + "k_proj.weight"], w[a + "v_proj.weight"]])
+        bias = None
+        if self.cfg.attention_bias:
+            bias = torch.cat([w[a + "q_proj.bias"], w[a + "k_proj.bias"], w[a + "v_proj.bias"]])
+        gate_up = torch.cat([w[p + "mlp.gate_proj.weight"], w[p + "mlp.up_proj.weight"]])
+        return LayerWeights(
+            input_norm=w[p + "input_layernorm.weight"],
+            qkv_weight=qkv,
+            qkv_bias=bias,
+            q_norm=w.get(a + "q_norm.weight"),
+            k_norm=w.get(a + "k_norm.weight"),
+            o_weight=w[a + "o_proj.weight"],
+            post_norm=w[p + "post_attention_layernorm.weight"],
+            gate_up_weight=gate_up,
+            down_weight=w[p + "mlp.down_proj.weight"],
+        )
+
+    @classmethod
+    def load(cls, model_dir: Path, dtype: torch.dtype = torch.float32, device: str = "cpu") -> "Transformer":
+        cfg = ModelConfig.from_dir(model_dir)
+        weights = load_safetensors_dir(Path(model_dir), dtype, device)
+        missing = _missing_weights(cfg, weights)
+        if missing:
+            raise UnsupportedModelError(f"{model_dir}: checkpoint lacks {len(missing)} tensors, e.g. {missing[0]}")
+        return cls(cfg, weights, dtype, device)
+
+    def new_cache(self, capacity: int) -> KVCache:
+        c = self.cfg
+        return KVCache(c.num_layers, c.num_kv_heads, c.head_dim, capacity, self.dtype, self.device)
+
+    def _rope_tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        needed = int(positions.max()) + 1
+        if needed > self._cos.shape[0]:
+            size = max(needed, 2 * self._cos.shape[0], 256)
+            t = torch.arange(size, device=self.device, dtype=torch.float32)
+            freqs = t[:, None] * self._inv_freq[None, :]
+            emb = torch.cat((freqs, freqs), dim=-1)
+            self._cos, self._sin = emb.cos(), emb.sin()
+        return self._cos[positions].to(self.dtype), self._sin[positions].to(self.dtype)
+
+    @torch.inference_mode()
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        cache: KVCache,
+        start: int,
+        attn_mask: torch.Tensor | None = None,
+        capture: bool = False,
+    ) -> ForwardOutput:
+        """Run n tokens whose keys/values go to cache slots [start, start+n).
+
+        `attn_mask` ([n, start+n] bool, True = may attend) is needed for a tree; without it
+        the n tokens attend causally to each other and fully to slots [0, start).
+        """
+        c = self.cfg
+        n = tokens.shape[0]
+        end = start + n
+        if attn_mask is None and n > 1:
+            attn_mask = torch.ones(n, end, dtype=torch.bool, device=self.device).tril(diagonal=start)
+        mask = None if attn_mask is None else attn_mask[None, None]
+        cos, sin = self._rope_tables(positions)
+        cos, sin = cos[None], sin[None]  # broadcast over heads: [1, n, d]
+        q_size = c.num_heads * c.head_dim
+        kv_size = c.num_kv_heads * c.head_dim
+        x = F.embedding(tokens, self.embed)
+        captured = []
+        for i, lw in enumerate(self.layers):
+            h = rms_norm(x, lw.input_norm, c.rms_norm_eps)
+            qkv = F.linear(h, lw.qkv_weight, lw.qkv_bias)
+            q = qkv[:, :q_size].view(n, c.num_heads, c.head_dim).transpose(0, 1)
+            k = qkv[:, q_size : q_size + kv_size].view(n, c.num_kv_heads, c.head_dim).transpose(0, 1)
+            v = qkv[:, q_size + kv_size :].view(n, c.num_kv_heads, c.head_dim).transpose(0, 1)
+            if lw.q_norm is not None:
+                q = rms_norm(q, lw.q_norm, c.rms_norm_eps)
+                k = rms_norm(k, lw.k_norm, c.rms_norm_eps)
+            q = q * cos + rotate_half(q) * sin
+            k = k * cos + rotate_half(k) * sin
+            cache.write(i, start, k, v)
+            keys, values = cache.view(i, end)
+            attn = F.scaled_dot_product_attention(q[None], keys, values, attn_mask=mask, enable_gqa=True)
+            x = x + F.linear(attn[0].transpose(0, 1).reshape(n, q_size), lw.o_weight)
+            h = rms_norm(x, lw.post_norm, c.rms_norm_eps)
+            gate, up = F.linear(h, lw.gate_up_weight).chunk(2, dim=-1)
+            x = x + F.linear(F.silu(gate) * up, lw.down_weight)
+            if capture:
+                captured += [x] * self._capture_after.count(i)
+        hidden = rms_norm(x, self.final_norm, c.rms_norm_eps)
+        return ForwardOutput(hidden=hidden, features=torch.cat(captured, dim=-1) if capture else None)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Float32 logits over the full vocabulary for final-normed hidden states."""
+        with torch.inference_mode():
+            return F.linear(hidden, self.lm_head).float()
+
+
+def _missing_weights(cfg: ModelConfig, w: dict[str, torch.Tensor]) -> list[str]:
+    names = ["model.embed_tokens.weight", "model.norm.weight"]
+    for i in range(cfg.num_layers):
+        p = f"model.layers.{i}."
+        names += [p + "input_layernorm.weight", p + "post_attention_layernorm.weight"]
+        names += [p + f"self_attn.{x}_proj.weight" for x in "qkvo"]
+        names += [p + f"mlp.{x}_proj.weight" for x in ("gate", "up", "down")]
+        if cfg.attention_bias:
+            names += [p + f"self_attn.{x}_proj.bias" for x in "qkv"]
+        if cfg.qk_norm:
+            names += [p + "self_attn.q_norm.weight", p + "self_attn.k_norm.weight"]
+    return [name for name in names if name not in w]
+
+
+def load_safetensors_dir(model_dir: Path, dtype: torch.dtype, device: str) -> dict[str, torch.Tensor]:
+    """Read every `*.safetensors` file of a directory (sharded or not) into one dict."""
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        raise UnsupportedModelError(f"{model_dir} holds no *.safetensors weights (pickled .bin files are not loaded)")
+    weights: dict[str, torch.Tensor] = {}
+    for path in files:
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                for name in f.keys():
+                    weights[name] = f.get_tensor(name).to(device=device, dtype=dtype)
+        except Exception as exc:  # safetensors raises its own error types for corrupt files
+            raise UnsupportedModelError(f"cannot read {path}: {exc}") from None
+    return weights
