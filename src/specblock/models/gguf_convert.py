@@ -81,13 +81,22 @@ def convert_gguf(
     has_output = any(t.name == "output.weight" for t in reader.tensors)
     _save_config_and_tokenizer(gguf_path, out_dir, tie_embeddings=not has_output)
 
+    write_safetensors(reader, arch, n_heads, n_kv_heads, out_dir / "model.safetensors", on_tensor)
+
+
+def write_safetensors(
+    reader, arch: str, n_heads: int, n_kv_heads: int, path: Path, on_tensor: Callable[[int, int], None] | None = None
+) -> None:
+    """Stream every GGUF tensor, de-quantised to float32 under its HF name, into one safetensors file."""
+    import gguf
+
     plan = []
     for tensor in reader.tensors:
         name = hf_tensor_name(tensor.name)
         if name is not None:
             shape = [int(d) for d in reversed(tensor.shape.tolist())]
             plan.append((name, shape, tensor))
-    header: dict[str, dict] = {"__metadata__": {"format": "pt", "source": gguf_path.name}}
+    header: dict[str, dict] = {"__metadata__": {"format": "pt", "format_source": "gguf"}}
     offset = 0
     for name, shape, _ in plan:
         nbytes = 4 * int(np.prod(shape))
@@ -95,7 +104,7 @@ def convert_gguf(
         offset += nbytes
     raw_header = json.dumps(header, separators=(",", ":")).encode()
     raw_header += b" " * (-len(raw_header) % 8)
-    with open(out_dir / "model.safetensors", "wb") as f:
+    with open(path, "wb") as f:
         f.write(len(raw_header).to_bytes(8, "little"))
         f.write(raw_header)
         for i, (name, shape, tensor) in enumerate(plan):
@@ -107,6 +116,7 @@ def convert_gguf(
             f.write(np.ascontiguousarray(values).tobytes())
             if on_tensor is not None:
                 on_tensor(i + 1, len(plan))
+
 
 
 def _save_config_and_tokenizer(gguf_path: Path, out_dir: Path, tie_embeddings: bool) -> None:

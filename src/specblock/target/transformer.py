@@ -64,7 +64,7 @@ class Transformer:
         if "lm_head.weight" not in weights and not cfg.tie_word_embeddings:
             raise UnsupportedModelError("checkpoint has no lm_head.weight and does not tie embeddings")
         self.layers = [self._layer(weights, i) for i in range(cfg.num_layers)]
-        self._capture_after = [idx - 1 for idx in cfg.feature_layers]  # may repeat in tiny models
+        self._capture_after = [idx - 1 for idx in cfg.feature_layers]  # may repeat or reorder in tiny models
         self._inv_freq = rope_inverse_frequencies(cfg).to(self.device)
         self._cos = torch.empty(0, cfg.head_dim, device=self.device)
         self._sin = torch.empty(0, cfg.head_dim, device=self.device)
@@ -138,7 +138,7 @@ class Transformer:
         q_size = c.num_heads * c.head_dim
         kv_size = c.num_kv_heads * c.head_dim
         x = F.embedding(tokens, self.embed)
-        captured = []
+        captured: dict[int, torch.Tensor] = {}
         for i, lw in enumerate(self.layers):
             h = rms_norm(x, lw.input_norm, c.rms_norm_eps)
             qkv = F.linear(h, lw.qkv_weight, lw.qkv_bias)
@@ -157,10 +157,11 @@ class Transformer:
             h = rms_norm(x, lw.post_norm, c.rms_norm_eps)
             gate, up = F.linear(h, lw.gate_up_weight).chunk(2, dim=-1)
             x = x + F.linear(F.silu(gate) * up, lw.down_weight)
-            if capture:
-                captured += [x] * self._capture_after.count(i)
+            if capture and i in self._capture_after:
+                captured[i] = x
         hidden = rms_norm(x, self.final_norm, c.rms_norm_eps)
-        return ForwardOutput(hidden=hidden, features=torch.cat(captured, dim=-1) if capture else None)
+        features = torch.cat([captured[i] for i in self._capture_after], dim=-1) if capture else None
+        return ForwardOutput(hidden=hidden, features=features)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Float32 logits over the full vocabulary for final-normed hidden states."""

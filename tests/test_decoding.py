@@ -1,0 +1,229 @@
+"""Every drafter's greedy output equals plain greedy decoding, token for token (fp32)."""
+
+import random
+
+import pytest
+import torch
+from scipy.stats import chisquare
+
+from specblock.drafters.draft_model import DraftModelDrafter
+from specblock.drafters.lookup import LookupDrafter
+from specblock.drafters.vanilla import VanillaDrafter
+from specblock.errors import ContextLengthError, InvalidSettingError
+from specblock.sampling import SamplingParams, target_probs
+from specblock.target.transformer import Transformer
+from specblock.tree import DraftTree
+from specblock.verify import Acceptance
+
+from helpers import FixedTreeDrafter, run_decode
+from conftest import build_tiny_model
+
+
+def prompts(n: int, seed: int) -> list[list[int]]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        base = [rng.randrange(3, 128) for _ in range(rng.randrange(2, 12))]
+        out.append(base * (1 + i % 3))  # some prompts repeat themselves: lookup finds matches
+    return out
+
+
+@pytest.fixture(scope="module")
+def models(tiny_llama, tiny_qwen2, tiny_draft_llama):
+    return {
+        "llama": Transformer.load(tiny_llama),
+        "qwen2": Transformer.load(tiny_qwen2),
+        "draft": Transformer.load(tiny_draft_llama),
+    }
+
+
+def drafters_for(models, arch):
+    target = models[arch]
+    return {
+        "lookup": LookupDrafter(),
+        "lookup-narrow": LookupDrafter(max_ngram=2, max_depth=3, max_matches=1),
+        "draft-model(self)": DraftModelDrafter(target, depth=4, branch=3),
+        "draft-model(other)": DraftModelDrafter(models["draft"], depth=3, branch=2) if arch == "llama" else None,
+    }
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("max_new", [1, 2, 17, 60])
+def test_greedy_equals_vanilla_for_every_drafter(models, arch, max_new):
+    target = models[arch]
+    speculated = 0
+    for prompt in prompts(8, seed=max_new):
+        expected, base = run_decode(target, VanillaDrafter(), prompt, max_new_tokens=max_new, node_budget=0)
+        assert base.target_forwards == len(expected)  # plain decoding: tau = 1 exactly
+        for name, drafter in drafters_for(models, arch).items():
+            if drafter is None:
+                continue
+            got, stats = run_decode(target, drafter, prompt, max_new_tokens=max_new, node_budget=12)
+            assert got == expected, f"{name} diverged on prompt {prompt}"
+            assert stats.new_tokens == len(got)
+            speculated += sum(stats.accepted_lengths)
+    if max_new > 2:
+        assert speculated > 0  # the comparison is not vacuous: drafts were accepted
+
+
+def test_eos_inside_an_accepted_path_stops_exactly_there(models):
+    target = models["llama"]
+    prompt = prompts(1, seed=3)[0]
+    free, _ = run_decode(target, VanillaDrafter(), prompt, max_new_tokens=40, node_budget=0)
+    cut = next(i for i in range(5, 40) if free[i] not in free[:i])  # first occurrence of a token, not early
+    eos = free[cut]
+    expected, _ = run_decode(target, VanillaDrafter(), prompt, max_new_tokens=40, node_budget=0, eos_token_ids=(eos,))
+    assert expected == free[: cut + 1]
+    drafter = DraftModelDrafter(target, depth=6, branch=1)  # self-drafting: whole chains get accepted
+    got, stats = run_decode(target, drafter, prompt, max_new_tokens=40, node_budget=8, eos_token_ids=(eos,))
+    assert got == expected
+    assert stats.stop_reason == "eos"
+    assert stats.target_forwards < len(got)  # several tokens per forward, and none counted past EOS
+    assert stats.new_tokens == cut + 1
+
+
+def test_max_new_tokens_cuts_inside_a_path_and_tau_counts_kept_tokens(models):
+    target = models["llama"]
+    prompt = prompts(1, seed=4)[0]
+    got, stats = run_decode(target, DraftModelDrafter(target, depth=5, branch=1), prompt, max_new_tokens=8, node_budget=5)
+    expected, _ = run_decode(target, VanillaDrafter(), prompt, max_new_tokens=8, node_budget=0)
+    assert got == expected and len(got) == 8
+    assert stats.stop_reason == "length"
+    assert stats.target_forwards == 3  # prefill (1 token) + 5 accepted + bonus (6) + 1 more
+    assert stats.new_tokens / stats.target_forwards == pytest.approx(8 / 3)
+
+
+def test_context_limit_stops_generation(tmp_path):
+    model = Transformer.load(build_tiny_model(tmp_path / "short", max_positions=40, tokenizer=False))
+    prompt = list(range(3, 35))
+    expected, base = run_decode(model, VanillaDrafter(), prompt, max_new_tokens=30, node_budget=0)
+    got, stats = run_decode(model, LookupDrafter(), prompt, max_new_tokens=30, node_budget=12)
+    assert got == expected
+    assert len(prompt) + len(got) == 40
+    assert base.stop_reason == stats.stop_reason == "context"
+    with pytest.raises(ContextLengthError):
+        run_decode(model, VanillaDrafter(), list(range(3, 43)), max_new_tokens=5)
+
+
+def test_bad_decode_settings_are_rejected(models):
+    with pytest.raises(InvalidSettingError):
+        run_decode(models["llama"], VanillaDrafter(), [5, 6], max_new_tokens=0)
+    with pytest.raises(InvalidSettingError):
+        run_decode(models["llama"], VanillaDrafter(), [5, 6], node_budget=-1)
+
+
+def test_feedback_reports_the_accepted_path_with_features(models):
+    target = models["llama"]
+    chain = DraftTree()
+    parent = -1
+    prompt = [10, 11, 12, 13]
+    truth, _ = run_decode(target, VanillaDrafter(), prompt, max_new_tokens=6, node_budget=0)
+    for tok in truth[1:4]:  # the true continuation after the first token, plus a wrong sibling
+        parent = chain.add(tok, parent)
+    chain.add((truth[1] + 1) % 128 or 3, -1)
+    drafter = FixedTreeDrafter(chain)
+    drafter.needs_features = True
+    run_decode(target, drafter, prompt, max_new_tokens=6, node_budget=4)
+    fb = drafter.feedback[0]
+    assert fb.tokens == [truth[0], *truth[1:4]] and fb.next_token == truth[4]
+    assert fb.accepted_nodes == [0, 1, 2] and fb.rejected_node is None
+    assert fb.features.shape == (4, 3 * target.cfg.hidden_size)
+    assert fb.logits.argmax(-1).tolist() == truth[1:5]
+
+
+# ---- sampling, end to end ----------------------------------------------------------------
+
+def exact_three_token_distribution(model, prompt, params):
+    """P(t1, t2, t3) by enumerating the target (small vocabulary)."""
+    from specblock.target.runner import TargetRunner
+
+    runner = TargetRunner(model)
+    vocab = model.cfg.vocab_size
+
+    def next_probs(seq):
+        return target_probs(runner.prefill(seq, capacity=len(seq) + 1, capture=False).logits[0], params)
+
+    joint = torch.zeros(vocab, vocab, vocab)
+    p1 = next_probs(prompt)
+    for a in range(vocab):
+        p2 = next_probs(prompt + [a])
+        for b in range(vocab):
+            joint[a, b] = p1[a] * p2[b] * next_probs(prompt + [a, b])
+    return joint
+
+
+def sample_counts(model, drafter, prompt, params, n):
+    counts = torch.zeros(model.cfg.vocab_size, model.cfg.vocab_size, model.cfg.vocab_size)
+    for i in range(n):
+        p = SamplingParams(params.temperature, params.top_k, params.top_p, seed=i)
+        got, _ = run_decode(model, drafter, prompt, max_new_tokens=3, node_budget=len(drafter.tree), sampling=p)
+        counts[tuple(got)] += 1
+    return counts
+
+
+def chi_square_pvalue(counts, probs, n):
+    expected = probs.flatten() * n
+    observed = counts.flatten()
+    assert observed[expected == 0].sum() == 0
+    common = expected >= 5  # pool rare cells so the chi-square approximation holds
+    obs = torch.cat([observed[common], observed[~common].sum()[None]])
+    exp = torch.cat([expected[common], expected[~common].sum()[None]])
+    return chisquare(obs.numpy(), exp.numpy() * obs.sum().item() / exp.sum().item()).pvalue
+
+
+@pytest.fixture(scope="module")
+def small_vocab_model(tmp_path_factory):
+    path = build_tiny_model(tmp_path_factory.mktemp("vocab6"), vocab=6, layers=2, std=0.4, tokenizer=False)
+    return Transformer.load(path)
+
+
+def branching_tree() -> DraftTree:
+    tree = DraftTree()
+    for tok, par in [(0, -1), (1, -1), (2, -1), (0, 0), (1, 0), (3, 1), (2, 3)]:
+        tree.add(tok, par)
+    return tree
+
+
+N_SAMPLES = 3000
+
+
+def test_speculative_sampling_matches_target_distribution(small_vocab_model):
+    """Chi-square goodness of fit of (t1, t2, t3) samples against the exact joint, significance 1e-3."""
+    params = SamplingParams(temperature=1.0, top_p=0.95)
+    prompt = [1, 4, 2, 5]
+    exact = exact_three_token_distribution(small_vocab_model, prompt, params)
+    counts = sample_counts(small_vocab_model, FixedTreeDrafter(branching_tree()), prompt, params, N_SAMPLES)
+    assert chi_square_pvalue(counts, exact, N_SAMPLES) > 1e-3
+
+
+def test_sampling_check_fails_when_acceptance_is_broken(small_vocab_model, monkeypatch):
+    """Accepting each candidate with p(c) but then sampling from p (no residual) must be detected."""
+
+    def broken(tree, logits, params, generator):
+        node, path = 0, [0]
+        children = [[i + 1 for i, p in enumerate(tree.parents) if p + 1 == v] for v in range(len(tree) + 1)]
+        while True:
+            probs = target_probs(logits[node], params)
+            nxt = next(
+                (c for c in children[node] if float(torch.rand((), generator=generator)) < float(probs[tree.tokens[c - 1]])),
+                None,
+            )
+            if nxt is None:
+                return Acceptance(path, int(torch.multinomial(probs, 1, generator=generator)))
+            node = nxt
+            path.append(node)
+
+    monkeypatch.setattr("specblock.decoding.accept_sampling", broken)
+    params = SamplingParams(temperature=1.0, top_p=0.95)
+    prompt = [1, 4, 2, 5]
+    exact = exact_three_token_distribution(small_vocab_model, prompt, params)
+    counts = sample_counts(small_vocab_model, FixedTreeDrafter(branching_tree()), prompt, params, N_SAMPLES)
+    assert chi_square_pvalue(counts, exact, N_SAMPLES) < 1e-6
+
+
+def test_same_seed_same_sample(models):
+    target = models["qwen2"]
+    p = SamplingParams(temperature=0.8, seed=11)
+    a, _ = run_decode(target, LookupDrafter(), [5, 6, 7, 5, 6, 7], max_new_tokens=20, node_budget=8, sampling=p)
+    b, _ = run_decode(target, LookupDrafter(), [5, 6, 7, 5, 6, 7], max_new_tokens=20, node_budget=8, sampling=p)
+    assert a == b
