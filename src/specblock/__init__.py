@@ -1,5 +1,12 @@
 """specblock: lossless speculative decoding with block-iterative dynamic-tree drafting."""
 
+import os
+
+# PyTorch's OpenMP workers spin after each op and starve the BLAS threads that run the
+# fp32 matrix products (target/linear.py); letting them sleep doubled fp32 decoding speed
+# on the 2-core reference machine. Must be set before torch loads; a user's value wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from specblock.api import GenerationResult, GenerationStream, SpecGenerator, TextChunk
 from specblock.errors import SpecBlockError
 

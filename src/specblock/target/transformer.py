@@ -18,6 +18,7 @@ from safetensors import safe_open
 from specblock.errors import UnsupportedModelError
 from specblock.target.config import ModelConfig, rope_inverse_frequencies
 from specblock.target.kv_cache import KVCache
+from specblock.target.linear import Linear
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -35,14 +36,13 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 @dataclass
 class LayerWeights:
     input_norm: torch.Tensor
-    qkv_weight: torch.Tensor
-    qkv_bias: torch.Tensor | None
+    qkv: Linear
     q_norm: torch.Tensor | None
     k_norm: torch.Tensor | None
-    o_weight: torch.Tensor
+    o_proj: Linear
     post_norm: torch.Tensor
-    gate_up_weight: torch.Tensor
-    down_weight: torch.Tensor
+    gate_up: Linear
+    down: Linear
 
 
 @dataclass
@@ -60,11 +60,12 @@ class Transformer:
         self.device = torch.device(device)
         self.embed = weights["model.embed_tokens.weight"]
         self.final_norm = weights["model.norm.weight"]
-        self.lm_head = weights.get("lm_head.weight", self.embed) if not cfg.tie_word_embeddings else self.embed
         if "lm_head.weight" not in weights and not cfg.tie_word_embeddings:
             raise UnsupportedModelError("checkpoint has no lm_head.weight and does not tie embeddings")
+        self.lm_head = Linear(self.embed if cfg.tie_word_embeddings else weights["lm_head.weight"])
         self.layers = [self._layer(weights, i) for i in range(cfg.num_layers)]
         self._capture_after = [idx - 1 for idx in cfg.feature_layers]  # may repeat or reorder in tiny models
+        self._blas_products = self.lm_head.uses_blas
         self._inv_freq = rope_inverse_frequencies(cfg).to(self.device)
         self._cos = torch.empty(0, cfg.head_dim, device=self.device)
         self._sin = torch.empty(0, cfg.head_dim, device=self.device)
@@ -79,14 +80,13 @@ class Transformer:
         gate_up = torch.cat([w[p + "mlp.gate_proj.weight"], w[p + "mlp.up_proj.weight"]])
         return LayerWeights(
             input_norm=w[p + "input_layernorm.weight"],
-            qkv_weight=qkv,
-            qkv_bias=bias,
+            qkv=Linear(qkv, bias),
             q_norm=w.get(a + "q_norm.weight"),
             k_norm=w.get(a + "k_norm.weight"),
-            o_weight=w[a + "o_proj.weight"],
+            o_proj=Linear(w[a + "o_proj.weight"]),
             post_norm=w[p + "post_attention_layernorm.weight"],
-            gate_up_weight=gate_up,
-            down_weight=w[p + "mlp.down_proj.weight"],
+            gate_up=Linear(gate_up),
+            down=Linear(w[p + "mlp.down_proj.weight"]),
         )
 
     @classmethod
@@ -112,8 +112,19 @@ class Transformer:
             self._cos, self._sin = emb.cos(), emb.sin()
         return self._cos[positions].to(self.dtype), self._sin[positions].to(self.dtype)
 
+    def forward(self, *args, **kwargs) -> ForwardOutput:
+        """See `_forward`; runs PyTorch single-threaded while BLAS threads do the fp32 products."""
+        if not self._blas_products:
+            return self._forward(*args, **kwargs)
+        previous = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return self._forward(*args, **kwargs)
+        finally:
+            torch.set_num_threads(previous)
+
     @torch.inference_mode()
-    def forward(
+    def _forward(
         self,
         tokens: torch.Tensor,
         positions: torch.Tensor,
@@ -141,7 +152,7 @@ class Transformer:
         captured: dict[int, torch.Tensor] = {}
         for i, lw in enumerate(self.layers):
             h = rms_norm(x, lw.input_norm, c.rms_norm_eps)
-            qkv = F.linear(h, lw.qkv_weight, lw.qkv_bias)
+            qkv = lw.qkv(h)
             q = qkv[:, :q_size].view(n, c.num_heads, c.head_dim).transpose(0, 1)
             k = qkv[:, q_size : q_size + kv_size].view(n, c.num_kv_heads, c.head_dim).transpose(0, 1)
             v = qkv[:, q_size + kv_size :].view(n, c.num_kv_heads, c.head_dim).transpose(0, 1)
@@ -153,10 +164,10 @@ class Transformer:
             cache.write(i, start, k, v)
             keys, values = cache.view(i, end)
             attn = F.scaled_dot_product_attention(q[None], keys, values, attn_mask=mask, enable_gqa=True)
-            x = x + F.linear(attn[0].transpose(0, 1).reshape(n, q_size), lw.o_weight)
+            x = x + lw.o_proj(attn[0].transpose(0, 1).reshape(n, q_size))
             h = rms_norm(x, lw.post_norm, c.rms_norm_eps)
-            gate, up = F.linear(h, lw.gate_up_weight).chunk(2, dim=-1)
-            x = x + F.linear(F.silu(gate) * up, lw.down_weight)
+            gate, up = lw.gate_up(h).chunk(2, dim=-1)
+            x = x + lw.down(F.silu(gate) * up)
             if capture and i in self._capture_after:
                 captured[i] = x
         hidden = rms_norm(x, self.final_norm, c.rms_norm_eps)
@@ -166,7 +177,7 @@ class Transformer:
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Float32 logits over the full vocabulary for final-normed hidden states."""
         with torch.inference_mode():
-            return F.linear(hidden, self.lm_head).float()
+            return self.lm_head(hidden if hidden.dim() == 2 else hidden[None]).float().reshape(*hidden.shape[:-1], -1)
 
 
 def _missing_weights(cfg: ModelConfig, w: dict[str, torch.Tensor]) -> list[str]:

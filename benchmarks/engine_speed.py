@@ -1,0 +1,195 @@
+"""Engine speed on real Spec-Bench prompts: our plain decoding (fp32, bf16) and prompt lookup
+against Hugging Face `generate` and llama.cpp, all in one interleaved run (not a test).
+
+    .venv/bin/python benchmarks/engine_speed.py --per-category 1 --max-new-tokens 128
+
+llama.cpp needs `pip install llama-cpp-python==0.3.36` (compiles for ~10 minutes; kept out
+of setup and CI); without it its rows are skipped. tokens/s = new tokens / wall time of the
+whole request, prefill included; tau = new tokens / target forwards (prefill counted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import specblock  # noqa: F401  (sets the OpenMP wait policy before torch loads)
+import torch
+
+from specblock import SpecGenerator
+from specblock.models.fetch import gguf_file, model_dir
+
+CATEGORIES = ("mt_bench", "translation", "summarization", "qa", "math_reasoning", "rag")
+MT_BENCH = {"writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities"}
+
+
+def load_prompts(path: Path, per_category: int) -> list[tuple[str, str]]:
+    """First `per_category` questions of each of the 6 report categories (turn 1 only)."""
+    taken: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        cat = "mt_bench" if row["category"] in MT_BENCH else row["category"]
+        if len(taken[cat]) < per_category:
+            taken[cat].append((cat, row["turns"][0]))
+    return [p for c in CATEGORIES for p in taken[c]]
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {torch.get_num_threads()} threads, {platform.system()} {platform.release()}, torch {torch.__version__}"
+
+
+class HFGenerate:
+    """Hugging Face transformers `generate`, greedy, on the same converted weights."""
+
+    name = "hf-generate-fp32"
+
+    def __init__(self, path: Path, tokenizer) -> None:
+        from transformers import AutoModelForCausalLM
+
+        self.model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
+        self.tokenizer = tokenizer
+
+    def run(self, ids: list[int], max_new: int) -> dict:
+        x = torch.tensor([ids])
+        t = time.perf_counter()
+        with torch.inference_mode():
+            out = self.model.generate(x, max_new_tokens=max_new, do_sample=False, eos_token_id=self.tokenizer.hf.eos_token_id)
+        wall = time.perf_counter() - t
+        return {"new_tokens": out.shape[1] - len(ids), "wall_s": wall}
+
+
+class LlamaCpp:
+    """llama.cpp through llama-cpp-python on the original GGUF (Q4_1 weights), 2 threads."""
+
+    name = "llama.cpp-q4_1"
+
+    def __init__(self, path: Path) -> None:
+        from llama_cpp import Llama
+
+        self.llm = Llama(model_path=str(path), n_ctx=2048, n_threads=2, n_threads_batch=2, verbose=False)
+
+    def run(self, ids: list[int], max_new: int) -> dict:
+        t = time.perf_counter()
+        out = self.llm.create_completion(prompt=ids, max_tokens=max_new, temperature=0.0, top_k=1)
+        wall = time.perf_counter() - t
+        return {"new_tokens": out["usage"]["completion_tokens"], "wall_s": wall}
+
+
+class Ours:
+    def __init__(self, name: str, method: str, dtype: str) -> None:
+        self.name = name
+        self.gen = SpecGenerator.load("smollm2-135m", method=method, dtype=dtype)
+
+    def run(self, ids: list[int], max_new: int) -> dict:
+        r = self.gen.generate(input_ids=ids, max_new_tokens=max_new)
+        return {"new_tokens": r.new_tokens, "wall_s": r.wall_s, "iterations": r.iterations, "token_ids": r.token_ids}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/eval/spec_bench_question.jsonl")
+    ap.add_argument("--per-category", type=int, default=1)
+    ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "engine_speed_smollm2")
+    ap.add_argument("--skip", default="", help="comma-separated runner names to leave out")
+    args = ap.parse_args()
+
+    runners = [Ours("specblock-vanilla-fp32", "vanilla", "float32"), Ours("specblock-vanilla-bf16", "vanilla", "bfloat16"),
+               Ours("specblock-lookup-fp32", "lookup", "float32"), Ours("specblock-lookup-bf16", "lookup", "bfloat16")]  # fmt: skip
+    tokenizer = runners[0].gen.tokenizer
+    runners.append(HFGenerate(model_dir("smollm2-135m"), tokenizer))
+    try:
+        runners.append(LlamaCpp(gguf_file("smollm2-135m")))
+    except ImportError:
+        print("llama-cpp-python not installed: llama.cpp rows skipped", file=sys.stderr)
+    skip = set(filter(None, args.skip.split(",")))
+    runners = [r for r in runners if r.name not in skip]
+
+    prompts = load_prompts(args.data, args.per_category)
+    warm = tokenizer.encode("Say hello.")
+    for r in runners:
+        r.run(warm, 8)
+    rows = []
+    for i, (cat, text) in enumerate(prompts):
+        ids = tokenizer.encode(text)
+        for r in runners:  # interleaved: every method on the same prompt back to back
+            res = r.run(ids, args.max_new_tokens)
+            res.update(runner=r.name, category=cat, prompt_index=i, prompt_tokens=len(ids))
+            rows.append(res)
+            print(f"[{i + 1}/{len(prompts)}] {cat:14s} {r.name:24s} {res['new_tokens']:4d} tok {res['new_tokens'] / res['wall_s']:6.1f} tok/s", flush=True)
+
+    summary = summarise(rows)
+    meta = {
+        "command": "python " + " ".join(sys.argv),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "max_new_tokens": args.max_new_tokens,
+        "prompts": len(prompts),
+        "definitions": "tokens/s = new tokens / request wall time incl. prefill (pooled over prompts); "
+        "tau = new tokens / target forwards incl. prefill (pooled); speedup = tokens/s / specblock-vanilla-fp32 tokens/s",
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    for row in rows:
+        row.pop("token_ids", None)
+    args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "summary": summary, "rows": rows}, indent=1))
+    args.out.with_suffix(".md").write_text(render(meta, summary))
+    print(render(meta, summary))
+
+
+def summarise(rows: list[dict]) -> dict:
+    by_runner: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        by_runner[row["runner"]].append(row)
+    base = by_runner.get("specblock-vanilla-fp32")
+    base_tps = sum(r["new_tokens"] for r in base) / sum(r["wall_s"] for r in base) if base else None
+    out = {}
+    for name, rs in by_runner.items():
+        tokens = sum(r["new_tokens"] for r in rs)
+        wall = sum(r["wall_s"] for r in rs)
+        entry = {"tokens_per_s": tokens / wall, "new_tokens": tokens, "wall_s": wall,
+                 "median_prompt_tokens_per_s": statistics.median(r["new_tokens"] / r["wall_s"] for r in rs)}  # fmt: skip
+        if "iterations" in rs[0]:
+            entry["tau"] = tokens / sum(r["iterations"] for r in rs)
+        if base_tps:
+            entry["speedup_vs_vanilla_fp32"] = entry["tokens_per_s"] / base_tps
+        out[name] = entry
+    return out
+
+
+def render(meta: dict, summary: dict) -> str:
+    lines = [
+        "# Engine speed: SmolLM2-135M-Instruct, batch 1, greedy",
+        "",
+        f"- command: `{meta['command']}`",
+        f"- date: {meta['date']}",
+        f"- machine: {meta['machine']}",
+        f"- {meta['prompts']} Spec-Bench prompts (turn 1), at most {meta['max_new_tokens']} new tokens",
+        f"- {meta['definitions']}",
+        "",
+        "| runner | tokens/s | median per prompt | tau | speedup vs our fp32 vanilla |",
+        "|---|---|---|---|---|",
+    ]
+    for name, e in summary.items():
+        tau = f"{e['tau']:.2f}" if "tau" in e else "-"
+        sp = f"{e.get('speedup_vs_vanilla_fp32', float('nan')):.2f}x"
+        lines.append(f"| {name} | {e['tokens_per_s']:.1f} | {e['median_prompt_tokens_per_s']:.1f} | {tau} | {sp} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
