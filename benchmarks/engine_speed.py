@@ -4,7 +4,8 @@ against Hugging Face `generate` and llama.cpp, all in one interleaved run (not a
     .venv/bin/python benchmarks/engine_speed.py --per-category 1 --max-new-tokens 128
 
 llama.cpp needs `pip install llama-cpp-python==0.3.36` (compiles for ~10 minutes; kept out
-of setup and CI); without it its rows are skipped. tokens/s = new tokens / wall time of the
+of setup and CI); without it its rows are skipped. The reference engines run in child
+processes with default OpenMP settings (benchmarks/reference_engines.py). tokens/s = new tokens / wall time of the
 whole request, prefill included; tau = new tokens / target forwards (prefill counted).
 """
 
@@ -13,18 +14,18 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
 import statistics
 import sys
-import time
 from collections import defaultdict
 from pathlib import Path
 
 import specblock  # noqa: F401  (sets the OpenMP wait policy before torch loads)
-import torch
 
 from specblock import SpecGenerator
 from specblock.models.fetch import gguf_file, model_dir
+
+from benchmarks_common import machine_description
+from reference_engines import ReferenceProcess
 
 CATEGORIES = ("mt_bench", "translation", "summarization", "qa", "math_reasoning", "rag")
 MT_BENCH = {"writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities"}
@@ -39,55 +40,6 @@ def load_prompts(path: Path, per_category: int) -> list[tuple[str, str]]:
         if len(taken[cat]) < per_category:
             taken[cat].append((cat, row["turns"][0]))
     return [p for c in CATEGORIES for p in taken[c]]
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {torch.get_num_threads()} threads, {platform.system()} {platform.release()}, torch {torch.__version__}"
-
-
-class HFGenerate:
-    """Hugging Face transformers `generate`, greedy, on the same converted weights."""
-
-    name = "hf-generate-fp32"
-
-    def __init__(self, path: Path, tokenizer) -> None:
-        from transformers import AutoModelForCausalLM
-
-        self.model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
-        self.tokenizer = tokenizer
-
-    def run(self, ids: list[int], max_new: int) -> dict:
-        x = torch.tensor([ids])
-        t = time.perf_counter()
-        with torch.inference_mode():
-            out = self.model.generate(x, max_new_tokens=max_new, do_sample=False, eos_token_id=self.tokenizer.hf.eos_token_id)
-        wall = time.perf_counter() - t
-        return {"new_tokens": out.shape[1] - len(ids), "wall_s": wall}
-
-
-class LlamaCpp:
-    """llama.cpp through llama-cpp-python on the original GGUF (Q4_1 weights), 2 threads."""
-
-    name = "llama.cpp-q4_1"
-
-    def __init__(self, path: Path) -> None:
-        from llama_cpp import Llama
-
-        self.llm = Llama(model_path=str(path), n_ctx=2048, n_threads=2, n_threads_batch=2, verbose=False)
-
-    def run(self, ids: list[int], max_new: int) -> dict:
-        t = time.perf_counter()
-        out = self.llm.create_completion(prompt=ids, max_tokens=max_new, temperature=0.0, top_k=1)
-        wall = time.perf_counter() - t
-        return {"new_tokens": out["usage"]["completion_tokens"], "wall_s": wall}
 
 
 class Ours:
@@ -112,12 +64,16 @@ def main() -> None:
     runners = [Ours("specblock-vanilla-fp32", "vanilla", "float32"), Ours("specblock-vanilla-bf16", "vanilla", "bfloat16"),
                Ours("specblock-lookup-fp32", "lookup", "float32"), Ours("specblock-lookup-bf16", "lookup", "bfloat16")]  # fmt: skip
     tokenizer = runners[0].gen.tokenizer
-    runners.append(HFGenerate(model_dir("smollm2-135m"), tokenizer))
-    try:
-        runners.append(LlamaCpp(gguf_file("smollm2-135m")))
-    except ImportError:
-        print("llama-cpp-python not installed: llama.cpp rows skipped", file=sys.stderr)
     skip = set(filter(None, args.skip.split(",")))
+    references = [("hf-generate-fp32", "hf", str(model_dir("smollm2-135m")), str(tokenizer.hf.eos_token_id)),
+                  ("llama.cpp-q4_1", "llama.cpp", str(gguf_file("smollm2-135m")))]  # fmt: skip
+    for name, kind, *engine_args in references:
+        if name in skip:
+            continue
+        try:
+            runners.append(ReferenceProcess(name, kind, *engine_args))
+        except RuntimeError as exc:
+            print(f"{exc}: its rows are skipped", file=sys.stderr)
     runners = [r for r in runners if r.name not in skip]
 
     prompts = load_prompts(args.data, args.per_category)
@@ -137,7 +93,7 @@ def main() -> None:
     meta = {
         "command": "python " + " ".join(sys.argv),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine(),
+        "machine": machine_description(),
         "max_new_tokens": args.max_new_tokens,
         "prompts": len(prompts),
         "definitions": "tokens/s = new tokens / request wall time incl. prefill (pooled over prompts); "

@@ -136,3 +136,40 @@ def test_cli_models_list():
     assert result.exit_code == 0
     for name in ["smollm2-135m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"]:
         assert name in result.output
+
+
+def test_lookup_speculates_through_the_api(lookup_gen):
+    r = lookup_gen.generate("abab abab abab abab abab", max_new_tokens=40, raw=True)
+    assert r.tau > 1.0 and sum(r.accepted_lengths) > 0
+
+
+def test_finish_after_partial_iteration_keeps_every_token(lookup_gen, vanilla_gen):
+    stream = lookup_gen.stream("abc abc abc", max_new_tokens=30)
+    first = next(iter(stream))
+    result = stream.finish()
+    assert result.token_ids[: len(first.token_ids)] == first.token_ids
+    assert result.token_ids == vanilla_gen.generate("abc abc abc", max_new_tokens=30).token_ids
+    assert result.new_tokens == len(result.token_ids)
+
+
+def test_a_new_request_cancels_an_unfinished_stream(lookup_gen):
+    old = lookup_gen.stream("abc abc", max_new_tokens=30)
+    next(iter(old))
+    lookup_gen.generate("xyz", max_new_tokens=5)
+    with pytest.raises(InvalidSettingError, match="cancelled"):
+        old.finish()
+
+
+def test_input_ids_and_stop_string_arguments(lookup_gen, vanilla_gen):
+    ids = lookup_gen.tokenizer.encode("hello")
+    assert lookup_gen.generate(input_ids=ids, max_new_tokens=8).token_ids == vanilla_gen.generate("hello", max_new_tokens=8).token_ids
+    for bad in ([1, 10**6], [1.5], [-1]):
+        with pytest.raises(InvalidSettingError, match="input_ids"):
+            lookup_gen.generate(input_ids=bad)
+    with pytest.raises(InvalidSettingError, match="not both"):
+        lookup_gen.generate("hi", input_ids=ids)
+    text = vanilla_gen.generate("abc", max_new_tokens=30).text
+    stop = text[5:8]
+    as_str = vanilla_gen.generate("abc", max_new_tokens=30, stop=stop)
+    as_list = vanilla_gen.generate("abc", max_new_tokens=30, stop=[stop])
+    assert as_str.token_ids == as_list.token_ids and as_str.stop_reason == "stop_string"

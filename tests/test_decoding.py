@@ -51,7 +51,7 @@ def drafters_for(models, arch):
 @pytest.mark.parametrize("max_new", [1, 2, 17, 60])
 def test_greedy_equals_vanilla_for_every_drafter(models, arch, max_new):
     target = models[arch]
-    speculated = 0
+    speculated = {}
     for prompt in prompts(8, seed=max_new):
         expected, base = run_decode(target, VanillaDrafter(), prompt, max_new_tokens=max_new, node_budget=0)
         assert base.target_forwards == len(expected)  # plain decoding: tau = 1 exactly
@@ -61,9 +61,11 @@ def test_greedy_equals_vanilla_for_every_drafter(models, arch, max_new):
             got, stats = run_decode(target, drafter, prompt, max_new_tokens=max_new, node_budget=12)
             assert got == expected, f"{name} diverged on prompt {prompt}"
             assert stats.new_tokens == len(got)
-            speculated += sum(stats.accepted_lengths)
-    if max_new > 2:
-        assert speculated > 0  # the comparison is not vacuous: drafts were accepted
+            assert stats.target_forwards == len(stats.accepted_lengths) + 1
+            assert sum(stats.accepted_lengths) + stats.target_forwards == len(got)
+            speculated[name] = speculated.get(name, 0) + sum(stats.accepted_lengths)
+    if max_new > 2:  # the comparison is not vacuous: every drafter got drafts accepted
+        assert all(count > 0 for count in speculated.values()), speculated
 
 
 def test_eos_inside_an_accepted_path_stops_exactly_there(models):
@@ -95,12 +97,18 @@ def test_max_new_tokens_cuts_inside_a_path_and_tau_counts_kept_tokens(models):
 
 def test_context_limit_stops_generation(tmp_path):
     model = Transformer.load(build_tiny_model(tmp_path / "short", max_positions=40, tokenizer=False))
-    prompt = list(range(3, 35))
+    prompt = [5, 6, 7, 8] * 8
     expected, base = run_decode(model, VanillaDrafter(), prompt, max_new_tokens=30, node_budget=0)
-    got, stats = run_decode(model, LookupDrafter(), prompt, max_new_tokens=30, node_budget=12)
-    assert got == expected
-    assert len(prompt) + len(got) == 40
-    assert base.stop_reason == stats.stop_reason == "context"
+    wide = DraftTree()
+    for tok in range(3, 19):  # 16 nodes side by side: wider than the room left in the context
+        wide.add(tok, -1)
+    for drafter in (FixedTreeDrafter(wide), DraftModelDrafter(model, depth=6, branch=3), LookupDrafter()):
+        got, stats = run_decode(model, drafter, prompt, max_new_tokens=30, node_budget=16)
+        assert got == expected
+        assert len(prompt) + len(got) == 40
+        assert stats.stop_reason == "context"
+        assert drafter.name == "lookup" or max(stats.tree_sizes) > 3
+    assert base.stop_reason == "context"
     with pytest.raises(ContextLengthError):
         run_decode(model, VanillaDrafter(), list(range(3, 43)), max_new_tokens=5)
 
@@ -118,23 +126,28 @@ def test_feedback_reports_the_accepted_path_with_features(models):
     parent = -1
     prompt = [10, 11, 12, 13]
     truth, _ = run_decode(target, VanillaDrafter(), prompt, max_new_tokens=6, node_budget=0)
-    for tok in truth[1:4]:  # the true continuation after the first token, plus a wrong sibling
+    for tok in truth[1:3]:  # the true continuation after the first token ...
         parent = chain.add(tok, parent)
-    chain.add((truth[1] + 1) % 128 or 3, -1)
+    wrong = next(t for t in range(3, 128) if t != truth[3])
+    chain.add(wrong, parent)  # ... then a wrong third token: rejected, corrected by truth[3]
+    chain.add(next(t for t in range(3, 128) if t != truth[1]), -1)  # a wrong sibling at depth 1
     drafter = FixedTreeDrafter(chain)
     drafter.needs_features = True
-    run_decode(target, drafter, prompt, max_new_tokens=6, node_budget=4)
+    run_decode(target, drafter, prompt, max_new_tokens=8, node_budget=4)
     fb = drafter.feedback[0]
-    assert fb.tokens == [truth[0], *truth[1:4]] and fb.next_token == truth[4]
-    assert fb.accepted_nodes == [0, 1, 2] and fb.rejected_node is None
-    assert fb.features.shape == (4, 3 * target.cfg.hidden_size)
-    assert fb.logits.argmax(-1).tolist() == truth[1:5]
+    assert fb.tokens == [truth[0], truth[1], truth[2]] and fb.next_token == truth[3]
+    assert fb.start_position == len(prompt)
+    assert fb.accepted_nodes == [0, 1] and fb.rejected_node == 2
+    assert fb.logits.argmax(-1).tolist() == truth[1:4]
+    seq = torch.tensor(prompt + truth[:3])
+    ref = target.forward(seq, torch.arange(len(seq)), target.new_cache(16), 0, capture=True)
+    torch.testing.assert_close(fb.features, ref.features[len(prompt) :], atol=1e-4, rtol=1e-4)
 
 
 # ---- sampling, end to end ----------------------------------------------------------------
 
-def exact_three_token_distribution(model, prompt, params):
-    """P(t1, t2, t3) by enumerating the target (small vocabulary)."""
+def exact_joint_distribution(model, prompt, params, length):
+    """P(t1, ..., t_length) by enumerating the target (small vocabulary)."""
     from specblock.target.runner import TargetRunner
 
     runner = TargetRunner(model)
@@ -143,22 +156,28 @@ def exact_three_token_distribution(model, prompt, params):
     def next_probs(seq):
         return target_probs(runner.prefill(seq, capacity=len(seq) + 1, capture=False).logits[0], params)
 
-    joint = torch.zeros(vocab, vocab, vocab)
-    p1 = next_probs(prompt)
-    for a in range(vocab):
-        p2 = next_probs(prompt + [a])
-        for b in range(vocab):
-            joint[a, b] = p1[a] * p2[b] * next_probs(prompt + [a, b])
-    return joint
+    def joint(prefix: list[int], remaining: int) -> torch.Tensor:
+        probs = next_probs(prompt + prefix)
+        if remaining == 1:
+            return probs
+        return torch.stack([probs[a] * joint(prefix + [a], remaining - 1) for a in range(vocab)])
+
+    return joint([], length)
+
+
+LENGTH = 4  # t1 from the prefill; t2..t4 from verifications of a tree up to depth 3
 
 
 def sample_counts(model, drafter, prompt, params, n):
-    counts = torch.zeros(model.cfg.vocab_size, model.cfg.vocab_size, model.cfg.vocab_size)
+    """Counts of sampled sequences, and how many iterations accepted 2+ draft tokens."""
+    counts = torch.zeros((model.cfg.vocab_size,) * LENGTH)
+    deep = 0
     for i in range(n):
         p = SamplingParams(params.temperature, params.top_k, params.top_p, seed=i)
-        got, _ = run_decode(model, drafter, prompt, max_new_tokens=3, node_budget=len(drafter.tree), sampling=p)
+        got, stats = run_decode(model, drafter, prompt, max_new_tokens=LENGTH, node_budget=len(drafter.tree), sampling=p)
         counts[tuple(got)] += 1
-    return counts
+        deep += sum(a >= 2 for a in stats.accepted_lengths)
+    return counts, deep
 
 
 def chi_square_pvalue(counts, probs, n):
@@ -179,7 +198,7 @@ def small_vocab_model(tmp_path_factory):
 
 def branching_tree() -> DraftTree:
     tree = DraftTree()
-    for tok, par in [(0, -1), (1, -1), (2, -1), (0, 0), (1, 0), (3, 1), (2, 3)]:
+    for tok, par in [(0, -1), (1, -1), (2, -1), (0, 0), (1, 0), (3, 1), (2, 3), (4, 3), (1, 6)]:
         tree.add(tok, par)
     return tree
 
@@ -188,11 +207,12 @@ N_SAMPLES = 3000
 
 
 def test_speculative_sampling_matches_target_distribution(small_vocab_model):
-    """Chi-square goodness of fit of (t1, t2, t3) samples against the exact joint, significance 1e-3."""
+    """Chi-square goodness of fit of (t1..t4) samples against the exact joint, significance 1e-3."""
     params = SamplingParams(temperature=1.0, top_p=0.95)
     prompt = [1, 4, 2, 5]
-    exact = exact_three_token_distribution(small_vocab_model, prompt, params)
-    counts = sample_counts(small_vocab_model, FixedTreeDrafter(branching_tree()), prompt, params, N_SAMPLES)
+    exact = exact_joint_distribution(small_vocab_model, prompt, params, LENGTH)
+    counts, deep = sample_counts(small_vocab_model, FixedTreeDrafter(branching_tree()), prompt, params, N_SAMPLES)
+    assert deep > N_SAMPLES // 20  # multi-level acceptance (accepted nodes' own children) is exercised
     assert chi_square_pvalue(counts, exact, N_SAMPLES) > 1e-3
 
 
@@ -216,8 +236,8 @@ def test_sampling_check_fails_when_acceptance_is_broken(small_vocab_model, monke
     monkeypatch.setattr("specblock.decoding.accept_sampling", broken)
     params = SamplingParams(temperature=1.0, top_p=0.95)
     prompt = [1, 4, 2, 5]
-    exact = exact_three_token_distribution(small_vocab_model, prompt, params)
-    counts = sample_counts(small_vocab_model, FixedTreeDrafter(branching_tree()), prompt, params, N_SAMPLES)
+    exact = exact_joint_distribution(small_vocab_model, prompt, params, LENGTH)
+    counts, _ = sample_counts(small_vocab_model, FixedTreeDrafter(branching_tree()), prompt, params, N_SAMPLES)
     assert chi_square_pvalue(counts, exact, N_SAMPLES) < 1e-6
 
 

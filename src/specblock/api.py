@@ -54,6 +54,10 @@ def parse_device(name: str) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise InvalidSettingError(f"device {name!r} asked for, but no CUDA device is available")
+    if name.startswith("cuda:"):
+        index = name.split(":", 1)[1]
+        if not index.isdigit() or int(index) >= torch.cuda.device_count():
+            raise InvalidSettingError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) here")
     if not (name == "cpu" or name.startswith("cuda")):
         raise InvalidSettingError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto")
     return name
@@ -118,36 +122,44 @@ class TextChunk:
 
 
 class GenerationStream:
-    """Iterate to receive chunks as they are accepted; `.result` is set once iteration ends."""
+    """Iterate to receive chunks as they are accepted; `.result` is set once iteration ends.
+
+    A generator serves one request at a time (it owns one KV cache): starting a new stream
+    cancels an unfinished one, which then raises if iterated further.
+    """
 
     def __init__(self, steps: Iterator[list[int]], tokenizer: ChatTokenizer, method: str, budget: int) -> None:
         self._steps = steps
         self._tokenizer = tokenizer
         self._method = method
         self._budget = budget
+        self._generated: list[int] = []
+        self._emitted = ""
+        self.cancelled = False
         self.result: GenerationResult | None = None
 
     def __iter__(self) -> Iterator[TextChunk]:
-        generated: list[int] = []
-        emitted = ""
-        while True:
+        while self.result is None:
+            if self.cancelled:
+                raise InvalidSettingError("this stream was cancelled: a newer request started on the same generator")
             try:
                 new = next(self._steps)
             except StopIteration as stop:
-                text = self._tokenizer.decode(generated)
-                self.result = GenerationResult.from_stats(stop.value, generated, text, self._method, self._budget)
-                if len(text) > len(emitted):
-                    yield TextChunk([], text[len(emitted) :])
+                text = self._tokenizer.decode(self._generated)
+                self.result = GenerationResult.from_stats(stop.value, self._generated, text, self._method, self._budget)
+                if len(text) > len(self._emitted):
+                    yield TextChunk([], text[len(self._emitted) :])
                 return
-            generated.extend(new)
-            text = self._tokenizer.decode(generated)
+            self._generated.extend(new)
+            text = self._tokenizer.decode(self._generated)
             if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for the rest
                 yield TextChunk(new, "")
                 continue
-            delta, emitted = text[len(emitted) :], text
+            delta, self._emitted = text[len(self._emitted) :], text
             yield TextChunk(new, delta)
 
     def finish(self) -> GenerationResult:
+        """Run to the end (continuing where iteration stopped) and return the result."""
         for _ in self:
             pass
         return self.result
@@ -165,6 +177,7 @@ class SpecGenerator:
         self.method = method
         self.node_budget = node_budget
         self.runner = TargetRunner(target)
+        self._active: GenerationStream | None = None
 
     @classmethod
     def load(
@@ -207,7 +220,14 @@ class SpecGenerator:
         stop: list[str] | tuple[str, ...] = (),
     ) -> GenerationStream:
         """Start a request; iterate the returned stream for text chunks, then read `.result`."""
-        ids = input_ids if input_ids is not None else self.tokenizer.encode(prompt, system=system, messages=messages, raw=raw)
+        if input_ids is not None:
+            if prompt is not None or messages is not None or system is not None:
+                raise InvalidSettingError("give input_ids or a prompt / messages, not both")
+            ids = _checked_ids(input_ids, self.target.cfg.vocab_size)
+        else:
+            ids = self.tokenizer.encode(prompt, system=system, messages=messages, raw=raw)
+        if isinstance(stop, str):
+            stop = (stop,)
         settings = DecodeSettings(
             max_new_tokens=max_new_tokens,
             sampling=SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed),
@@ -215,12 +235,22 @@ class SpecGenerator:
             eos_token_ids=self.tokenizer.eos_token_ids(self.target.cfg),
             stop_strings=tuple(stop),
         )
+        if self._active is not None and self._active.result is None:
+            self._active.cancelled = True
         steps = speculative_decode(self.runner, self.drafter, list(ids), settings, self.tokenizer.decode)
-        return GenerationStream(steps, self.tokenizer, self.method, self.node_budget)
+        self._active = GenerationStream(steps, self.tokenizer, self.method, self.node_budget)
+        return self._active
 
     def generate(self, prompt: str | None = None, **kwargs) -> GenerationResult:
         """Run a request to the end; takes the same arguments as `stream`."""
         return self.stream(prompt, **kwargs).finish()
+
+
+def _checked_ids(ids: list[int], vocab_size: int) -> list[int]:
+    out = list(ids)
+    if not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab_size for t in out):
+        raise InvalidSettingError(f"input_ids must be integers in [0, {vocab_size})")
+    return out
 
 
 def build_drafter(

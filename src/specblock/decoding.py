@@ -93,7 +93,8 @@ def speculative_decode(
     sampling = settings.sampling
     generator = None if sampling.greedy else sampling.generator()
     budget = settings.node_budget
-    capacity = len(prompt) + settings.max_new_tokens + budget + 2
+    # committed tokens never exceed the context; a verify adds the root and up to `budget` nodes
+    capacity = min(len(prompt) + settings.max_new_tokens, runner.context_limit) + budget + 2
     drafter_forwards_before = drafter.forwards
     t_start = time.perf_counter()
 
@@ -103,7 +104,7 @@ def speculative_decode(
     generated = [first]
     sequence = prompt + [first]
     stop = stopper.reason(generated)
-    drafter.begin(PrefillFeedback(prompt, pre.features, first, min(capacity, runner.context_limit)))
+    drafter.begin(PrefillFeedback(prompt, pre.features, first, capacity))
     yield [first]
 
     while stop is None:
@@ -136,7 +137,7 @@ def speculative_decode(
             stop = stopper.reason(generated)
             if stop is not None:
                 break
-        stats.accepted_lengths.append(len(acc.path) - 1)
+        stats.accepted_lengths.append(min(len(acc.path) - 1, len(new)))  # draft tokens kept in the output
         stats.tree_sizes.append(len(tree))
         stats.target_s.append(t2 - t1)
         if stop is None:

@@ -20,7 +20,7 @@ class ChatTokenizer:
 
         try:
             return cls(AutoTokenizer.from_pretrained(str(model_dir)))
-        except (OSError, ValueError) as exc:
+        except Exception as exc:  # tokenizer libraries raise many types for missing or corrupt files
             raise UnsupportedModelError(f"cannot load a tokenizer from {model_dir}: {exc}") from None
 
     def encode(

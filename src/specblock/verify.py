@@ -44,7 +44,7 @@ def accept_sampling(
     children = verify_children(tree)
     node, path = 0, [0]
     while True:
-        probs = target_probs(logits[node], params)
+        probs = target_probs(logits[node].cpu(), params)  # the generator lives on the CPU
         accepted = None
         for child in children[node]:
             tok = tree.tokens[child - 1]
@@ -54,7 +54,11 @@ def accept_sampling(
                 break
             if p > 0.0:
                 probs[tok] = 0.0
-                probs = probs / probs.sum()
+                rest = float(probs.sum())
+                if rest <= 0.0:  # p(c) was 1 up to rounding: c is the only possible token
+                    accepted = child
+                    break
+                probs = probs / rest
         if accepted is None:
             token = int(torch.multinomial(probs, 1, generator=generator))
             return Acceptance(path=path, next_token=token)
@@ -66,4 +70,4 @@ def sample_token(logits: torch.Tensor, params: SamplingParams, generator: torch.
     """One token from a single logits row: argmax when greedy, else a draw from the target distribution."""
     if params.greedy:
         return int(logits.argmax())
-    return int(torch.multinomial(target_probs(logits, params), 1, generator=generator))
+    return int(torch.multinomial(target_probs(logits.cpu(), params), 1, generator=generator))

@@ -20,7 +20,7 @@ class PrefillFeedback:
     prompt: list[int]  # prompt token ids
     features: torch.Tensor | None  # [P, 3H] target features of the prompt tokens (if requested)
     first_token: int  # the token the target produced after the prompt (the first root)
-    max_length: int  # the most tokens (prompt + generated + draft) the request can reach
+    max_length: int  # cache slots the request can need: committed tokens (<= context) + root + budget
 
 
 @dataclass

@@ -32,7 +32,7 @@ class DraftModelDrafter(Drafter):
         self._proposed_on: list[int] = []
 
     def begin(self, prefill: PrefillFeedback) -> None:
-        capacity = min(prefill.max_length + 1, self.model.cfg.max_position_embeddings + 1)
+        capacity = prefill.max_length + 1
         if self.cache is None or self.cache.capacity < capacity:
             self.cache = self.model.new_cache(capacity)
         self.cache.length = 0
@@ -51,7 +51,7 @@ class DraftModelDrafter(Drafter):
         return self.model.logits(out.hidden[-1])
 
     def propose(self, sequence: list[int], budget: int) -> DraftTree:
-        self._proposed_on = sequence
+        self._proposed_on = list(sequence)  # the loop extends `sequence` before observe()
         tree = DraftTree()
         room = self.model.cfg.max_position_embeddings - len(sequence)
         depth = min(self.depth, budget, room)

