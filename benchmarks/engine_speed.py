@@ -102,8 +102,8 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for row in rows:
         row.pop("token_ids", None)
-    args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "summary": summary, "rows": rows}, indent=1))
-    args.out.with_suffix(".md").write_text(render(meta, summary))
+    args.out.parent.joinpath(args.out.name + ".json").write_text(json.dumps({"meta": meta, "summary": summary, "rows": rows}, indent=1))
+    args.out.parent.joinpath(args.out.name + ".md").write_text(render(meta, summary))
     print(render(meta, summary))
 
 

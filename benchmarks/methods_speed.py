@@ -41,7 +41,8 @@ def main() -> None:
         sys.exit("the first method must be vanilla (the reference for speedup and exactness)")
     out = args.out or Path(__file__).parent / "results" / f"methods_{args.target}"
 
-    gens = {m: SpecGenerator.load(args.target, method=m, dtype=args.dtype) for m in methods}
+    vanilla = SpecGenerator.load(args.target, method="vanilla", dtype=args.dtype)
+    gens = {m: vanilla if m == "vanilla" else vanilla.with_method(m, target_name=args.target) for m in methods}
     tokenizer = gens["vanilla"].tokenizer
     for g in gens.values():
         g.generate("Say hello.", max_new_tokens=8)  # warm-up
@@ -70,9 +71,9 @@ def main() -> None:
         "node_budgets": {m: g.node_budget for m, g in gens.items()},
     }  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "summary": summary, "rows": rows}, indent=1))
+    out.parent.joinpath(out.name + ".json").write_text(json.dumps({"meta": meta, "summary": summary, "rows": rows}, indent=1))
     text = render(meta, summary, methods)
-    out.with_suffix(".md").write_text(text)
+    out.parent.joinpath(out.name + ".md").write_text(text)
     print(text)
 
 

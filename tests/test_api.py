@@ -173,3 +173,12 @@ def test_input_ids_and_stop_string_arguments(lookup_gen, vanilla_gen):
     as_str = vanilla_gen.generate("abc", max_new_tokens=30, stop=stop)
     as_list = vanilla_gen.generate("abc", max_new_tokens=30, stop=[stop])
     assert as_str.token_ids == as_list.token_ids and as_str.stop_reason == "stop_string"
+
+
+def test_with_method_shares_the_loaded_target(vanilla_gen):
+    lookup = vanilla_gen.with_method("lookup", node_budget=6)
+    assert lookup.target is vanilla_gen.target and lookup.node_budget == 6
+    prompt = "abc abc abc abc"
+    assert lookup.generate(prompt, max_new_tokens=20).token_ids == vanilla_gen.generate(prompt, max_new_tokens=20).token_ids
+    with pytest.raises(InvalidSettingError):
+        vanilla_gen.with_method("nope")

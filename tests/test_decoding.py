@@ -40,8 +40,9 @@ def models(tiny_llama, tiny_qwen2, tiny_draft_llama):
 def drafters_for(models, arch):
     target = models[arch]
     return {
-        "lookup": LookupDrafter(),
-        "lookup-narrow": LookupDrafter(max_ngram=2, max_depth=3, max_matches=1),
+        "lookup": LookupDrafter(),  # the default: drafts only after a 3-4 token match
+        "lookup-1gram": LookupDrafter(max_ngram=3, min_ngram=1),
+        "lookup-narrow": LookupDrafter(max_ngram=2, min_ngram=1, max_depth=3, max_matches=1),
         "draft-model(self)": DraftModelDrafter(target, depth=4, branch=3),
         "draft-model(other)": DraftModelDrafter(models["draft"], depth=3, branch=2) if arch == "llama" else None,
     }
@@ -64,8 +65,9 @@ def test_greedy_equals_vanilla_for_every_drafter(models, arch, max_new):
             assert stats.target_forwards == len(stats.accepted_lengths) + 1
             assert sum(stats.accepted_lengths) + stats.target_forwards == len(got)
             speculated[name] = speculated.get(name, 0) + sum(stats.accepted_lengths)
-    if max_new > 2:  # the comparison is not vacuous: every drafter got drafts accepted
-        assert all(count > 0 for count in speculated.values()), speculated
+    if max_new > 2:  # the comparison is not vacuous: drafts were accepted (the default lookup rarely
+        # finds 3-token matches in random models' text, so it is only checked for equality)
+        assert all(count > 0 for name, count in speculated.items() if name != "lookup"), speculated
 
 
 def test_eos_inside_an_accepted_path_stops_exactly_there(models):
@@ -102,7 +104,7 @@ def test_context_limit_stops_generation(tmp_path):
     wide = DraftTree()
     for tok in range(3, 19):  # 16 nodes side by side: wider than the room left in the context
         wide.add(tok, -1)
-    for drafter in (FixedTreeDrafter(wide), DraftModelDrafter(model, depth=6, branch=3), LookupDrafter()):
+    for drafter in (FixedTreeDrafter(wide), DraftModelDrafter(model, depth=6, branch=3), LookupDrafter(min_ngram=1)):
         got, stats = run_decode(model, drafter, prompt, max_new_tokens=30, node_budget=16)
         assert got == expected
         assert len(prompt) + len(got) == 40

@@ -48,5 +48,7 @@ def test_lookup_equals_vanilla_on_smollm2(real_generators, prompt):
 
 def test_lookup_speculates_on_repetitive_text(real_generators):
     _, lookup = real_generators
-    r = lookup.generate("Repeat this sentence three times: the quick brown fox jumps over the lazy dog.", max_new_tokens=64)
-    assert r.tau > 1.3
+    prompt = "Repeat the following list exactly: apples, bananas, cherries, dates, elderberries, figs, grapes, honeydew."
+    r = lookup.generate(prompt, max_new_tokens=64)
+    assert "cherries, dates, elderberries" in r.text
+    assert r.tau > 2.0  # the copied list is drafted from the prompt (measured: 3.3)

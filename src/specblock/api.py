@@ -204,6 +204,19 @@ class SpecGenerator:
             raise InvalidSettingError(f"node budget must be >= 0, got {budget}")
         return cls(model, tokenizer, drafter, method, budget)
 
+    def with_method(
+        self, method: str, *, node_budget: int | None = None, draft_model: str | Path | None = None,
+        target_name: str | Path | None = None,
+    ) -> "SpecGenerator":  # fmt: skip
+        """Another generator on the same loaded target (no second copy of the weights) with another method."""
+        if method not in METHODS:
+            raise InvalidSettingError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+        drafter = build_drafter(
+            method, self.target, self.tokenizer, target_name or "", draft_model, self.target.dtype, str(self.target.device), None
+        )
+        budget = DEFAULT_BUDGET[method] if node_budget is None else node_budget
+        return SpecGenerator(self.target, self.tokenizer, drafter, method, budget)
+
     def stream(
         self,
         prompt: str | None = None,
