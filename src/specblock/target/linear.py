@@ -4,8 +4,9 @@ Decoding multiplies a few rows (one token, or a draft tree of n nodes) by large 
 matrices: the cost is reading the weights, so what matters is the bandwidth a kernel
 reaches. On the 2-core AVX2 machines this project measures on (design §11), PyTorch's
 fp32 `F.linear` reaches about 7 GB/s at one row, while OpenBLAS (NumPy's BLAS) on a
-transposed [in, out] copy reaches 16-17 GB/s, the memory's limit; at 2-64 rows it is
-also as fast as or faster than the PyTorch alternatives (benchmarks/results/matmul_kernels.md).
+transposed [in, out] copy reaches 15-17 GB/s, the memory's limit. At 2-64 rows no
+kernel wins everywhere (3-10 GB/s; `torch.mm(W, x.T)` is ahead at 2-4 rows but needs the
+other layout, i.e. a second copy of the weights): benchmarks/results/matmul_kernels.md.
 So fp32 CPU weights are kept once, transposed, and multiplied through NumPy (zero-copy
 views of the same memory). Without AVX-512 BF16, half-precision CPU products cost time in
 proportion to the row count (about 1.3x per extra row), so from 8 rows on (draft trees,
