@@ -140,9 +140,10 @@ def speculative_decode(
         stats.accepted_lengths.append(min(len(acc.path) - 1, len(new)))  # draft tokens kept in the output
         stats.tree_sizes.append(len(tree))
         stats.target_s.append(t2 - t1)
+        t3 = time.perf_counter()
         if stop is None:
             drafter.observe(_feedback(tree, acc.path, root, acc.next_token, step, start))
-        stats.draft_s.append(t1 - t0 + (time.perf_counter() - t2))
+        stats.draft_s.append((t1 - t0) + (time.perf_counter() - t3))  # propose + observe
         yield new
 
     stats.stop_reason = stop
