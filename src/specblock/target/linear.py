@@ -27,7 +27,6 @@ class Linear:
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
         self.bias = bias
-        self.out_features = weight.shape[0]
         self.uses_blas = weight.device.type == "cpu" and weight.dtype == torch.float32
         if self.uses_blas:
             self.weight = None
