@@ -1,0 +1,1 @@
+"""Drafter training pieces (issue 3 builds on these)."""
