@@ -43,9 +43,9 @@ def load_prompts(path: Path, per_category: int) -> list[tuple[str, str]]:
 
 
 class Ours:
-    def __init__(self, name: str, method: str, dtype: str) -> None:
+    def __init__(self, name: str, gen: SpecGenerator) -> None:
         self.name = name
-        self.gen = SpecGenerator.load("smollm2-135m", method=method, dtype=dtype)
+        self.gen = gen
 
     def run(self, ids: list[int], max_new: int) -> dict:
         r = self.gen.generate(input_ids=ids, max_new_tokens=max_new)
@@ -61,8 +61,10 @@ def main() -> None:
     ap.add_argument("--skip", default="", help="comma-separated runner names to leave out")
     args = ap.parse_args()
 
-    runners = [Ours("specblock-vanilla-fp32", "vanilla", "float32"), Ours("specblock-vanilla-bf16", "vanilla", "bfloat16"),
-               Ours("specblock-lookup-fp32", "lookup", "float32"), Ours("specblock-lookup-bf16", "lookup", "bfloat16")]  # fmt: skip
+    plain = {dtype: SpecGenerator.load("smollm2-135m", method="vanilla", dtype=dtype) for dtype in ("float32", "bfloat16")}
+    runners = [Ours("specblock-vanilla-fp32", plain["float32"]), Ours("specblock-vanilla-bf16", plain["bfloat16"]),
+               Ours("specblock-lookup-fp32", plain["float32"].with_method("lookup")),  # same weights, no second copy
+               Ours("specblock-lookup-bf16", plain["bfloat16"].with_method("lookup"))]  # fmt: skip
     tokenizer = runners[0].gen.tokenizer
     skip = set(filter(None, args.skip.split(",")))
     references = [("hf-generate-fp32", "hf", str(model_dir("smollm2-135m")), str(tokenizer.hf.eos_token_id)),

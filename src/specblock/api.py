@@ -192,30 +192,32 @@ class SpecGenerator:
         report: Reporter | None = None,
     ) -> "SpecGenerator":
         """Resolve (and on first use fetch) the target, load it, and build the drafter for `method`."""
-        if method not in METHODS:
-            raise InvalidSettingError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+        _check_method(method)  # before the (slow) model load
         torch_dtype, device = parse_dtype(dtype), parse_device(device)
         model_dir = resolve_model(target, report=report)
         model = Transformer.load(model_dir, torch_dtype, device)
         tokenizer = ChatTokenizer.load(model_dir)
-        drafter = build_drafter(method, model, tokenizer, target, draft_model, torch_dtype, device, report)
-        budget = DEFAULT_BUDGET[method] if node_budget is None else node_budget
-        if budget < 0:
-            raise InvalidSettingError(f"node budget must be >= 0, got {budget}")
-        return cls(model, tokenizer, drafter, method, budget)
+        return cls._assemble(model, tokenizer, method, target, node_budget, draft_model, report)
 
     def with_method(
         self, method: str, *, node_budget: int | None = None, draft_model: str | Path | None = None,
         target_name: str | Path | None = None,
     ) -> "SpecGenerator":  # fmt: skip
         """Another generator on the same loaded target (no second copy of the weights) with another method."""
-        if method not in METHODS:
-            raise InvalidSettingError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
-        drafter = build_drafter(
-            method, self.target, self.tokenizer, target_name or "", draft_model, self.target.dtype, str(self.target.device), None
-        )
+        return self._assemble(self.target, self.tokenizer, method, target_name or "", node_budget, draft_model, None)
+
+    @classmethod
+    def _assemble(
+        cls, model: Transformer, tokenizer: ChatTokenizer, method: str, target_name: str | Path,
+        node_budget: int | None, draft_model: str | Path | None, report: Reporter | None,
+    ) -> "SpecGenerator":  # fmt: skip
+        """Build `method`'s drafter and budget around an already loaded target."""
+        _check_method(method)
+        drafter = build_drafter(method, model, tokenizer, target_name, draft_model, model.dtype, str(model.device), report)
         budget = DEFAULT_BUDGET[method] if node_budget is None else node_budget
-        return SpecGenerator(self.target, self.tokenizer, drafter, method, budget)
+        if budget < 0:
+            raise InvalidSettingError(f"node budget must be >= 0, got {budget}")
+        return cls(model, tokenizer, drafter, method, budget)
 
     def stream(
         self,
@@ -257,6 +259,11 @@ class SpecGenerator:
     def generate(self, prompt: str | None = None, **kwargs) -> GenerationResult:
         """Run a request to the end; takes the same arguments as `stream`."""
         return self.stream(prompt, **kwargs).finish()
+
+
+def _check_method(method: str) -> None:
+    if method not in METHODS:
+        raise InvalidSettingError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
 
 
 def _checked_ids(ids: list[int], vocab_size: int) -> list[int]:

@@ -118,7 +118,6 @@ def write_safetensors(
                 on_tensor(i + 1, len(plan))
 
 
-
 def _save_config_and_tokenizer(gguf_path: Path, out_dir: Path, tie_embeddings: bool) -> None:
     from transformers import AutoConfig, AutoTokenizer
 
