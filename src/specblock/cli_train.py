@@ -1,0 +1,82 @@
+"""`specblock train` and `specblock export`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from specblock.cli_common import err, progress_reporter, user_errors
+from specblock.models.registry import DEFAULT_TARGET
+
+
+def train(
+    method: Annotated[str, typer.Option(help="specblock | eagle3")],
+    data: Annotated[Path, typer.Option(help="Directory written by `specblock data prepare`.")],
+    out: Annotated[Path, typer.Option(help="Run directory: log, checkpoint (resumed from), final drafter.")],
+    target: Annotated[str, typer.Option(help="Registry name or local model directory.")] = DEFAULT_TARGET,
+    max_steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 1000,
+    epochs: Annotated[float | None, typer.Option(help="Train for this many passes over the training answer tokens instead of --max-steps.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Sequences per step, over all processes.")] = 8,
+    micro_batch: Annotated[int, typer.Option(help="Sequences per forward.")] = 2,
+    window: Annotated[int, typer.Option(help="Positions per sequence crop.")] = 128,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW, betas 0.9/0.95).")] = 6e-4,
+    warmup_steps: Annotated[int, typer.Option(help="Linear warm-up steps, then linear decay to 0.")] = 50,
+    seed: Annotated[int, typer.Option()] = 0,
+    checkpoint_every: Annotated[int, typer.Option(help="Steps between resumable checkpoints.")] = 50,
+    eval_every: Annotated[int, typer.Option(help="Steps between held-out evaluations.")] = 200,
+    threads: Annotated[int | None, typer.Option(help="PyTorch CPU threads per process.")] = None,
+    blocks: Annotated[int, typer.Option(help="SpecBlock: blocks per training example (1 = no inheritance).")] = 3,
+    valid_prefix: Annotated[bool, typer.Option(help="SpecBlock: valid-prefix loss mask.")] = True,
+    layer_shift: Annotated[bool, typer.Option(help="SpecBlock: layer-wise shift projections.")] = True,
+) -> None:
+    """Train a SpecBlock or EAGLE-3 drafter on prepared data (also under torchrun)."""
+    import torch
+
+    from specblock.models.resolve import resolve_model
+    from specblock.training.dataset import load_manifest
+    from specblock.training.trainer import TrainSettings, train as run_training
+
+    with user_errors():
+        if threads:
+            torch.set_num_threads(threads)
+        if epochs is not None:
+            manifest = load_manifest(data)
+            max_steps = max(1, round(epochs * manifest["tokens"] / (batch_size * window)))
+        settings = TrainSettings(
+            method=method, max_steps=max_steps, batch_size=batch_size, micro_batch=micro_batch, window=window, lr=lr,
+            warmup_steps=warmup_steps, seed=seed, checkpoint_every=checkpoint_every, eval_every=eval_every,
+            blocks=blocks, valid_prefix=valid_prefix, layer_shift=layer_shift,
+        )  # fmt: skip
+        target_dir = resolve_model(target)
+
+        def log(entry: dict) -> None:
+            err.print(
+                f"step {entry['step']}: loss {entry['loss']:.3f} (draft {entry['draft_loss']:.3f}, rank {entry['rank_loss']:.3f}) "
+                f"slot acc {entry['slot_accuracy'][0]} {entry.get('chain_tau4', '')}",
+                highlight=False,
+            )
+
+        with progress_reporter() as report:
+            summary = run_training(settings, data, target_dir, out, report=report, log=log)
+        if "chain_tau4" in summary:
+            err.print(f"drafter saved to {out / 'drafter'}; held-out chain tau (4 deep) {summary['chain_tau4']}")
+
+
+def export(
+    drafter: Annotated[Path, typer.Argument(help="An EAGLE-3 drafter checkpoint directory.")],
+    out: Annotated[Path, typer.Option(help="Output directory.")],
+    format: Annotated[str, typer.Option("--format", help="sglang (also what vLLM loads)")] = "sglang",
+    target: Annotated[str, typer.Option(help="The target the drafter belongs to (for its config).")] = DEFAULT_TARGET,
+) -> None:
+    """Write a drafter in another engine's format."""
+    from specblock.drafters.export import export_sglang
+    from specblock.errors import InvalidSettingError
+    from specblock.models.resolve import resolve_model
+
+    with user_errors():
+        if format != "sglang":
+            raise InvalidSettingError(f"unknown export format {format!r} (supported: sglang)")
+        export_sglang(drafter, out, resolve_model(target))
+        err.print(f"exported {drafter} -> {out} (SGLang / vLLM EAGLE-3 layout)")

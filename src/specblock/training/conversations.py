@@ -1,0 +1,96 @@
+"""Read training conversations from the formats the project meets.
+
+- UltraChat-style JSONL: `{"messages": [{"role", "content"}, ...]}` (also our regen output);
+- ShareGPT JSON or JSONL: `{"conversations": [{"from": "human"|"gpt", "value"}]}`;
+- GSM8K-style JSONL: `{"question": ...}` (a single user turn).
+
+Every reader yields `Conversation`s with OpenAI-style messages; whether assistant turns are
+present depends on the file (prompt files for `data regen` need none, answer files for
+`data prepare` need them).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from specblock.errors import InvalidSettingError
+
+_SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+
+
+@dataclass
+class Conversation:
+    id: str
+    source: str
+    messages: list[dict]
+    extra: dict = field(default_factory=dict)  # e.g. finish_reason of a regenerated answer
+
+    def first_user_turn(self) -> list[dict]:
+        """Messages up to and including the first user message (the prompt to answer)."""
+        for i, m in enumerate(self.messages):
+            if m["role"] == "user":
+                return self.messages[: i + 1]
+        raise InvalidSettingError(f"conversation {self.id} has no user message")
+
+
+def _records(path: Path) -> Iterator[dict]:
+    text = path.read_text(encoding="utf-8")
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InvalidSettingError(f"{path}: not valid JSON ({exc})") from None
+        yield from rows
+        return
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InvalidSettingError(f"{path}:{n}: not valid JSON ({exc})") from None
+
+
+def _source_name(path: Path) -> str:
+    stem = path.stem.lower()
+    for known in ("ultrachat", "sharegpt", "gsm8k"):
+        if known in stem:
+            return known
+    return stem
+
+
+def read_conversations(path: Path) -> list[Conversation]:
+    """All conversations of one file, whichever of the three formats it uses."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidSettingError(f"no such data file: {path}")
+    default_source = _source_name(path)
+    out: list[Conversation] = []
+    for n, row in enumerate(_records(path)):
+        if not isinstance(row, dict):
+            raise InvalidSettingError(f"{path}: record {n} is not a JSON object")
+        source = str(row.get("source", default_source))
+        rid = str(row.get("id", row.get("question_id", f"{default_source}-{n}")))
+        extra = {k: row[k] for k in ("finish_reason",) if k in row}
+        if "messages" in row:
+            messages = [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
+        elif "conversations" in row:
+            messages = []
+            for m in row["conversations"]:
+                role = _SHAREGPT_ROLES.get(m.get("from", ""))
+                if role is None:
+                    raise InvalidSettingError(f"{path}: record {n} has an unknown speaker {m.get('from')!r}")
+                messages.append({"role": role, "content": m["value"]})
+        elif "question" in row:
+            messages = [{"role": "user", "content": row["question"]}]
+        else:
+            raise InvalidSettingError(
+                f"{path}: record {n} has none of 'messages', 'conversations' or 'question' (keys: {sorted(row)})"
+            )
+        if not messages:
+            continue
+        out.append(Conversation(rid, source, messages, extra))
+    return out

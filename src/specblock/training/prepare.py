@@ -1,0 +1,173 @@
+"""`specblock data prepare`: run the target once over answered conversations and store
+per token what drafter training needs (design §5), so training never re-runs the target.
+
+Per kept token j of a sequence (the last `window` tokens):
+- `tokens[j]`, and `answer_mask[j]` = 1 when token j belongs to an assistant answer;
+- `features[j]`: the three captured target hidden states after token j (fp16, 3H wide);
+- `topk_ids[j]`, `topk_logprobs[j]`: the target's top-k next-token log-probabilities at j,
+  i.e. its distribution over token j+1 (fp16; training renormalises them).
+
+Shards of `shard_size` conversations are written atomically, so an interrupted run resumes
+at the first missing shard. The draft vocabulary is counted from the answer tokens of the
+training shards (never from held-out ones).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from specblock.errors import InvalidSettingError, SpecBlockError
+from specblock.target.transformer import Transformer
+from specblock.text import ChatTokenizer
+from specblock.training.conversations import Conversation
+from specblock.training.draft_vocab import DraftVocab
+
+Reporter = Callable[[str, int, int], None]
+SHARD_KEYS = ("tokens", "answer_mask", "features", "topk_ids", "topk_logprobs", "offsets")
+
+
+@dataclass
+class PrepareSettings:
+    target: str
+    window: int = 320  # tokens kept per conversation (its end: the answer and the prompt's tail)
+    top_k: int = 20
+    vocab_size: int = 4096
+    shard_size: int = 64
+    holdout: int = 32  # conversations kept out of training for tau / accuracy evaluation
+
+
+def tokenize_conversation(tok: ChatTokenizer, conv: Conversation, eos_id: int) -> tuple[list[int], list[int]]:
+    """Token ids of a conversation and a 0/1 mask of its assistant-answer tokens.
+
+    Each assistant turn is appended after the chat template's prompt for the turns before
+    it; a turn ends with the end-of-turn token unless the answer was cut (finish_reason
+    'length'). Later turns whose template does not extend the earlier ids are dropped.
+    """
+    ids: list[int] = []
+    mask: list[int] = []
+    last_assistant = max((i for i, m in enumerate(conv.messages) if m["role"] == "assistant"), default=-1)
+    if last_assistant < 0:
+        raise InvalidSettingError(f"conversation {conv.id} has no assistant answer (run `specblock data regen` first)")
+    for i, m in enumerate(conv.messages):
+        if m["role"] != "assistant":
+            continue
+        prompt = tok.encode(messages=conv.messages[:i])
+        if prompt[: len(ids)] != ids:
+            break
+        mask += [0] * (len(prompt) - len(ids))
+        ids = list(prompt)
+        answer = list(tok.hf(m["content"], add_special_tokens=False).input_ids)
+        cut = i == last_assistant and conv.extra.get("finish_reason") == "length"
+        if not cut:
+            answer.append(eos_id)
+        ids += answer
+        mask += [1] * len(answer)
+    return ids, mask
+
+
+def _shard_path(out: Path, split: str, index: int) -> Path:
+    return out / f"{split}-{index:05d}.safetensors"
+
+
+def _prepare_shard(model: Transformer, rows: list[tuple[list[int], list[int]]], s: PrepareSettings) -> dict[str, torch.Tensor]:
+    parts: dict[str, list[torch.Tensor]] = {k: [] for k in SHARD_KEYS if k != "offsets"}
+    offsets = [0]
+    for ids, mask in rows:
+        tokens = torch.tensor(ids, dtype=torch.long)
+        cache = model.new_cache(len(ids))
+        out = model.forward(tokens, torch.arange(len(ids)), cache, 0, capture=True)
+        keep = slice(max(0, len(ids) - s.window), len(ids))
+        logprobs = torch.log_softmax(model.logits(out.hidden[keep]), dim=-1)
+        top = logprobs.topk(s.top_k, dim=-1)
+        parts["tokens"].append(tokens[keep].to(torch.int32))
+        parts["answer_mask"].append(torch.tensor(mask[keep], dtype=torch.uint8))
+        parts["features"].append(out.features[keep].to(torch.float16))
+        parts["topk_ids"].append(top.indices.to(torch.int32))
+        parts["topk_logprobs"].append(top.values.clamp(min=-60).to(torch.float16))
+        offsets.append(offsets[-1] + parts["tokens"][-1].numel())
+    shard = {k: torch.cat(v).contiguous() for k, v in parts.items()}
+    shard["offsets"] = torch.tensor(offsets, dtype=torch.long)
+    return shard
+
+
+def prepare(
+    model: Transformer,
+    tok: ChatTokenizer,
+    conversations: list[Conversation],
+    out: Path,
+    settings: PrepareSettings,
+    eos_id: int,
+    report: Reporter | None = None,
+) -> dict:
+    """Write the shards (skipping those already present), the draft vocabulary and a manifest."""
+    out.mkdir(parents=True, exist_ok=True)
+    manifest_path = out / "manifest.json"
+    settings_dict = asdict(settings)
+    if manifest_path.exists():
+        previous = json.loads(manifest_path.read_text())
+        if previous.get("settings") != settings_dict or previous.get("conversations") != len(conversations):
+            raise SpecBlockError(
+                f"{out} holds data prepared with other settings or data ({previous.get('settings')}); use a new --out"
+            )
+    manifest = {
+        "settings": settings_dict,
+        "conversations": len(conversations),
+        "hidden_size": model.cfg.hidden_size,
+        "feature_width": 3 * model.cfg.hidden_size,
+        "target_vocab_size": model.cfg.vocab_size,
+        "feature_layers": list(model.cfg.feature_layers),
+        "complete": False,
+    }
+    _write_json(manifest_path, manifest)
+    rows = [tokenize_conversation(tok, c, eos_id) for c in conversations]
+    held = min(settings.holdout, max(0, len(rows) - 1))
+    splits = {"train": rows[: len(rows) - held], "heldout": rows[len(rows) - held :]}
+    total = sum(len(r) for r in splits.values())
+    done = 0
+    shard_files: dict[str, list[str]] = {"train": [], "heldout": []}
+    for split, split_rows in splits.items():
+        for index, begin in enumerate(range(0, len(split_rows), settings.shard_size)):
+            chunk = split_rows[begin : begin + settings.shard_size]
+            path = _shard_path(out, split, index)
+            if not path.exists():
+                shard = _prepare_shard(model, chunk, settings)
+                tmp = path.with_suffix(".tmp")
+                save_file(shard, str(tmp))
+                os.replace(tmp, path)
+            shard_files[split].append(path.name)
+            done += len(chunk)
+            if report:
+                report("prepare", done, total)
+    counts = torch.zeros(model.cfg.vocab_size, dtype=torch.long)
+    tokens_kept = 0
+    for name in shard_files["train"]:
+        shard = load_file(str(out / name))
+        answer = shard["tokens"][shard["answer_mask"].bool()].long()
+        counts += torch.bincount(answer, minlength=model.cfg.vocab_size)
+        tokens_kept += shard["tokens"].numel()
+    vocab = DraftVocab.from_counts(counts, min(settings.vocab_size, int((counts > 0).sum()) + 1), always=[eos_id])
+    vocab.save(out / "draft_vocab.safetensors")
+    coverage = float(counts[vocab.target_ids].sum()) / max(1, int(counts.sum()))
+    manifest.update(
+        shards=shard_files,
+        tokens=tokens_kept,
+        answer_tokens=int(counts.sum()),
+        draft_vocab_size=vocab.size,
+        draft_vocab_coverage=round(coverage, 4),
+        complete=True,
+    )
+    _write_json(manifest_path, manifest)
+    return manifest
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)

@@ -1,0 +1,46 @@
+"""Random SpecBlock / EAGLE-3 drafters shaped for a tiny test target."""
+
+from __future__ import annotations
+
+import torch
+
+from specblock.drafters.eagle3_model import Eagle3Config, Eagle3Model
+from specblock.drafters.specblock_model import SpecBlockConfig, SpecBlockModel
+from specblock.target.transformer import Transformer
+from specblock.training.draft_vocab import DraftVocab
+
+
+def tiny_vocab(target: Transformer, size: int = 96) -> DraftVocab:
+    """The `size` lowest ids plus EOS: a draft vocabulary smaller than the target's."""
+    counts = torch.zeros(target.cfg.vocab_size, dtype=torch.long)
+    counts[:size] = torch.arange(size, 0, -1)
+    return DraftVocab.from_counts(counts, size, always=[2])
+
+
+def random_specblock(target: Transformer, seed: int = 0, std: float = 0.2, **overrides) -> SpecBlockModel:
+    torch.manual_seed(seed)
+    vocab = tiny_vocab(target)
+    model = SpecBlockModel(SpecBlockConfig.for_target(target.cfg, vocab.size, **overrides))
+    _randomise(model, std)
+    model.embed_tokens = target.embed.float()
+    model.d2t, model.t2d = vocab.d2t, vocab.t2d
+    return model.eval()
+
+
+def random_eagle3(target: Transformer, seed: int = 0, std: float = 0.2) -> Eagle3Model:
+    torch.manual_seed(seed)
+    vocab = tiny_vocab(target)
+    model = Eagle3Model(Eagle3Config.for_target(target.cfg, vocab.size))
+    _randomise(model, std)
+    model.embed_tokens = target.embed.float()
+    model.d2t, model.t2d = vocab.d2t, vocab.t2d
+    return model.eval()
+
+
+def _randomise(model: torch.nn.Module, std: float) -> None:
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.normal_(1.0, 0.1)
+            else:
+                p.normal_(0.0, std)

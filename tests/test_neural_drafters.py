@@ -1,0 +1,119 @@
+"""SpecBlock and EAGLE-3 drafters in the engine: lossless greedy output, drafting rules,
+forward counts, and incremental drafter state equal to recomputing from scratch."""
+
+import pytest
+import torch
+
+from specblock.drafters.base import PrefillFeedback
+from specblock.drafters.eagle3 import Eagle3Drafter, scaled_shape
+from specblock.drafters.scored_tree import ROOT, CandidatePool
+from specblock.drafters.specblock import SpecBlockDrafter, slot_width
+from specblock.drafters.specblock_model import block_mask
+from specblock.drafters.vanilla import VanillaDrafter
+from specblock.target.transformer import Transformer
+
+from helpers import run_decode
+from neural_helpers import random_eagle3, random_specblock
+from test_decoding import prompts
+
+
+@pytest.mark.parametrize("arch", ["tiny_llama", "tiny_qwen2"])
+@pytest.mark.parametrize("method", ["specblock", "eagle3"])
+@pytest.mark.parametrize("budget", [6, 59])
+def test_random_drafter_greedy_equals_vanilla(arch, method, budget, request):
+    model = Transformer.load(request.getfixturevalue(arch))
+    net = random_specblock(model) if method == "specblock" else random_eagle3(model)
+    drafter = SpecBlockDrafter(net) if method == "specblock" else Eagle3Drafter(net)
+    for prompt in prompts(3, seed=11):
+        want, _ = run_decode(model, VanillaDrafter(), prompt, max_new_tokens=40)
+        drafter.forwards = 0
+        got, stats = run_decode(model, drafter, prompt, max_new_tokens=40, node_budget=budget)
+        assert got == want
+        iters = stats.target_forwards - 1
+        assert max(stats.tree_sizes) <= budget and max(stats.tree_sizes) > 0
+        if method == "specblock":
+            assert drafter.forwards <= 2 * iters  # block 1 + (when a seed can reach the budget) block 2
+        else:
+            top_k, depth = scaled_shape(budget)
+            # depth + 1 forwards per drafted tree (the last iterations may not draft at all)
+            assert drafter.forwards % (depth + 1) == 0 and drafter.forwards <= (depth + 1) * iters
+
+
+def test_scored_pool_merges_and_keeps_ancestors_within_budget():
+    pool = CandidatePool()
+    a = pool.add(5, ROOT, -0.1)
+    b = pool.add(6, a, -0.2)
+    assert pool.add(5, ROOT, -0.05) == a and pool.scores[a] == -0.05  # merged, best score kept
+    c = pool.add(7, b, -0.3)
+    pool.add(8, ROOT, -1.0)
+    tree = pool.to_tree(3)
+    assert tree.tokens == [5, 6, 7] and tree.parents == [-1, 0, 1]
+    tree.validate(3)
+    assert pool.best(2) == [a, b] and c not in pool.best(2)
+
+
+def test_slot_widths_follow_the_design_tables():
+    assert [slot_width(0, p, 0) for p in (0.95, 0.85, 0.7, 0.3)] == [3, 5, 8, 10]
+    assert [slot_width(1, 0.5, c) for c in range(4)] == [2, 4, 6, 4]
+    assert slot_width(2, 0.96, 2) == 2 and slot_width(2, 0.9, 2) == 3 and slot_width(3, 0.9, 0) == 2
+
+
+def test_eagle3_budget_rescaling():
+    assert scaled_shape(59) == (10, 7)
+    assert scaled_shape(12) == (2, 6)
+
+
+@torch.no_grad()
+def _drafting_state_from_scratch(net, features: torch.Tensor, tokens: list[int]) -> torch.Tensor:
+    """Block-1 pre-norm hiddens at the last position, computed over the whole sequence at once."""
+    n = len(tokens)
+    k = net.cfg.block_size
+    out = net.blocks(features[None], torch.tensor(tokens)[None], torch.arange(n)[None], block_mask(n, k)[None])
+    return out.hidden[0, -1]
+
+
+def test_specblock_incremental_cache_equals_full_recompute(tiny_llama):
+    """After several iterations the drafter's cached block 1 equals one forward over all
+    committed positions with the training pairing (feature h_i with token x_{i+1})."""
+    model = Transformer.load(tiny_llama)
+    net = random_specblock(model, seed=3)
+    drafter = SpecBlockDrafter(net)
+    captured = []
+    original = drafter._block_one
+
+    def spy():
+        hidden, logp, ranks = original()
+        captured.append(hidden.clone())
+        return hidden, logp, ranks
+
+    drafter._block_one = spy
+    prompt = prompts(1, seed=5)[0]
+    out, _ = run_decode(model, drafter, prompt, max_new_tokens=20, node_budget=8)
+    # recompute: features of prompt + generated tokens from one plain target forward
+    seq = prompt + out
+    cache = model.new_cache(len(seq))
+    feats = model.forward(torch.tensor(seq), torch.arange(len(seq)), cache, 0, capture=True).features.float()
+    # the last drafting position is the last committed token before the final root
+    assert len(captured) >= 3
+    committed = drafter.positions  # positions in the drafter cache after the last block 1
+    full = _drafting_state_from_scratch(net, feats[:committed], seq[1 : committed + 1])
+    assert torch.allclose(captured[-1], full, atol=1e-4)
+
+
+@torch.no_grad()
+def test_eagle3_first_forward_matches_training_step_zero(tiny_llama):
+    model = Transformer.load(tiny_llama)
+    net = random_eagle3(model, seed=4)
+    drafter = Eagle3Drafter(net)
+    prompt = prompts(1, seed=6)[0]
+    cache = model.new_cache(len(prompt))
+    feats = model.forward(torch.tensor(prompt), torch.arange(len(prompt)), cache, 0, capture=True).features.float()
+    drafter.begin(PrefillFeedback(prompt, feats, first_token=9, max_length=64))
+    tree = drafter.propose(prompt + [9], 59)
+    n = len(prompt)
+    tokens = torch.tensor(prompt[1:] + [9])[None]
+    out, _ = net.step(feats[None], tokens, torch.arange(1, n + 1)[None], torch.ones(n, n, dtype=torch.bool).tril()[None])
+    logp = torch.log_softmax(net.logits(out[0, -1]), -1)
+    best = int(logp.argmax())
+    assert tree.tokens[0] == best + int(net.d2t[best])  # the best root child comes first
+    assert len(tree) == 59 and max(tree.depths()) <= 8

@@ -1,0 +1,67 @@
+"""SpecBlock network and training pieces against hand-computed small cases (design §4-§5)."""
+
+import torch
+
+from specblock.drafters.specblock_model import block_mask, rank_class, rank_features, shift_slots
+from specblock.training.specblock_loss import inherited_mask, ordinal_soft_labels, valid_prefix
+
+
+def test_block_mask_by_hand():
+    # 2 positions x K=2: rows/cols (0,0) (0,1) (1,0) (1,1)
+    expected = torch.tensor(
+        [
+            [1, 0, 0, 0],  # (0,0) sees itself
+            [1, 1, 0, 0],  # (0,1) sees slots 0..1 of position 0
+            [1, 1, 1, 0],  # (1,0) sees all of position 0 and itself
+            [1, 1, 1, 1],
+        ],
+        dtype=torch.bool,
+    )
+    assert torch.equal(block_mask(2, 2), expected)
+
+
+def test_inherited_mask_by_hand():
+    # block 2 with offset s=1 over keys [block 1 ; block 2], 2 positions x K=2
+    m = inherited_mask(2, 2, [1])
+    block1 = torch.tensor([[1, 0, 0, 0], [1, 0, 0, 0], [1, 1, 1, 0], [1, 1, 1, 0]], dtype=torch.bool)
+    assert torch.equal(m[:, :4], block1)  # positions < i all slots, position i slots < s
+    assert torch.equal(m[:, 4:], block_mask(2, 2))
+    # block 3 with offsets (2, 1): block 2's keys only at the same position, slots < 1
+    m3 = inherited_mask(2, 2, [2, 1])
+    block2_part = torch.tensor([[1, 0, 0, 0], [1, 0, 0, 0], [0, 0, 1, 0], [0, 0, 1, 0]], dtype=torch.bool)
+    assert torch.equal(m3[:, 4:8], block2_part)
+    assert torch.equal(m3[:, :4], torch.tensor([[1, 1, 0, 0], [1, 1, 0, 0], [1, 1, 1, 1], [1, 1, 1, 1]], dtype=torch.bool))
+
+
+def test_shift_hands_slot_k_the_hidden_of_slot_k_minus_1():
+    h = torch.arange(2 * 3 * 4, dtype=torch.float32).view(1, 2, 3, 4)  # P=2, K=3, H=4
+    s = shift_slots(h)
+    assert torch.equal(s[:, :, 0], h[:, :, 0])
+    assert torch.equal(s[:, :, 1], h[:, :, 0])
+    assert torch.equal(s[:, :, 2], h[:, :, 1])
+
+
+def test_valid_prefix_worked_example():
+    # design §5: all slots ok; drafter right at slots 0 and 1, wrong at slot 2 -> v = 1, 1, 1, 0
+    ok = torch.tensor([[True, True, True, True]])
+    correct = torch.tensor([[True, True, False, True]])
+    assert valid_prefix(ok, correct).tolist() == [[True, True, True, False]]
+    # a not-ok slot breaks the chain even when the drafter was right before it
+    ok2 = torch.tensor([[True, False, True, True]])
+    assert valid_prefix(ok2, torch.ones(1, 4, dtype=torch.bool)).tolist() == [[True, False, False, False]]
+
+
+def test_rank_classes_and_ordinal_labels():
+    assert rank_class(torch.tensor([1, 2, 4, 5, 10, 11, 10**6])).tolist() == [0, 1, 1, 2, 2, 3, 3]
+    labels = ordinal_soft_labels(torch.tensor([1]))[0]
+    raw = torch.tensor([1 / 9, 1, 1 / 4, 1 / 9])  # c=0: 1/(1+1+1)^2, c=1: 1, c=2: 1/(1+1)^2, c=3: 1/(1+2)^2
+    assert torch.allclose(labels, raw / raw.sum())
+
+
+def test_rank_features_shape_and_values():
+    logits = torch.tensor([[3.0, 2.0, 1.0] + [-5.0] * 30])
+    f = rank_features(logits)
+    assert f.shape == (1, 15)
+    assert torch.isclose(f[0, 10], torch.tensor(1.0))  # top1 - top2 gap
+    assert torch.isclose(f[0, 11], torch.tensor(2.0))  # top1 - top3
+    assert torch.isclose(f[0, 13], torch.softmax(logits, -1).max())  # top-1 probability
