@@ -2,6 +2,11 @@
 
     .venv/bin/python benchmarks/methods_speed.py --target qwen2.5-coder-1.5b \
         --methods vanilla,lookup,draft-model --per-category 1 --max-new-tokens 64
+    .venv/bin/python benchmarks/methods_speed.py --methods vanilla,specblock@59,eagle3@59,specblock@auto,eagle3@auto \
+        --per-category 5
+
+A method is `name[@budget]` (budget: a node count or `auto`); `--drafters
+specblock=DIR,eagle3=DIR` replaces the shipped drafters.
 
 Every method runs on the same prompt back to back (interleaved), greedy, and its output is
 checked against vanilla's token for token. tau = new tokens / target forwards (prefill
@@ -35,14 +40,21 @@ def main() -> None:
     ap.add_argument("--per-category", type=int, default=1)
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--drafters", default="", help="method=DIR,... trained drafter checkpoints to use")
     args = ap.parse_args()
     methods = args.methods.split(",")
+    drafter_dirs = dict(item.split("=", 1) for item in args.drafters.split(",") if item)
     if methods[0] != "vanilla":
         sys.exit("the first method must be vanilla (the reference for speedup and exactness)")
     out = args.out or Path(__file__).parent / "results" / f"methods_{args.target}"
 
     vanilla = SpecGenerator.load(args.target, method="vanilla", dtype=args.dtype)
-    gens = {m: vanilla if m == "vanilla" else vanilla.with_method(m, target_name=args.target) for m in methods}
+    gens = {}
+    for spec in methods:
+        name, _, budget = spec.partition("@")
+        gens[spec] = vanilla if spec == "vanilla" else vanilla.with_method(
+            name, target_name=args.target, node_budget=budget or None, drafter=drafter_dirs.get(name)
+        )  # fmt: skip
     tokenizer = gens["vanilla"].tokenizer
     for g in gens.values():
         g.generate("Say hello.", max_new_tokens=8)  # warm-up
@@ -84,6 +96,10 @@ def pooled(rows: list[dict]) -> dict:
         "tau": tokens / iters,
         "tokens_per_s": tokens / sum(r["wall_s"] for r in rows),
         "drafter_forwards_per_iteration": sum(r["drafter_forwards"] for r in rows) / max(iters - len(rows), 1),
+        "draft_ms_per_iteration": sum(r["draft_ms_per_iteration"] * (r["iterations"] - 1) for r in rows)
+        / max(iters - len(rows), 1),
+        "target_ms_per_iteration": sum(r["target_ms_per_iteration"] * (r["iterations"] - 1) for r in rows)
+        / max(iters - len(rows), 1),
         "all_identical_to_vanilla": all(r["identical_to_vanilla"] for r in rows),
     }
 
@@ -114,15 +130,17 @@ def render(meta: dict, summary: dict, methods: list[str]) -> str:
         "- tau = new tokens / target forwards (prefill counted as one), pooled; tokens/s = new tokens / "
         "request wall time (prefill included), pooled; speedup = tokens/s / vanilla tokens/s on the same prompts",
         "",
-        "| method | category | tau | tokens/s | speedup | drafter forwards / iteration | output = vanilla |",
-        "|---|---|---|---|---|---|---|",
+        "| method | category | tau | tokens/s | speedup | drafter forwards / iteration | drafter ms / iteration "
+        "| target ms / iteration | output = vanilla |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for m in methods:
         for c in cats:
             e = summary[m][c]
             lines.append(
                 f"| {m} | {c} | {e['tau']:.2f} | {e['tokens_per_s']:.2f} | {e['speedup']:.2f}x | "
-                f"{e['drafter_forwards_per_iteration']:.2f} | {'yes' if e['all_identical_to_vanilla'] else 'NO'} |"
+                f"{e['drafter_forwards_per_iteration']:.2f} | {e['draft_ms_per_iteration']:.1f} | "
+                f"{e['target_ms_per_iteration']:.1f} | {'yes' if e['all_identical_to_vanilla'] else 'NO'} |"
             )
     return "\n".join(lines) + "\n"
 

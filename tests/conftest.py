@@ -33,7 +33,7 @@ def save_char_tokenizer(out: Path) -> None:
 
 def build_tiny_model(
     out: Path, arch: str = "llama", seed: int = 0, layers: int = 4, vocab: int = VOCAB, std: float = 0.25,
-    max_positions: int = 512, tokenizer: bool = True,
+    max_positions: int = 512, tokenizer: bool = True, hidden: int = 64,
 ) -> Path:  # fmt: skip
     """Save a random model of the given family to `out` (safetensors + config [+ tokenizer])."""
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
@@ -46,7 +46,7 @@ def build_tiny_model(
     config_cls, model_cls = classes[arch]
     torch.manual_seed(seed)
     cfg = config_cls(
-        vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=128, num_hidden_layers=layers,
         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=max_positions,
         tie_word_embeddings=arch == "llama", eos_token_id=2, bos_token_id=1, rope_theta=10000.0,
     )  # fmt: skip

@@ -92,6 +92,8 @@ class GenerationResult:
     method: str
     node_budget: int
     accepted_lengths: list[int] = field(default_factory=list)
+    draft_ms: list[float] = field(default_factory=list)  # drafter time of each iteration (propose + observe)
+    target_ms: list[float] = field(default_factory=list)  # verify forward + acceptance of each iteration
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -119,6 +121,8 @@ class GenerationResult:
             method=method,
             node_budget=budget,
             accepted_lengths=stats.accepted_lengths,
+            draft_ms=[round(1000 * t, 3) for t in stats.draft_s],
+            target_ms=[round(1000 * t, 3) for t in stats.target_s],
         )
 
 

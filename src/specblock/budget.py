@@ -71,11 +71,15 @@ def load_or_measure(runner: TargetRunner, target_name: str, refresh: bool = Fals
         if saved.get("machine") == machine_key():
             return {int(n): float(t) for n, t in saved["verify_s"].items()}
     latency = measure_verify_latency(runner)
+    save_profile(path, str(target_name), latency)
+    return latency
+
+
+def save_profile(path: Path, target_name: str, latency: dict[int, float]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"machine": machine_key(), "target": str(target_name), "verify_s": latency}, indent=2))
+    tmp.write_text(json.dumps({"machine": machine_key(), "target": target_name, "verify_s": latency}, indent=2))
     os.replace(tmp, path)
-    return latency
 
 
 def _interpolate(points: dict[int, float], n: int) -> float:

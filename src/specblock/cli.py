@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -13,6 +13,7 @@ from rich.table import Table
 
 from specblock.cli_common import err, progress_reporter, user_errors
 from specblock.cli_data import data_app
+from specblock.cli_profile import profile
 from specblock.cli_train import export, train
 from specblock.errors import InvalidSettingError
 from specblock.models import fetch as fetching
@@ -24,6 +25,7 @@ app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
 app.command()(train)
 app.command()(export)
+app.command()(profile)
 
 
 @models_app.command("list")
@@ -54,20 +56,25 @@ def models_fetch(
 
 @app.command()
 def generate(
-    prompt: Annotated[Optional[str], typer.Option(help="User prompt (or raw text with --raw).")] = None,
+    prompt: Annotated[str | None, typer.Option(help="User prompt (or raw text with --raw).")] = None,
     target: Annotated[str, typer.Option(help="Registry name or local Hugging Face model directory.")] = DEFAULT_TARGET,
-    method: Annotated[str, typer.Option(help="vanilla | lookup | draft-model")] = "lookup",
-    system: Annotated[Optional[str], typer.Option(help="System prompt for the chat template.")] = None,
-    messages: Annotated[Optional[Path], typer.Option(help="JSON file with a list of {role, content} messages.")] = None,
+    method: Annotated[str, typer.Option(help="vanilla | lookup | draft-model | specblock | eagle3")] = "lookup",
+    system: Annotated[str | None, typer.Option(help="System prompt for the chat template.")] = None,
+    messages: Annotated[Path | None, typer.Option(help="JSON file with a list of {role, content} messages.")] = None,
     raw: Annotated[bool, typer.Option(help="Send the prompt as plain text, without the chat template.")] = False,
     max_new_tokens: Annotated[int, typer.Option(help="Most tokens to generate.")] = 256,
     temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling mass (1 = off).")] = 1.0,
     top_k: Annotated[int, typer.Option(help="Top-k sampling (0 = off).")] = 0,
-    seed: Annotated[Optional[int], typer.Option(help="Random seed for sampling.")] = None,
-    stop: Annotated[Optional[list[str]], typer.Option(help="Stop string (repeatable).")] = None,
-    node_budget: Annotated[Optional[int], typer.Option(help="Draft nodes per iteration (root excluded).")] = None,
-    draft_model: Annotated[Optional[str], typer.Option(help="Draft model for --method draft-model.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed for sampling.")] = None,
+    stop: Annotated[list[str] | None, typer.Option(help="Stop string (repeatable).")] = None,
+    node_budget: Annotated[
+        str | None, typer.Option(help="Draft nodes per iteration (root excluded), or auto (measured best).")
+    ] = None,
+    draft_model: Annotated[str | None, typer.Option(help="Draft model for --method draft-model.")] = None,
+    drafter: Annotated[
+        Path | None, typer.Option(help="Trained drafter checkpoint for --method specblock / eagle3 (default: shipped).")
+    ] = None,
     dtype: Annotated[str, typer.Option(help="float32 | bfloat16 | float16")] = "float32",
     device: Annotated[str, typer.Option(help="cpu | cuda | cuda:N | auto")] = "cpu",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with the text and stats.")] = False,
@@ -80,7 +87,7 @@ def generate(
         with progress_reporter() as report:
             gen = SpecGenerator.load(
                 target, method, dtype=dtype, device=device, node_budget=node_budget, draft_model=draft_model,
-                report=report,
+                drafter=drafter, report=report,
             )  # fmt: skip
         stream = gen.stream(
             prompt, system=system, messages=chat, raw=raw, max_new_tokens=max_new_tokens,

@@ -10,7 +10,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 
 from specblock.errors import SpecBlockError
 
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # one message = one line, whatever the terminal width
 
 
 @contextmanager

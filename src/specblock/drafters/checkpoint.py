@@ -54,6 +54,8 @@ def save_drafter(model: DrafterModel, out: Path, dtype: torch.dtype = torch.floa
     config = model.cfg.to_dict() | {"torch_dtype": str(dtype).removeprefix("torch."), **(meta or {})}
     (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     save_file(drafter_state(model, dtype), str(tmp / "model.safetensors"))
+    if out.exists() and any(out.iterdir()) and not (out / "config.json").is_file():
+        raise SpecBlockError(f"{out} exists and is not a drafter checkpoint: refusing to replace it")
     if out.exists():
         old = out.with_name(out.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
@@ -116,5 +118,12 @@ def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], where: str)
     converted = {k: (v.float() if v.is_floating_point() else v.to(expected[k].dtype)) for k, v in weights.items()}
     model.load_state_dict(converted, strict=False)
     d2t, t2d = model.d2t, model.t2d
-    if int(t2d.sum()) != d2t.numel() or not bool(t2d[(d2t + torch.arange(d2t.numel())).clamp(0, t2d.numel() - 1)].all()):
+    mapped = d2t + torch.arange(d2t.numel())
+    in_range = bool(((mapped >= 0) & (mapped < t2d.numel())).all())
+    if (  # every draft id maps to a distinct target id that t2d marks, and nothing else is marked
+        not in_range
+        or int(t2d.sum()) != d2t.numel()
+        or mapped.unique().numel() != d2t.numel()
+        or not bool(t2d[mapped.clamp(0, t2d.numel() - 1)].all())
+    ):
         raise SpecBlockError(f"{where}: d2t and t2d disagree (corrupt or mismatched vocabulary maps)")

@@ -13,8 +13,8 @@ are written atomically every `checkpoint_every` steps; a killed run resumes from
 
 from __future__ import annotations
 
+import contextlib
 import json
-import math
 import os
 import shutil
 import time
@@ -140,11 +140,43 @@ class Distributed:
     world: int = 1
 
     @classmethod
-    def from_env(cls) -> "Distributed":
+    def from_env(cls) -> Distributed:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         return cls(int(os.environ.get("RANK", "0")), world)
+
+
+def wrap_objective(objective: TrainingObjective, ddp: Distributed) -> torch.nn.Module:
+    """The objective itself on one process, wrapped in DistributedDataParallel under torchrun."""
+    if ddp.world == 1:
+        return objective
+    # the frozen embeddings are a buffer: never broadcast them on every forward
+    return torch.nn.parallel.DistributedDataParallel(objective, broadcast_buffers=False)
+
+
+def accumulate_gradients(
+    wrapped: torch.nn.Module, micro_batches: list[Batch], settings: TrainSettings, step: int, ddp: Distributed
+) -> list[LossReport]:
+    """Forward and backward this rank's share of the step's micro-batches; the gradients stay
+    on the parameters (the caller clips, steps and zeroes them).
+
+    Each micro-batch loss is divided by the micro-batches per rank and DDP averages over the
+    ranks, so the gradient is the mean over all of the step's micro-batches whatever the
+    number of processes. Under DDP all but the last micro-batch run inside `no_sync` (the
+    forward too: DDP decides in the forward whether the next backward all-reduces), so the
+    gradients are all-reduced once per step.
+    """
+    per_rank = len(micro_batches) // ddp.world
+    mine = range(ddp.rank * per_rank, (ddp.rank + 1) * per_rank)
+    reports = []
+    for n, index in enumerate(mine):
+        local = ddp.world > 1 and n < per_rank - 1
+        with wrapped.no_sync() if local else contextlib.nullcontext():
+            rep = wrapped(micro_batches[index], step, index)
+            (rep.loss / per_rank).backward()
+        reports.append(rep)
+    return reports
 
 
 def _save_training_state(out: Path, model, opt: torch.optim.Optimizer, step: int, s: TrainSettings) -> None:
@@ -248,29 +280,17 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     start = _load_training_state(out, model, opt, settings)
     objective = TrainingObjective(model, settings)
-    # the frozen embeddings are a buffer: never broadcast them on every forward
-    wrapped = (
-        torch.nn.parallel.DistributedDataParallel(objective, broadcast_buffers=False) if ddp.world > 1 else objective
-    )
+    wrapped = wrap_objective(objective, ddp)
     model.train()
     log_path = out / "train_log.jsonl"
+    if ddp.rank == 0:
+        _drop_log_after(log_path, start)  # a killed run may have logged steps past its last checkpoint
     t0 = time.time()
-    per_rank = settings.batch_size // settings.micro_batch // ddp.world
     for step in range(start, settings.max_steps):
         for g in opt.param_groups:
             g["lr"] = lr_at(step, settings)
         micro = step_micro_batches(train_seqs, vocab, settings, step)
-        mine = range(ddp.rank * per_rank, (ddp.rank + 1) * per_rank)
-        reports = []
-        for n, index in enumerate(mine):
-            rep = wrapped(micro[index], step, index)
-            loss = rep.loss / per_rank
-            if ddp.world > 1 and n < per_rank - 1:
-                with wrapped.no_sync():
-                    loss.backward()
-            else:
-                loss.backward()
-            reports.append(rep)
+        reports = accumulate_gradients(wrapped, micro, settings, step, ddp)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -297,6 +317,13 @@ def train(
     if ddp.world > 1:
         dist.barrier()
     return summary
+
+
+def _drop_log_after(path: Path, step: int) -> None:
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in kept))
 
 
 def _log_entry(step: int, reports: list[LossReport], grad_norm: float, lr: float, elapsed: float, s: TrainSettings) -> dict:
