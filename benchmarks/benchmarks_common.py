@@ -1,21 +1,7 @@
-"""Helpers shared by the benchmark scripts."""
+"""Helpers shared by the benchmark scripts (the machine description now lives in the package)."""
 
 from __future__ import annotations
 
-import platform
-from pathlib import Path
+from specblock.bench.machine import machine_description
 
-import torch
-
-
-def machine_description() -> str:
-    """CPU model, thread count, OS and torch version: written next to every figure."""
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {torch.get_num_threads()} threads, {platform.system()} {platform.release()}, torch {torch.__version__}"
+__all__ = ["machine_description"]

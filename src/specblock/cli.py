@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from specblock.cli_bench import bench
 from specblock.cli_common import err, progress_reporter, user_errors
 from specblock.cli_data import data_app
 from specblock.cli_profile import profile
@@ -26,6 +27,7 @@ app.add_typer(data_app, name="data")
 app.command()(train)
 app.command()(export)
 app.command()(profile)
+app.command()(bench)
 
 
 @models_app.command("list")

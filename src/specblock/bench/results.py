@@ -1,0 +1,94 @@
+"""The append-only results file `results.jsonl`: one row per (prompt, turn, method, run), resumable."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from specblock.errors import InvalidSettingError
+
+RESULTS = "results.jsonl"
+SETTINGS = "settings.json"
+# Settings that change what a row means: a run with other values must not resume into the same file.
+RESUME_KEYS = ("target", "dtype", "device", "temperature", "max_new_tokens", "seed")
+
+Key = tuple[str, int, str, int]
+
+
+def row_key(row: dict) -> Key:
+    """The identity of a row: (question_id, turn, method, run); the id as JSON text so 7 != "7"."""
+    return json.dumps(row["question_id"]), int(row["turn"]), str(row["method"]), int(row["run"])
+
+
+def read_rows(path: Path, repair: bool = False) -> list[dict]:
+    """All complete rows. A half-written last line (the process was killed) is dropped; with
+    `repair` it is also cut from the file so that the next append starts on a fresh line."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    text = path.read_text(encoding="utf-8")
+    lines = text.split("\n")
+    tail = lines.pop()  # "" when the file ends with a newline
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise InvalidSettingError(f"{path}:{number} is not a JSON row; fix or remove the file") from None
+    if tail.strip():
+        try:
+            rows.append(json.loads(tail))  # complete JSON, only the newline missing
+            if repair:
+                with path.open("a", encoding="utf-8") as f:
+                    f.write("\n")
+        except json.JSONDecodeError:
+            if repair:
+                path.write_text(text[: len(text) - len(tail)], encoding="utf-8")
+    return rows
+
+
+class ResultsFile:
+    """Appends rows (flushed one by one) and knows which keys are already done."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = Path(out) / RESULTS
+        self.rows = read_rows(self.path, repair=True)
+        self.by_key = {row_key(r): r for r in self.rows}
+
+    def done(self, key: Key) -> bool:
+        return key in self.by_key
+
+    def get(self, key: Key) -> dict | None:
+        return self.by_key.get(key)
+
+    def append(self, row: dict) -> None:
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+        self.rows.append(row)
+        self.by_key[row_key(row)] = row
+
+
+def check_settings(out: Path, settings: dict) -> None:
+    """Refuse to resume into a directory measured with other settings (see RESUME_KEYS)."""
+    path = Path(out) / SETTINGS
+    if path.is_file() and (Path(out) / RESULTS).is_file():
+        old = json.loads(path.read_text())
+        for key in RESUME_KEYS:
+            if old.get(key) != settings.get(key):
+                raise InvalidSettingError(
+                    f"{out} holds results with {key}={old.get(key)!r}, not {settings.get(key)!r}; "
+                    "use another --out directory to measure other settings"
+                )
+
+
+def write_settings(out: Path, settings: dict) -> None:
+    path = Path(out) / SETTINGS
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(settings, indent=1) + "\n")
+
+
+def read_settings(out: Path) -> dict:
+    path = Path(out) / SETTINGS
+    return json.loads(path.read_text()) if path.is_file() else {}

@@ -1,0 +1,132 @@
+"""Run every method on every prompt, interleaved, and append one row per measurement.
+
+Order: for run r, for each prompt, for each turn, every method back to back on that turn
+(vanilla first). MT-bench turn 2 is asked after the method's own turn-1 answer, so each
+turn is its own row (`turn` = 1 or 2). Rows already in `results.jsonl` are skipped, which
+makes an interrupted benchmark resumable.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from specblock.api import GenerationResult, SpecGenerator
+from specblock.bench.machine import machine_description
+from specblock.bench.methods import MethodSpec, parse_drafters, parse_methods
+from specblock.bench.prompts import Prompt, load_prompts
+from specblock.bench.results import ResultsFile, check_settings, write_settings
+from specblock.errors import InvalidSettingError
+
+Reporter = Callable[[str, int, int], None]
+WARMUP_PROMPT = "Say hello."
+PROGRESS_STAGE = "measuring (question x turn x method x run)"
+
+
+def request_seed(seed: int, question_id: object, run: int, turn: int) -> int:
+    """A sampling seed derived from (seed, question_id, run, turn): the same for every method."""
+    digest = hashlib.sha256(json.dumps([seed, question_id, run, turn]).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def build_generators(
+    target: str | Path, specs: list[MethodSpec], drafters: dict[str, str], dtype: str, device: str,
+    report: Reporter | None = None,
+) -> dict[str, SpecGenerator]:  # fmt: skip
+    """Load the target once; every method shares its weights (`with_method`)."""
+    base = SpecGenerator.load(target, "vanilla", dtype=dtype, device=device, report=report)
+    gens = {}
+    for s in specs:
+        if s.spec == "vanilla":
+            gens[s.spec] = base
+            continue
+        gens[s.spec] = base.with_method(
+            s.name, node_budget=s.budget, target_name=str(target),
+            drafter=drafters.get(s.name) if s.name in ("specblock", "eagle3") else None,
+            draft_model=drafters.get("draft-model") if s.name == "draft-model" else None,
+        )  # fmt: skip
+    return gens
+
+
+def make_row(
+    prompt: Prompt, turn: int, method: str, run: int, r: GenerationResult, reference: list[int] | None
+) -> dict:
+    """One results row; `equal_to_vanilla` is None when there is no greedy reference."""
+    return {
+        "category": prompt.category, "label": prompt.label, "question_id": prompt.question_id, "turn": turn,
+        "method": method, "run": run, "node_budget": r.node_budget, "prompt_tokens": r.prompt_tokens,
+        "new_tokens": r.new_tokens, "iterations": r.iterations, "wall_s": r.wall_s, "prefill_s": r.prefill_s,
+        "drafter_forwards": r.drafter_forwards, "mean_tree_nodes": r.mean_tree_nodes, "stop_reason": r.stop_reason,
+        "accepted_lengths": r.accepted_lengths, "draft_ms": r.draft_ms, "target_ms": r.target_ms,
+        "equal_to_vanilla": None if reference is None else r.token_ids == reference, "token_ids": r.token_ids,
+    }  # fmt: skip
+
+
+def run_bench(
+    target: str | Path,
+    methods: str | list[str],
+    data: Path,
+    per_category: int = 5,
+    runs: int = 1,
+    temperature: float = 0.0,
+    max_new_tokens: int = 256,
+    out: Path = Path("bench"),
+    seed: int = 0,
+    drafters: dict[str, str] | str | None = None,
+    report: Reporter | None = None,
+    *,
+    dtype: str = "float32",
+    device: str = "cpu",
+    command: str = "",
+) -> dict:
+    """Measure and append rows to `out/results.jsonl`; returns the settings (also in `out/settings.json`)."""
+    specs = parse_methods(methods)
+    drafters = parse_drafters(drafters) if isinstance(drafters, str) or drafters is None else dict(drafters)
+    if runs < 1 or max_new_tokens < 1 or temperature < 0:
+        raise InvalidSettingError("--runs and --max-new-tokens must be at least 1 and --temperature at least 0")
+    prompts = load_prompts(Path(data), per_category)
+    out = Path(out)
+    settings = {
+        "target": str(target), "dtype": dtype, "device": device, "temperature": float(temperature),
+        "max_new_tokens": max_new_tokens, "seed": seed, "methods": [s.spec for s in specs], "data": str(data),
+        "per_category": per_category, "runs": runs, "drafters": drafters, "command": command,
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": machine_description(device), "turns": "one row per turn; turn 2 follows the method's own turn-1 answer",
+    }  # fmt: skip
+    check_settings(out, settings)  # before the slow model load
+    gens = build_generators(target, specs, drafters, dtype, device, report)
+    settings["node_budgets"] = {spec: g.node_budget for spec, g in gens.items()}
+    write_settings(out, settings)
+    for g in gens.values():
+        g.generate(WARMUP_PROMPT, max_new_tokens=8)
+
+    results = ResultsFile(out)
+    decode = gens["vanilla"].tokenizer.decode
+    total, done = runs * sum(len(p.turns) for p in prompts) * len(specs), 0
+    for run in range(1, runs + 1):
+        for prompt in prompts:
+            history: dict[str, list[dict]] = {s.spec: [] for s in specs}
+            for turn, question in enumerate(prompt.turns, start=1):
+                for s in specs:
+                    messages = history[s.spec] + [{"role": "user", "content": question}]
+                    key = (json.dumps(prompt.question_id), turn, s.spec, run)
+                    row = results.get(key)
+                    if row is None:
+                        seed_r = None if temperature == 0 else request_seed(seed, prompt.question_id, run, turn)
+                        r = gens[s.spec].generate(
+                            messages=messages, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed_r
+                        )
+                        reference = None  # greedy outputs are checked token for token against vanilla's
+                        if temperature == 0:
+                            vanilla_row = results.get((key[0], turn, "vanilla", run))
+                            reference = r.token_ids if s.spec == "vanilla" else (vanilla_row or {}).get("token_ids")
+                        row = make_row(prompt, turn, s.spec, run, r, reference)
+                        results.append(row)
+                    history[s.spec] = messages + [{"role": "assistant", "content": decode(row["token_ids"])}]
+                    done += 1
+                    if report is not None:
+                        report(PROGRESS_STAGE, done, total)
+    return settings

@@ -1,0 +1,249 @@
+"""`specblock bench` on a tiny random model: rows, turns, resume, summary arithmetic, paired test, report, CLI."""
+
+import json
+import math
+import random
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from specblock.bench.methods import parse_methods
+from specblock.bench.prompts import load_prompts
+from specblock.bench.results import read_rows, row_key
+from specblock.bench.runner import request_seed, run_bench
+from specblock.bench.stats import bootstrap_mean_ci, mean_std, wilcoxon_signed_rank
+from specblock.bench.summary import compare, summarise, write_summary
+from specblock.cli import app
+from specblock.errors import InvalidSettingError
+from specblock.text import ChatTokenizer
+
+QUESTIONS = [
+    {"question_id": 81, "category": "writing", "turns": ["Write a short poem about the sea.", "Now make it shorter."]},
+    {"question_id": 82, "category": "writing", "turns": ["Describe a cat in one line.", "Say it again for a dog."]},
+    {"question_id": 83, "category": "writing", "turns": ["Not taken: the third writing question.", "x"]},
+    {"question_id": 200, "category": "translation", "turns": ["Translate to French: good morning."]},
+    {"question_id": 201, "category": "translation", "turns": ["Translate to German: thank you."]},
+]
+RUNS, MAX_NEW = 2, 12
+METHODS = "vanilla,lookup@6,draft-model@4"
+EXPECTED_ROWS = RUNS * (2 * 2 + 2 * 1) * 3  # runs x (two 2-turn + two 1-turn questions) x methods
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "questions.jsonl"
+    path.write_text("".join(json.dumps(q) + "\n" for q in QUESTIONS))
+    return path
+
+
+def bench_args(tiny_llama, tiny_draft_llama, data_file, out, **changes):
+    args = {"target": str(tiny_llama), "methods": METHODS, "data": data_file, "per_category": 2, "runs": RUNS,
+            "temperature": 0.0, "max_new_tokens": MAX_NEW, "out": out, "seed": 0,
+            "drafters": {"draft-model": str(tiny_draft_llama)}}  # fmt: skip
+    return args | changes
+
+
+@pytest.fixture(scope="module")
+def bench_out(tiny_llama, tiny_draft_llama, data_file, tmp_path_factory):
+    """One full benchmark through the CLI (vanilla, lookup, draft model; 2 runs; MT-bench 2 turns)."""
+    out = tmp_path_factory.mktemp("bench")
+    result = CliRunner().invoke(app, [
+        "bench", "--target", str(tiny_llama), "--methods", METHODS, "--data", str(data_file), "--per-category", "2",
+        "--runs", str(RUNS), "--max-new-tokens", str(MAX_NEW), "--out", str(out),
+        "--drafters", f"draft-model={tiny_draft_llama}",
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_prompts_grouped_and_first_n(data_file):
+    prompts = load_prompts(data_file, 2)
+    assert [(p.category, p.question_id) for p in prompts] == [
+        ("mt_bench", 81), ("mt_bench", 82), ("translation", 200), ("translation", 201)
+    ]  # fmt: skip
+    assert prompts[0].label == "writing" and len(prompts[0].turns) == 2
+
+
+def test_rows_complete_with_own_turn_one_answer(bench_out, tiny_llama):
+    rows = read_rows(bench_out / "results.jsonl")
+    assert len(rows) == EXPECTED_ROWS == len({row_key(r) for r in rows})
+    fields = ["category", "question_id", "turn", "method", "run", "new_tokens", "iterations", "wall_s", "prefill_s",
+              "accepted_lengths", "draft_ms", "target_ms", "drafter_forwards", "mean_tree_nodes", "equal_to_vanilla"]  # fmt: skip
+    for r in rows:
+        assert all(k in r for k in fields)
+        assert len(r["accepted_lengths"]) == len(r["draft_ms"]) == len(r["target_ms"]) == r["iterations"] - 1
+        assert r["equal_to_vanilla"] is True  # greedy lookup and draft-model decoding are lossless
+    assert {r["turn"] for r in rows if r["category"] == "mt_bench"} == {1, 2}
+    assert {r["turn"] for r in rows if r["category"] == "translation"} == {1}
+    tok = ChatTokenizer.load(tiny_llama)
+    by_key = {row_key(r): r for r in rows}
+    q = QUESTIONS[0]
+    for method in ["vanilla", "lookup@6"]:
+        first = by_key[(json.dumps(81), 1, method, 1)]
+        second = by_key[(json.dumps(81), 2, method, 1)]
+        chat = [{"role": "user", "content": q["turns"][0]}, {"role": "assistant", "content": tok.decode(first["token_ids"])},
+                {"role": "user", "content": q["turns"][1]}]  # fmt: skip
+        assert second["prompt_tokens"] == len(tok.encode(messages=chat))
+    settings = json.loads((bench_out / "settings.json").read_text())
+    assert settings["node_budgets"] == {"vanilla": 0, "lookup@6": 6, "draft-model@4": 4}
+
+
+def test_rerun_adds_nothing(bench_out, tiny_llama, tiny_draft_llama, data_file):
+    before = (bench_out / "results.jsonl").read_text()
+    run_bench(**bench_args(tiny_llama, tiny_draft_llama, data_file, bench_out))
+    assert (bench_out / "results.jsonl").read_text() == before
+
+
+def test_interrupted_run_resumes(bench_out, tiny_llama, tiny_draft_llama, data_file, tmp_path):
+    calls = []
+
+    def stop_after_seven(stage, done, total):
+        calls.append(done)
+        if done == 7:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_bench(**bench_args(tiny_llama, tiny_draft_llama, data_file, tmp_path, report=stop_after_seven))
+    path = tmp_path / "results.jsonl"
+    with path.open("a") as f:
+        f.write('{"category": "mt_bench", "question_id": 82, "tu')  # killed in the middle of a write
+    assert len(read_rows(path)) == 7
+    run_bench(**bench_args(tiny_llama, tiny_draft_llama, data_file, tmp_path))
+    rows = read_rows(path)
+    assert len(rows) == EXPECTED_ROWS == len({row_key(r) for r in rows})
+    full = {row_key(r): r["token_ids"] for r in read_rows(bench_out / "results.jsonl")}
+    assert all(full[row_key(r)] == r["token_ids"] and r["equal_to_vanilla"] for r in rows)
+
+
+def test_other_settings_refuse_to_resume(bench_out, tiny_llama, tiny_draft_llama, data_file, tmp_path):
+    shutil.copytree(bench_out, tmp_path / "copy")
+    with pytest.raises(InvalidSettingError, match="max_new_tokens"):
+        run_bench(**bench_args(tiny_llama, tiny_draft_llama, data_file, tmp_path / "copy", max_new_tokens=MAX_NEW + 1))
+
+
+def test_sampling_rows_are_seeded(tiny_llama, tiny_draft_llama, data_file, tmp_path):
+    assert request_seed(0, 81, 1, 1) == request_seed(0, 81, 1, 1) != request_seed(0, 81, 2, 1)
+    args = {"methods": "vanilla,lookup", "per_category": 1, "runs": 1, "temperature": 1.0, "drafters": None}
+    run_bench(**bench_args(tiny_llama, tiny_draft_llama, data_file, tmp_path / "a", **args))
+    run_bench(**bench_args(tiny_llama, tiny_draft_llama, data_file, tmp_path / "b", **args))
+    a, b = read_rows(tmp_path / "a" / "results.jsonl"), read_rows(tmp_path / "b" / "results.jsonl")
+    assert [r["token_ids"] for r in a] == [r["token_ids"] for r in b]
+    assert all(r["equal_to_vanilla"] is None for r in a)
+
+
+def test_report_and_plots_written(bench_out):
+    summary = write_summary(bench_out)
+    for name in ["summary.json", "report.md", "speedup.png", "accept_hist.png", "slot_acceptance.png"]:
+        assert (bench_out / name).stat().st_size > 0
+    report = (bench_out / "report.md").read_text()
+    assert "tau = total new tokens / total target forwards" in report and "| lookup@6 | mt_bench |" in report
+    assert "turn 2" in report
+    assert summary["table"]["lookup@6"]["all"]["equal_to_vanilla"] is True
+    assert summary["table"]["vanilla"]["all"]["tau"] == 1.0
+    assert summary["table"]["vanilla"]["all"]["speedup_mean"] == pytest.approx(1.0)
+    assert json.loads((bench_out / "summary.json").read_text())["methods"] == ["vanilla", "lookup@6", "draft-model@4"]
+
+
+def _row(method, cat, qid, run, new, iters, wall, acc, fwd=0, nodes=0.0, draft=1.0, target=2.0):
+    return {"category": cat, "question_id": qid, "turn": 1, "method": method, "run": run, "new_tokens": new,
+            "iterations": iters, "wall_s": wall, "prefill_s": 0.1 * wall, "accepted_lengths": acc,
+            "draft_ms": [draft] * len(acc), "target_ms": [target] * len(acc), "drafter_forwards": fwd,
+            "mean_tree_nodes": nodes, "equal_to_vanilla": True}  # fmt: skip
+
+
+def synthetic_rows():
+    rows = []
+    for run, (w1, w2, s1, s2) in {1: (1.0, 2.0, 0.5, 1.0), 2: (1.0, 1.0, 0.4, 0.8)}.items():
+        rows += [_row("vanilla", "qa", 1, run, 10, 10, w1, [0] * 9), _row("vanilla", "mt_bench", 2, run, 11, 11, w2, [0] * 10),
+                 _row("sb", "qa", 1, run, 10, 4, s1, [3, 2, 1], fwd=6, nodes=5.0, draft=1.0),
+                 _row("sb", "mt_bench", 2, run, 11, 5, s2, [1, 2, 3, 0], fwd=8, nodes=10.0, draft=2.0)]  # fmt: skip
+    return rows
+
+
+def test_summary_matches_hand_computation(tmp_path):
+    s = summarise(synthetic_rows(), ["vanilla", "sb"], pairs=[])
+    assert s["categories"] == ["mt_bench", "qa", "all"]
+    e = s["table"]["sb"]["all"]
+    assert e["tau"] == pytest.approx(42 / 18)
+    assert e["tokens_per_s"] == pytest.approx(42 / 2.7)
+    assert e["decode_tokens_per_s"] == pytest.approx(38 / (0.9 * 2.7))
+    assert e["speedup_per_run"] == {1: pytest.approx(2.0), 2: pytest.approx(5 / 3)}
+    assert e["speedup_mean"] == pytest.approx(11 / 6)
+    assert e["speedup_std"] == pytest.approx((1 / 3) / math.sqrt(2))
+    assert e["tokens_per_s_mean"] == pytest.approx((14 + 17.5) / 2)
+    assert s["table"]["sb"]["mt_bench"]["speedup_per_run"] == {1: pytest.approx(2.0), 2: pytest.approx(1.25)}
+    assert e["slot_acceptance"][:4] == pytest.approx([6 / 7, 4 / 7, 2 / 7, 0.0])
+    assert e["accept_length_hist"] == [2, 4, 4, 4]
+    assert e["drafter_forwards_per_iteration"] == pytest.approx(28 / 14)
+    assert e["draft_ms_per_iteration"] == pytest.approx((3 * 1.0 + 4 * 2.0) / 7)
+    assert e["target_ms_per_iteration"] == pytest.approx(2.0)
+    assert e["mean_tree_nodes"] == pytest.approx((3 * 5 + 4 * 10) / 7)
+    assert e["equal_to_vanilla"] is True and e["equal_to_vanilla_count"] == "4/4"
+    assert mean_std([1.0]) == (1.0, None)
+
+
+def paired_rows(ratios):
+    rows = []
+    for q, ratio in enumerate(ratios):
+        rows += [_row("eagle3", "qa", q, 1, 10, 5, 1.0, [1]), _row("specblock", "qa", q, 1, 10, 5, 1.0 / ratio, [1])]
+    return rows
+
+
+def test_paired_test_clear_and_identical():
+    rng = random.Random(1)
+    better = compare(paired_rows([1.5 + 0.05 * rng.random() for _ in range(12)]), "specblock", "eagle3")
+    assert better["wilcoxon"]["p_value"] == pytest.approx(2 / 2**12)  # exact: all 12 signs positive
+    assert better["wilcoxon"]["method"] == "exact" and better["a_faster_on"] == 12
+    lo, hi = better["ci95_mean_ratio"]
+    assert 1.5 <= lo <= better["mean_ratio"] <= hi <= 1.55
+    same = compare(paired_rows([1.0] * 12), "specblock", "eagle3")
+    assert same["wilcoxon"]["p_value"] == 1.0 and same["mean_ratio"] == pytest.approx(1.0)
+    noisy = wilcoxon_signed_rank([rng.gauss(0, 1) for _ in range(30)])
+    assert noisy["p_value"] > 0.001
+    assert summarise(paired_rows([1.2] * 3), pairs=None)["comparisons"][0]["a"] == "specblock"  # default pair
+
+
+def test_wilcoxon_agrees_with_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    rng = random.Random(3)
+    exact = [rng.gauss(0.3, 1) for _ in range(15)]
+    tied = [round(rng.gauss(0.2, 1), 1) for _ in range(70)] + [0.0] * 3
+    for d in (exact, tied):
+        ref = stats.wilcoxon(d)
+        ours = wilcoxon_signed_rank(d)
+        assert ours["statistic"] == pytest.approx(ref.statistic)
+        assert ours["p_value"] == pytest.approx(ref.pvalue, rel=1e-6)
+    lo, hi = bootstrap_mean_ci([1.0, 2.0, 3.0, 4.0])
+    assert 1.0 <= lo < 2.5 < hi <= 4.0
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--methods", "vanilla,foo"], "unknown method 'foo'"),
+        (["--methods", "lookup,vanilla"], "must start with plain `vanilla`"),
+        (["--data", "/nonexistent/q.jsonl"], "does not exist"),
+        (["--methods", "vanilla,lookup@many"], "must be a number of draft nodes or 'auto'"),
+        (["--compare", "vanilla,eagle3"], "--compare"),
+    ],
+)
+def test_cli_bad_input_one_line(args, message, data_file, tmp_path):
+    base = {"--data": str(data_file), "--methods": "vanilla,lookup", "--out": str(tmp_path)}
+    base.update(dict(zip(args[::2], args[1::2])))
+    result = CliRunner().invoke(app, ["bench", "--target", "nope", *[x for kv in base.items() for x in kv]])
+    assert result.exit_code == 1
+    assert message in result.output and len(result.output.strip().splitlines()) == 1, result.output
+    assert "Traceback" not in result.output
+
+
+def test_methods_parse_budgets():
+    specs = parse_methods("vanilla,specblock@59,eagle3@auto,lookup")
+    assert [(s.name, s.budget) for s in specs] == [
+        ("vanilla", None),
+        ("specblock", "59"),
+        ("eagle3", "auto"),
+        ("lookup", None),
+    ]
+    with pytest.raises(InvalidSettingError, match="twice"):
+        parse_methods("vanilla,lookup,lookup")
