@@ -52,3 +52,20 @@ def test_lookup_speculates_on_repetitive_text(real_generators):
     r = lookup.generate(prompt, max_new_tokens=64)
     assert "cherries, dates, elderberries" in r.text
     assert r.tau > 2.0  # the copied list is drafted from the prompt (measured: 3.3)
+
+
+@pytest.mark.parametrize("method", ["specblock", "eagle3"])
+@pytest.mark.parametrize("budget", [12, 59])
+def test_shipped_drafters_equal_vanilla_and_speculate(real_generators, method, budget):
+    """The shipped trained drafters: output equals plain greedy decoding, and drafts get accepted."""
+    vanilla, _ = real_generators
+    gen = vanilla.with_method(method, node_budget=budget, target_name="smollm2-135m")
+    total_new = total_iters = 0
+    for prompt in PROMPTS:
+        a = vanilla.generate(prompt, max_new_tokens=48)
+        b = gen.generate(prompt, max_new_tokens=48)
+        assert a.token_ids == b.token_ids
+        assert b.mean_tree_nodes <= budget
+        total_new += b.new_tokens
+        total_iters += b.iterations
+    assert total_new / total_iters > 1.3  # trained drafters speculate for real (measured in the model cards)

@@ -101,7 +101,8 @@ def auto_budget(verify_s: dict[int, float], calibration: dict | None, max_budget
         one = verify_s[min(verify_s)]
         fitting = [n for n in candidates if verify_s[n] <= 1.5 * one]
         return max(fitting, default=candidates[0])
-    tau = {int(n): float(t) for n, t in zip(calibration["budgets"], calibration["tau"])}
-    draft = {int(n): float(ms) / 1000 for n, ms in zip(calibration["budgets"], calibration["draft_ms"])}
+    # no draft nodes: tau is exactly 1 and nothing is drafted (anchors the interpolation)
+    tau = {0: 1.0} | {int(n): float(t) for n, t in zip(calibration["budgets"], calibration["tau"])}
+    draft = {0: 0.0} | {int(n): float(ms) / 1000 for n, ms in zip(calibration["budgets"], calibration["draft_ms"])}
     usable = [n for n in candidates if n <= max(tau)]
     return max(usable, key=lambda n: _interpolate(tau, n) / (verify_s[n] + _interpolate(draft, n)))

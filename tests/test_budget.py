@@ -1,0 +1,48 @@
+"""The `auto` node budget: expected tokens/s from a latency profile and a drafter calibration."""
+
+import json
+
+import pytest
+
+from specblock.budget import auto_budget, load_or_measure, measure_verify_latency, profile_path
+from specblock.errors import InvalidSettingError
+from specblock.target.runner import TargetRunner
+from specblock.target.transformer import Transformer
+
+
+def test_auto_budget_maximises_expected_tokens_per_second():
+    verify = {1: 0.010, 4: 0.012, 8: 0.014, 16: 0.020, 59: 0.040}
+    calibration = {"budgets": [4, 8, 16, 59], "tau": [1.5, 1.9, 2.1, 2.3], "draft_ms": [2, 2, 3, 6]}
+    # tokens/s: 1 -> 1.125/0.0105 = 107 (tau interpolated from tau(0) = 1), 4 -> 1.5/0.014 = 107, 8 -> 1.9/0.016 = 119, 16 -> 2.1/0.023 = 91, 59 -> 2.3/0.046 = 50
+    assert auto_budget(verify, calibration) == 8
+    # a verifier whose cost does not grow with n makes bigger trees worth it:
+    # 16 -> 2.1/0.013 = 162 beats 8 -> 1.9/0.012 = 158 and 59 -> 2.3/0.016 = 144
+    flat = {n: 0.010 for n in verify}
+    assert auto_budget(flat, calibration) == 16
+
+
+def test_auto_budget_without_calibration_takes_the_largest_cheap_tree():
+    verify = {0: 0.010, 1: 0.010, 4: 0.012, 8: 0.0149, 16: 0.016, 59: 0.040}
+    assert auto_budget(verify, None) == 8
+
+
+def test_profile_is_measured_once_and_cached(tiny_llama):
+    runner = TargetRunner(Transformer.load(tiny_llama))
+    latency = measure_verify_latency(runner, sizes=(0, 1, 4), context=16, repeats=1)
+    assert set(latency) == {0, 1, 4} and all(t > 0 for t in latency.values())
+    first = load_or_measure(runner, "tiny")
+    path = profile_path("tiny", runner.model.dtype, "cpu")
+    assert path.exists() and json.loads(path.read_text())["verify_s"]
+    assert load_or_measure(runner, "tiny") == first  # read back, not re-measured
+
+
+def test_generator_resolves_auto_and_rejects_bad_budgets(tiny_llama):
+    from specblock import SpecGenerator
+
+    gen = SpecGenerator.load(tiny_llama, "lookup", node_budget="auto")
+    assert gen.node_budget >= 1
+    assert SpecGenerator.load(tiny_llama, "vanilla", node_budget="auto").node_budget == 0
+    with pytest.raises(InvalidSettingError):
+        SpecGenerator.load(tiny_llama, "lookup", node_budget="many")
+    with pytest.raises(InvalidSettingError):
+        SpecGenerator.load(tiny_llama, "lookup", node_budget=-1)
