@@ -53,11 +53,11 @@ class Eagle3Drafter(Drafter):
             self.cache = KVCache(1, c.num_key_value_heads, c.head_dim, rows, torch.float32, "cpu")
         self.cache.length = 0
         self.positions = 0
-        self.pending_features = list(prefill.features.float())
+        self.pending_features = list(prefill.features.float().cpu())  # the drafter runs on the CPU
         self.pending_tokens = list(prefill.prompt[1:]) + [prefill.first_token]
 
     def observe(self, feedback: VerifyFeedback) -> None:
-        self.pending_features += list(feedback.features.float())
+        self.pending_features += list(feedback.features.float().cpu())
         self.pending_tokens += list(feedback.tokens[1:]) + [feedback.next_token]
 
     def _topk_tokens(self, hidden: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,9 +7,10 @@
 2. Every alternative, every chain node that branched and the chain end seed a new block
    (condition = that slot's pre-norm hidden, token = the node's token, seeing block 1 up to
    that slot); all seeds run as ONE batched forward, block 2, whose slots branch by the same
-   rules. Seeds that cannot reach the budget's best nodes (their own score already ranks
-   below the budget-th block-1 node, and descendants only score lower) are skipped: this
-   changes no kept node and saves drafter time at the small budgets a CPU wants.
+   rules. Block 1 yields at most 25 nodes, so at the parity budget (59) every seed runs.
+   At the small budgets a CPU wants, seeds outside the budget's best block-1 nodes are
+   skipped to save drafter time: their own descendants score lower than they do, so they
+   could only matter by merging into (and lifting) an existing node, which is rare.
 3. Duplicates (same parent and token) merge; the `budget` best nodes by cumulative
    log-probability are kept (ancestors included, never over the budget).
 """
@@ -27,8 +28,9 @@ from specblock.tree import DraftTree
 RANK_TOPK = (2, 4, 6, 4)  # alternatives + greedy per rank class at slots k >= 1 (authors' default)
 
 
-def slot_width(slot: int, top1_prob: float, rank_cls: int, slot0_topk: int = 10) -> int:
-    """How many tokens (greedy included) a slot contributes (design §6 step 2)."""
+def slot_width(slot: int, top1_prob: float, rank_cls: int, slot0_topk: int = 10, fixed: int | None = None) -> int:
+    """How many tokens (greedy included) a slot contributes (design §6 step 2); `fixed`
+    replaces the rank-class table at slots k >= 1."""
     if slot == 0:
         if top1_prob >= 0.9:
             return min(slot0_topk, 3)
@@ -37,7 +39,7 @@ def slot_width(slot: int, top1_prob: float, rank_cls: int, slot0_topk: int = 10)
         if top1_prob >= 0.6:
             return min(slot0_topk, 8)
         return slot0_topk
-    width = RANK_TOPK[rank_cls]
+    width = fixed if fixed else RANK_TOPK[rank_cls]
     if top1_prob >= 0.95:
         return min(width, 2)
     if top1_prob >= 0.85:
@@ -50,7 +52,8 @@ class SpecBlockDrafter(Drafter):
     needs_features = True
 
     def __init__(self, model: SpecBlockModel, fixed_topk: int | None = None) -> None:
-        """`fixed_topk` replaces the rank head by a fixed width at slots k >= 1 (an ablation)."""
+        """`fixed_topk` replaces the rank head by a fixed width at slots k >= 1 (the ablation of
+        design §9; the top-1 probability caps and the slot-0 rule still apply)."""
         super().__init__()
         self.model = model.eval()
         self.k = model.cfg.block_size
@@ -68,13 +71,12 @@ class SpecBlockDrafter(Drafter):
             self.cache = KVCache(c.num_hidden_layers, c.num_key_value_heads, c.head_dim, rows, torch.float32, "cpu")
         self.cache.length = 0
         self.positions = 0
-        feats = prefill.features.float()
-        self.pending_features = list(feats)
+        self.pending_features = list(prefill.features.float().cpu())  # the drafter runs on the CPU
         self.pending_tokens = list(prefill.prompt[1:]) + [prefill.first_token]
 
     def observe(self, feedback: VerifyFeedback) -> None:
         # position j of the accepted path pairs its feature with the token after it
-        self.pending_features += list(feedback.features.float())
+        self.pending_features += list(feedback.features.float().cpu())
         self.pending_tokens += list(feedback.tokens[1:]) + [feedback.next_token]
 
     # -- drafting ---------------------------------------------------------------------
@@ -112,13 +114,17 @@ class SpecBlockDrafter(Drafter):
         logits = self.model.logits(hidden)
         return hidden, torch.log_softmax(logits.float(), -1), self._rank_classes(hidden, logits)
 
-    def _rank_classes(self, hidden: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    def _rank_classes(self, hidden: torch.Tensor, logits: torch.Tensor) -> torch.Tensor | None:
+        if self.fixed_topk:
+            return None  # the ablation does not consult the rank head
         return self.model.rank_logits(hidden, logits).argmax(-1)
 
     def _past(self, length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         return [self.cache.view(layer, length) for layer in range(self.model.cfg.num_hidden_layers)]
 
-    def _grow(self, pool: CandidatePool, parent: int, score: float, logp: torch.Tensor, ranks: torch.Tensor) -> list[tuple[int, int]]:
+    def _grow(
+        self, pool: CandidatePool, parent: int, score: float, logp: torch.Tensor, ranks: torch.Tensor | None
+    ) -> list[tuple[int, int]]:
         """Add one block's chain and alternatives under `parent`; return the seeds
         (node, slot) that inherit: alternatives, chain nodes that branched, the chain end."""
         seeds: list[tuple[int, int]] = []
@@ -127,7 +133,7 @@ class SpecBlockDrafter(Drafter):
         for slot in range(self.k):
             row = logp[slot]
             p1 = float(row.max().exp())
-            width = self.fixed_topk if (self.fixed_topk and slot > 0) else slot_width(slot, p1, int(ranks[slot]))
+            width = slot_width(slot, p1, 0 if ranks is None else int(ranks[slot]), fixed=self.fixed_topk)
             top = row.topk(width)
             ids = (top.indices + d2t[top.indices]).tolist()
             vals = top.values.tolist()
@@ -163,4 +169,4 @@ class SpecBlockDrafter(Drafter):
         logp = torch.log_softmax(logits.float(), -1)
         ranks = self._rank_classes(hid, logits)
         for i, (node, _) in enumerate(seeds):
-            self._grow(pool, node, pool.scores[node], logp[i], ranks[i])
+            self._grow(pool, node, pool.scores[node], logp[i], None if ranks is None else ranks[i])

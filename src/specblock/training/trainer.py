@@ -143,7 +143,7 @@ class Distributed:
     def from_env(cls) -> Distributed:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+            dist.init_process_group("gloo")  # training runs on the CPU in this version (no --device yet)
         return cls(int(os.environ.get("RANK", "0")), world)
 
 
