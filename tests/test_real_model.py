@@ -58,6 +58,10 @@ def test_lookup_speculates_on_repetitive_text(real_generators):
 @pytest.mark.parametrize("budget", [12, 59])
 def test_shipped_drafters_equal_vanilla_and_speculate(real_generators, method, budget):
     """The shipped trained drafters: output equals plain greedy decoding, and drafts get accepted."""
+    from specblock.drafters.shipped import shipped_drafter
+
+    if shipped_drafter("smollm2-135m", method) is None:
+        pytest.skip(f"no {method} drafter ships yet for smollm2-135m (issue 3 in progress)")
     vanilla, _ = real_generators
     gen = vanilla.with_method(method, node_budget=budget, target_name="smollm2-135m")
     total_new = total_iters = 0
