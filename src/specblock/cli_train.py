@@ -30,6 +30,9 @@ def train(
     blocks: Annotated[int, typer.Option(help="SpecBlock: blocks per training example (1 = no inheritance).")] = 3,
     valid_prefix: Annotated[bool, typer.Option(help="SpecBlock: valid-prefix loss mask.")] = True,
     layer_shift: Annotated[bool, typer.Option(help="SpecBlock: layer-wise shift projections.")] = True,
+    valid_floor: Annotated[
+        float, typer.Option(help="SpecBlock: divide each slot's loss by at least this share of its trainable positions (0 = design).")
+    ] = 0.0,
 ) -> None:
     """Train a SpecBlock or EAGLE-3 drafter on prepared data (also under torchrun)."""
     import torch
@@ -47,7 +50,7 @@ def train(
         settings = TrainSettings(
             method=method, max_steps=max_steps, batch_size=batch_size, micro_batch=micro_batch, window=window, lr=lr,
             warmup_steps=warmup_steps, seed=seed, checkpoint_every=checkpoint_every, eval_every=eval_every,
-            blocks=blocks, valid_prefix=valid_prefix, layer_shift=layer_shift,
+            blocks=blocks, valid_prefix=valid_prefix, layer_shift=layer_shift, valid_floor=valid_floor,
         )  # fmt: skip
         target_dir = resolve_model(target)
 

@@ -106,7 +106,15 @@ def specblock_loss(
     blocks: int = 3,
     use_valid_prefix: bool = True,
     rank_weight: float = 1.0,
+    valid_floor: float = 0.0,
 ) -> LossReport:
+    """Total loss of one micro-batch (design §5).
+
+    Slot k's loss is the mean over positions with v(i,k) = 1. `valid_floor` > 0 divides by at
+    least `valid_floor` x (positions whose slot-k target is trainable) instead: with small
+    batches and an untrained drafter only a handful of positions reach the later slots, and
+    their mean would give those few positions a weight that swamps slot 0's signal.
+    """
     cfg = model.cfg
     k = cfg.block_size
     b, p = batch.tokens.shape
@@ -140,7 +148,7 @@ def specblock_loss(
         drafted = model.d2t[logits.argmax(-1)] + logits.argmax(-1)  # target id of the drafter's argmax
         correct = drafted == target_argmax
         v = valid_prefix(ok, correct) if use_valid_prefix else ok
-        counts = v.sum(dim=(0, 1)).clamp(min=1)
+        counts = torch.maximum(v.sum(dim=(0, 1)), valid_floor * ok.sum(dim=(0, 1))).clamp(min=1)
         draft = ((ce * v).sum(dim=(0, 1)) / counts * decay).sum()
         # rank head: class of the target token's rank in the drafter's logits
         target_draft_id = draft_ids[..., 0]  # the top-1 entry is the target's argmax

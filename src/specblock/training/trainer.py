@@ -59,6 +59,7 @@ class TrainSettings:
     blocks: int = 3
     valid_prefix: bool = True
     layer_shift: bool = True
+    valid_floor: float = 0.0  # see specblock_loss: 0 = the design's exact per-slot mean
 
     def validate(self, world: int) -> None:
         if self.method not in METHODS:
@@ -114,7 +115,9 @@ class TrainingObjective(torch.nn.Module):
             return eagle3_loss(self.drafter, batch)
         # the block offsets depend on (step, micro-batch) only, so every layout draws the same
         gen = torch.Generator().manual_seed(s.seed * 7919 + step * 1009 + index)
-        return specblock_loss(self.drafter, batch, gen, blocks=s.blocks, use_valid_prefix=s.valid_prefix)
+        return specblock_loss(
+            self.drafter, batch, gen, blocks=s.blocks, use_valid_prefix=s.valid_prefix, valid_floor=s.valid_floor
+        )
 
 
 def target_embeddings(model_dir: Path) -> torch.Tensor:
@@ -205,7 +208,8 @@ def _load_training_state(out: Path, model, opt: torch.optim.Optimizer, s: TrainS
         return 0
     state = json.loads((ckpt / "state.json").read_text())
     saved = state["settings"]
-    changed = {k for k in ("method", "batch_size", "micro_batch", "window", "seed", "blocks", "valid_prefix", "layer_shift") if saved.get(k) != asdict(s)[k]}
+    defaults = asdict(TrainSettings(method=s.method))  # settings added later read as their default
+    changed = {k for k in ("method", "batch_size", "micro_batch", "window", "seed", "blocks", "valid_prefix", "layer_shift", "valid_floor") if saved.get(k, defaults[k]) != asdict(s)[k]}
     if changed:
         raise SpecBlockError(f"{ckpt} was trained with other settings ({', '.join(sorted(changed))}); use a new --out")
     try:
