@@ -31,6 +31,16 @@ def save_char_tokenizer(out: Path) -> None:
     tok.save_pretrained(str(out))
 
 
+def randomise_(model: torch.nn.Module, std: float) -> None:
+    """Norm weights ~ N(1, 0.1), every other weight ~ N(0, std): a model with sharp, varied outputs."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.normal_(1.0, 0.1)
+            else:
+                p.normal_(0.0, std)
+
+
 def build_tiny_model(
     out: Path, arch: str = "llama", seed: int = 0, layers: int = 4, vocab: int = VOCAB, std: float = 0.25,
     max_positions: int = 512, tokenizer: bool = True, hidden: int = 64,
@@ -51,12 +61,7 @@ def build_tiny_model(
         tie_word_embeddings=arch == "llama", eos_token_id=2, bos_token_id=1, rope_theta=10000.0,
     )  # fmt: skip
     model = model_cls(cfg).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.normal_(1.0, 0.1)
-            else:
-                p.normal_(0.0, std)
+    randomise_(model, std)
     model.save_pretrained(str(out))
     if tokenizer:
         save_char_tokenizer(out)

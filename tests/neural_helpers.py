@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from conftest import randomise_
 
 from specblock.drafters.eagle3_model import Eagle3Config, Eagle3Model
 from specblock.drafters.specblock_model import SpecBlockConfig, SpecBlockModel
@@ -21,7 +22,7 @@ def random_specblock(target: Transformer, seed: int = 0, std: float = 0.2, **ove
     torch.manual_seed(seed)
     vocab = tiny_vocab(target)
     model = SpecBlockModel(SpecBlockConfig.for_target(target.cfg, vocab.size, **overrides))
-    _randomise(model, std)
+    randomise_(model, std)
     model.embed_tokens = target.embed.float()
     model.d2t, model.t2d = vocab.d2t, vocab.t2d
     return model.eval()
@@ -31,16 +32,8 @@ def random_eagle3(target: Transformer, seed: int = 0, std: float = 0.2) -> Eagle
     torch.manual_seed(seed)
     vocab = tiny_vocab(target)
     model = Eagle3Model(Eagle3Config.for_target(target.cfg, vocab.size))
-    _randomise(model, std)
+    randomise_(model, std)
     model.embed_tokens = target.embed.float()
     model.d2t, model.t2d = vocab.d2t, vocab.t2d
     return model.eval()
 
-
-def _randomise(model: torch.nn.Module, std: float) -> None:
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.normal_(1.0, 0.1)
-            else:
-                p.normal_(0.0, std)

@@ -63,3 +63,33 @@ class Drafter(ABC):
     @abstractmethod
     def observe(self, feedback: VerifyFeedback) -> None:
         """Receive the verification result and roll the drafter's own state back to it."""
+
+
+class PendingPositions:
+    """Context positions a feature-conditioned drafter has not run yet.
+
+    Position j pairs the target feature after token j with token j+1 (the training pairing);
+    the last pending position pairs the last committed feature with the root token, whose own
+    feature arrives with the next verification. Features move to the CPU, where drafters run.
+    """
+
+    def __init__(self) -> None:
+        self.features: list[torch.Tensor] = []
+        self.tokens: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def start(self, prefill: PrefillFeedback) -> None:
+        self.features = list(prefill.features.float().cpu())
+        self.tokens = list(prefill.prompt[1:]) + [prefill.first_token]
+
+    def extend(self, feedback: VerifyFeedback) -> None:
+        self.features += list(feedback.features.float().cpu())
+        self.tokens += list(feedback.tokens[1:]) + [feedback.next_token]
+
+    def take(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """[1, n, F] features and [1, n] tokens of every pending position; empties the list."""
+        features, tokens = torch.stack(self.features)[None], torch.tensor(self.tokens)[None]
+        self.features, self.tokens = [], []
+        return features, tokens

@@ -56,6 +56,11 @@ def save_drafter(model: DrafterModel, out: Path, dtype: torch.dtype = torch.floa
     save_file(drafter_state(model, dtype), str(tmp / "model.safetensors"))
     if out.exists() and any(out.iterdir()) and not (out / "config.json").is_file():
         raise SpecBlockError(f"{out} exists and is not a drafter checkpoint: refusing to replace it")
+    swap_in(tmp, out)
+
+
+def swap_in(tmp: Path, out: Path) -> None:
+    """Put a finished temporary directory at `out`, replacing what was there."""
     if out.exists():
         old = out.with_name(out.name + ".old")
         shutil.rmtree(old, ignore_errors=True)

@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from specblock.drafters.base import Drafter, PrefillFeedback, VerifyFeedback
+from specblock.drafters.base import Drafter, PendingPositions, PrefillFeedback, VerifyFeedback
 from specblock.drafters.eagle3_model import Eagle3Model
 from specblock.drafters.scored_tree import ROOT, CandidatePool
 from specblock.target.kv_cache import KVCache
@@ -43,8 +43,7 @@ class Eagle3Drafter(Drafter):
         self.top_k, self.depth = top_k, depth
         self.cache: KVCache | None = None
         self.positions = 0
-        self.pending_features: list[torch.Tensor] = []
-        self.pending_tokens: list[int] = []
+        self.pending = PendingPositions()
 
     def begin(self, prefill: PrefillFeedback) -> None:
         c = self.model.cfg
@@ -53,12 +52,10 @@ class Eagle3Drafter(Drafter):
             self.cache = KVCache(1, c.num_key_value_heads, c.head_dim, rows, torch.float32, "cpu")
         self.cache.length = 0
         self.positions = 0
-        self.pending_features = list(prefill.features.float().cpu())  # the drafter runs on the CPU
-        self.pending_tokens = list(prefill.prompt[1:]) + [prefill.first_token]
+        self.pending.start(prefill)
 
     def observe(self, feedback: VerifyFeedback) -> None:
-        self.pending_features += list(feedback.features.float().cpu())
-        self.pending_tokens += list(feedback.tokens[1:]) + [feedback.next_token]
+        self.pending.extend(feedback)
 
     def _topk_tokens(self, hidden: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         logp = torch.log_softmax(self.model.logits(hidden).float(), -1)
@@ -67,25 +64,22 @@ class Eagle3Drafter(Drafter):
 
     @torch.inference_mode()
     def propose(self, sequence: list[int], budget: int) -> DraftTree:
-        if budget <= 0 or not self.pending_tokens:
+        if budget <= 0 or not self.pending:
             return DraftTree()
         scaled = scaled_shape(budget)
         top_k = self.top_k or scaled[0]
         depth = self.depth or scaled[1]
         # forward 1: the accepted positions (step 0 of training: features h_i with x_{i+1})
-        n = len(self.pending_tokens)
+        n = len(self.pending)
+        features, tokens = self.pending.take()
         cached = self.cache.length
         mask = torch.cat([torch.ones(n, cached, dtype=torch.bool), torch.ones(n, n, dtype=torch.bool).tril()], 1)[None]
         positions = torch.arange(self.positions + 1, self.positions + 1 + n)[None]
-        out, (key, value) = self.model.step(
-            torch.stack(self.pending_features)[None], torch.tensor(self.pending_tokens)[None], positions, mask,
-            self.cache.view(0, cached),
-        )  # fmt: skip
+        out, (key, value) = self.model.step(features, tokens, positions, mask, self.cache.view(0, cached))
         self.cache.write(0, cached, key[0], value[0])
         self.cache.length = context = cached + n
         root_position = self.positions + n  # RoPE position of the drafting row
         self.positions += n
-        self.pending_features, self.pending_tokens = [], []
         self.forwards += 1
 
         pool = CandidatePool()

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from specblock.drafters.layers import KV, MLP, Attention, RMSNorm, rope_tables
+from specblock.drafters.layers import KV, MLP, Attention, RMSNorm, rope_tables, target_shaped
 
 
 @dataclass
@@ -36,18 +36,7 @@ class Eagle3Config:
 
     @classmethod
     def for_target(cls, target_cfg, draft_vocab_size: int, **overrides) -> "Eagle3Config":
-        return cls(
-            hidden_size=target_cfg.hidden_size,
-            intermediate_size=target_cfg.intermediate_size,
-            num_attention_heads=target_cfg.num_heads,
-            num_key_value_heads=target_cfg.num_kv_heads,
-            head_dim=target_cfg.head_dim,
-            target_hidden_size=target_cfg.hidden_size,
-            target_vocab_size=target_cfg.vocab_size,
-            draft_vocab_size=draft_vocab_size,
-            rms_norm_eps=target_cfg.rms_norm_eps,
-            **overrides,
-        )
+        return cls(**target_shaped(target_cfg, draft_vocab_size), **overrides)
 
     def to_dict(self) -> dict:
         return {"architectures": ["Eagle3Drafter"], "method": "eagle3", **asdict(self)}

@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
-from specblock.drafters.checkpoint import drafter_state, load_drafter, read_config
+from specblock.drafters.checkpoint import drafter_state, load_drafter, read_config, swap_in
 from specblock.errors import SpecBlockError
 from specblock.target.config import ModelConfig
 
@@ -127,14 +126,7 @@ def _write_atomically(out: Path, drafter_dir: Path, config: dict, state: dict[st
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise SpecBlockError(f"cannot write {out}: {exc}") from None
-    if out.exists():
-        old = out.with_name(out.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
+    swap_in(tmp, out)
 
 
 def _replaceable(out: Path) -> bool:

@@ -43,6 +43,21 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 KV = tuple[torch.Tensor, torch.Tensor]
 
 
+def target_shaped(target_cfg, draft_vocab_size: int) -> dict:
+    """Config fields of a drafter shaped like its target (hidden size, heads, MLP width)."""
+    return {
+        "hidden_size": target_cfg.hidden_size,
+        "intermediate_size": target_cfg.intermediate_size,
+        "num_attention_heads": target_cfg.num_heads,
+        "num_key_value_heads": target_cfg.num_kv_heads,
+        "head_dim": target_cfg.head_dim,
+        "target_hidden_size": target_cfg.hidden_size,
+        "target_vocab_size": target_cfg.vocab_size,
+        "draft_vocab_size": draft_vocab_size,
+        "rms_norm_eps": target_cfg.rms_norm_eps,
+    }
+
+
 class Attention(nn.Module):
     """Grouped-query attention over [past keys ; own keys] with a boolean mask (True = attend)."""
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from specblock.drafters.base import Drafter, PrefillFeedback, VerifyFeedback
+from specblock.drafters.base import Drafter, PendingPositions, PrefillFeedback, VerifyFeedback
 from specblock.drafters.scored_tree import ROOT, CandidatePool
 from specblock.drafters.specblock_model import SpecBlockModel, block_mask
 from specblock.target.kv_cache import KVCache
@@ -60,8 +60,7 @@ class SpecBlockDrafter(Drafter):
         self.fixed_topk = fixed_topk
         self.cache: KVCache | None = None
         self.positions = 0  # context positions whose K slots sit in the cache
-        self.pending_features: list[torch.Tensor] = []
-        self.pending_tokens: list[int] = []
+        self.pending = PendingPositions()
 
     # -- state --------------------------------------------------------------------------
     def begin(self, prefill: PrefillFeedback) -> None:
@@ -71,18 +70,15 @@ class SpecBlockDrafter(Drafter):
             self.cache = KVCache(c.num_hidden_layers, c.num_key_value_heads, c.head_dim, rows, torch.float32, "cpu")
         self.cache.length = 0
         self.positions = 0
-        self.pending_features = list(prefill.features.float().cpu())  # the drafter runs on the CPU
-        self.pending_tokens = list(prefill.prompt[1:]) + [prefill.first_token]
+        self.pending.start(prefill)
 
     def observe(self, feedback: VerifyFeedback) -> None:
-        # position j of the accepted path pairs its feature with the token after it
-        self.pending_features += list(feedback.features.float().cpu())
-        self.pending_tokens += list(feedback.tokens[1:]) + [feedback.next_token]
+        self.pending.extend(feedback)
 
     # -- drafting ---------------------------------------------------------------------
     @torch.inference_mode()
     def propose(self, sequence: list[int], budget: int) -> DraftTree:
-        if budget <= 0 or not self.pending_tokens:
+        if budget <= 0 or not self.pending:
             return DraftTree()
         hidden, logp, ranks = self._block_one()
         pool = CandidatePool()
@@ -97,10 +93,9 @@ class SpecBlockDrafter(Drafter):
         """Run the pending positions; cache all their slots; return the drafting position's
         pre-norm hiddens [K, H], log-probs [K, V] and rank classes [K]."""
         k = self.k
-        n = len(self.pending_tokens)
+        n = len(self.pending)
         cached = self.cache.length
-        cond = torch.stack(self.pending_features)[None]
-        tokens = torch.tensor(self.pending_tokens)[None]
+        cond, tokens = self.pending.take()
         positions = torch.arange(self.positions, self.positions + n)[None]
         mask = torch.cat([torch.ones(n * k, cached, dtype=torch.bool), block_mask(n, k)], dim=1)[None]
         out = self.model.blocks(cond, tokens, positions, mask, self._past(cached))
@@ -108,7 +103,6 @@ class SpecBlockDrafter(Drafter):
             self.cache.write(layer, cached, key[0], value[0])
         self.cache.length = cached + n * k
         self.positions += n
-        self.pending_features, self.pending_tokens = [], []
         self.forwards += 1
         hidden = out.hidden[0, -1]
         logits = self.model.logits(hidden)

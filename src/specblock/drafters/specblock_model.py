@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from specblock.drafters.layers import KV, DecoderLayer, RMSNorm, rope_tables
+from specblock.drafters.layers import KV, DecoderLayer, RMSNorm, rope_tables, target_shaped
 
 RANK_FEATURES = 15
 RANK_CLASSES = 4  # rank of the target's token in the drafter's logits: 1 | 2-4 | 5-10 | >10
@@ -40,18 +40,7 @@ class SpecBlockConfig:
     @classmethod
     def for_target(cls, target_cfg, draft_vocab_size: int, **overrides) -> "SpecBlockConfig":
         """A drafter shaped like the target (hidden size, heads, MLP width), as §4 prescribes."""
-        return cls(
-            hidden_size=target_cfg.hidden_size,
-            intermediate_size=target_cfg.intermediate_size,
-            num_attention_heads=target_cfg.num_heads,
-            num_key_value_heads=target_cfg.num_kv_heads,
-            head_dim=target_cfg.head_dim,
-            target_hidden_size=target_cfg.hidden_size,
-            target_vocab_size=target_cfg.vocab_size,
-            draft_vocab_size=draft_vocab_size,
-            rms_norm_eps=target_cfg.rms_norm_eps,
-            **overrides,
-        )
+        return cls(**target_shaped(target_cfg, draft_vocab_size), **overrides)
 
     def to_dict(self) -> dict:
         return {"architectures": ["SpecBlockDrafter"], "method": "specblock", **asdict(self)}
