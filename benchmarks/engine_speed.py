@@ -5,7 +5,7 @@ against Hugging Face `generate` and llama.cpp, all in one interleaved run (not a
 
 llama.cpp needs `pip install llama-cpp-python==0.3.36` (compiles for ~10 minutes; kept out
 of setup and CI); without it its rows are skipped. The reference engines run in child
-processes with default OpenMP settings (benchmarks/reference_engines.py). tokens/s = new tokens / wall time of the
+processes with default OpenMP settings (src/specblock/bench/reference_engines.py). tokens/s = new tokens / wall time of the
 whole request, prefill included; tau = new tokens / target forwards (prefill counted).
 """
 
@@ -25,7 +25,7 @@ from specblock import SpecGenerator
 from specblock.models.fetch import gguf_file, model_dir
 
 from benchmarks_common import machine_description
-from reference_engines import ReferenceProcess
+from specblock.bench.reference_engines import ReferenceProcess
 
 CATEGORIES = ("mt_bench", "translation", "summarization", "qa", "math_reasoning", "rag")
 MT_BENCH = {"writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities"}

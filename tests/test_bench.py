@@ -8,7 +8,7 @@ import shutil
 import pytest
 from typer.testing import CliRunner
 
-from specblock.bench.methods import parse_methods
+from specblock.bench.methods import parse_drafters, parse_methods
 from specblock.bench.prompts import load_prompts
 from specblock.bench.results import read_rows, row_key
 from specblock.bench.runner import request_seed, run_bench
@@ -226,6 +226,9 @@ def test_wilcoxon_agrees_with_scipy():
         (["--data", "/nonexistent/q.jsonl"], "does not exist"),
         (["--methods", "vanilla,lookup@many"], "must be a number of draft nodes or 'auto'"),
         (["--compare", "vanilla,eagle3"], "--compare"),
+        (["--methods", "vanilla,lookup:x"], "take a variant label"),
+        (["--drafters", "lookup=/x"], "--drafters applies to"),
+        (["--references", "vllm"], "unknown reference engine"),
     ],
 )
 def test_cli_bad_input_one_line(args, message, data_file, tmp_path):
@@ -247,3 +250,17 @@ def test_methods_parse_budgets():
     ]
     with pytest.raises(InvalidSettingError, match="twice"):
         parse_methods("vanilla,lookup,lookup")
+
+
+def test_method_variants_find_their_own_drafter():
+    specs = parse_methods("vanilla,specblock@8,specblock:noshift@8,specblock:fixed-topk")
+    assert [(s.name, s.label, s.budget, s.drafter_key) for s in specs[1:]] == [
+        ("specblock", "", "8", "specblock"),
+        ("specblock", "noshift", "8", "specblock:noshift"),
+        ("specblock", "fixed-topk", None, "specblock:fixed-topk"),
+    ]
+    assert parse_drafters("specblock=a,specblock:noshift=b,draft-model=c") == {
+        "specblock": "a", "specblock:noshift": "b", "draft-model": "c",
+    }  # fmt: skip
+    with pytest.raises(InvalidSettingError, match="draft-model"):
+        parse_drafters("draft-model:x=c")

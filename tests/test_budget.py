@@ -11,14 +11,24 @@ from specblock.target.transformer import Transformer
 
 
 def test_auto_budget_maximises_expected_tokens_per_second():
-    verify = {1: 0.010, 4: 0.012, 8: 0.014, 16: 0.020, 59: 0.040}
+    verify = {0: 0.010, 1: 0.010, 4: 0.012, 8: 0.014, 16: 0.020, 59: 0.040}
     calibration = {"budgets": [4, 8, 16, 59], "tau": [1.5, 1.9, 2.1, 2.3], "draft_ms": [2, 2, 3, 6]}
-    # tokens/s: 1 -> 1.125/0.0105 = 107 (tau interpolated from tau(0) = 1), 4 -> 1.5/0.014 = 107, 8 -> 1.9/0.016 = 119, 16 -> 2.1/0.023 = 91, 59 -> 2.3/0.046 = 50
+    # tokens/s: 0 -> 1/0.010 = 100 (plain decoding), 1 -> 1.125/0.0105 = 107 (tau interpolated from tau(0) = 1),
+    # 4 -> 1.5/0.014 = 107, 8 -> 1.9/0.016 = 119, 16 -> 2.1/0.023 = 91, 59 -> 2.3/0.046 = 50
     assert auto_budget(verify, calibration) == 8
     # a verifier whose cost does not grow with n makes bigger trees worth it:
     # 16 -> 2.1/0.013 = 162 beats 8 -> 1.9/0.012 = 158 and 59 -> 2.3/0.016 = 144
     flat = {n: 0.010 for n in verify}
     assert auto_budget(flat, calibration) == 16
+
+
+def test_auto_budget_falls_back_to_plain_decoding_when_no_tree_pays():
+    # this CPU's shape: one draft node already costs 1.7 one-token forwards
+    verify = {0: 0.065, 1: 0.109, 4: 0.114, 8: 0.120, 16: 0.157, 59: 0.298}
+    calibration = {"budgets": [4, 8, 16, 59], "tau": [1.52, 1.66, 1.78, 1.97], "draft_ms": [67, 76, 102, 113]}
+    # 0 -> 15.4 tokens/s; 4 -> 1.52/0.181 = 8.4; 8 -> 1.66/0.196 = 8.5; the best tree loses to no tree
+    assert auto_budget(verify, calibration) == 0
+    assert auto_budget(verify, None) == 0  # no tree verifies within 1.5 one-token forwards
 
 
 def test_auto_budget_without_calibration_takes_the_largest_cheap_tree():

@@ -117,3 +117,18 @@ def test_eagle3_first_forward_matches_training_step_zero(tiny_llama):
     best = int(logp.argmax())
     assert tree.tokens[0] == best + int(net.d2t[best])  # the best root child comes first
     assert len(tree) == 59 and max(tree.depths()) <= 8
+
+
+def test_specblock_ablation_drafting_one_block_and_fixed_topk(tiny_llama):
+    """M = 1 drafts with one forward per iteration; both ablations keep the output exact."""
+    model = Transformer.load(tiny_llama)
+    prompt = prompts(1, seed=12)[0]
+    want, _ = run_decode(model, VanillaDrafter(), prompt, max_new_tokens=30)
+    one_block = SpecBlockDrafter(random_specblock(model), blocks=1)
+    got, stats = run_decode(model, one_block, prompt, max_new_tokens=30, node_budget=59)
+    assert got == want
+    drafted = sum(1 for n in stats.tree_sizes if n > 0)  # the last iteration may draft nothing
+    assert one_block.forwards == drafted and max(stats.tree_sizes) <= 28  # block 1 alone: 10 + 3 x 6
+    fixed = SpecBlockDrafter(random_specblock(model), fixed_topk=4)
+    got, _ = run_decode(model, fixed, prompt, max_new_tokens=30, node_budget=59)
+    assert got == want

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from specblock.decoding import DecodeSettings, DecodeStats, speculative_decode
+from specblock.adapt.drafter import AdaptiveDrafter, AdaptSettings
 from specblock.drafters.base import Drafter
 from specblock.budget import auto_budget, load_or_measure
 from specblock.drafters.checkpoint import load_drafter, read_config
@@ -278,6 +279,20 @@ class SpecGenerator:
         """Run a request to the end; takes the same arguments as `stream`."""
         return self.stream(prompt, **kwargs).finish()
 
+    def enable_adaptation(self, settings: AdaptSettings | None = None) -> AdaptiveDrafter:
+        """From now on the drafter keeps learning from the verifier's feedback, across the
+        requests of this generator (design §8); the output stays exactly the target's."""
+        if not isinstance(self.drafter, AdaptiveDrafter):
+            source = getattr(self.drafter, "source_dir", None)
+            self.drafter = AdaptiveDrafter(self.drafter, self.node_budget, settings, source=source)
+        return self.drafter
+
+    def save_adapted_drafter(self, out: str | Path) -> Path:
+        """Write the adapted drafter to a new checkpoint directory (the original stays as it was)."""
+        if not isinstance(self.drafter, AdaptiveDrafter):
+            raise InvalidSettingError("adaptation is not enabled on this generator (use --adapt / enable_adaptation)")
+        return self.drafter.save(out)
+
 
 def load_trained_drafter(method: str, target: Transformer, target_name: str | Path, drafter_dir: str | Path | None) -> Drafter:
     """A SpecBlock or EAGLE-3 drafter: the given checkpoint, else the one shipped for the target."""
@@ -292,8 +307,14 @@ def load_trained_drafter(method: str, target: Transformer, target_name: str | Pa
     if not path.is_dir():
         raise InvalidSettingError(f"drafter directory {path} does not exist")
     model = load_drafter(path, target.cfg, target.embed.float().cpu(), method=method)
-    drafter = SpecBlockDrafter(model) if method == "specblock" else Eagle3Drafter(model)
-    drafter.calibration = read_config(path).get("calibration")
+    config = read_config(path)
+    if method == "specblock":  # a checkpoint may carry drafting-time ablation switches (design §9)
+        drafting = config.get("drafting", {})
+        drafter = SpecBlockDrafter(model, fixed_topk=drafting.get("fixed_topk"), blocks=drafting.get("blocks", 2))
+    else:
+        drafter = Eagle3Drafter(model)
+    drafter.calibration = config.get("calibration")
+    drafter.source_dir = path
     return drafter
 
 

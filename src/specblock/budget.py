@@ -4,8 +4,11 @@ A verify-latency profile T(n) (seconds for one target forward over a tree of n d
 plus the root) is measured once per target, dtype, device and machine and cached under the
 cache root. A drafter's calibration (its measured tau and drafting time at a few budgets,
 stored in its config.json) then gives the expected tokens per second of each budget,
-tau(n) / (T(n) + D(n)); `auto` takes the best. Without a calibration, `auto` takes the
-largest budget whose verify forward costs at most 1.5 one-token forwards.
+tau(n) / (T(n) + D(n)); `auto` takes the best, and that can be 0 (plain decoding through
+the same engine) when no tree pays for its verify cost on this machine: on the 2-core CPU
+this project measures on, verifying even one draft node costs 1.7 one-token forwards.
+Without a calibration, `auto` takes the largest budget whose verify forward costs at most
+1.5 one-token forwards (0 if none does).
 """
 
 from __future__ import annotations
@@ -96,13 +99,14 @@ def _interpolate(points: dict[int, float], n: int) -> float:
 
 def auto_budget(verify_s: dict[int, float], calibration: dict | None, max_budget: int = 128) -> int:
     """The budget with the highest expected tokens/s; see the module docstring."""
-    candidates = [n for n in sorted(verify_s) if 1 <= n <= max_budget]
+    candidates = [n for n in sorted(verify_s) if 0 <= n <= max_budget]
     if not calibration:
         one = verify_s[min(verify_s)]
-        fitting = [n for n in candidates if verify_s[n] <= 1.5 * one]
-        return max(fitting, default=candidates[0])
+        fitting = [n for n in candidates if n >= 1 and verify_s[n] <= 1.5 * one]
+        return max(fitting, default=0)
     # no draft nodes: tau is exactly 1 and nothing is drafted (anchors the interpolation)
     tau = {0: 1.0} | {int(n): float(t) for n, t in zip(calibration["budgets"], calibration["tau"])}
     draft = {0: 0.0} | {int(n): float(ms) / 1000 for n, ms in zip(calibration["budgets"], calibration["draft_ms"])}
     usable = [n for n in candidates if n <= max(tau)]
-    return max(usable, key=lambda n: _interpolate(tau, n) / (verify_s[n] + _interpolate(draft, n)))
+    # ties (equal expected speed) go to the smaller tree
+    return max(usable, key=lambda n: (_interpolate(tau, n) / (verify_s[n] + _interpolate(draft, n)), -n))

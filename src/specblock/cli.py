@@ -80,6 +80,11 @@ def generate(
     dtype: Annotated[str, typer.Option(help="float32 | bfloat16 | float16")] = "float32",
     device: Annotated[str, typer.Option(help="cpu | cuda | cuda:N | auto")] = "cpu",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with the text and stats.")] = False,
+    adapt: Annotated[bool, typer.Option(help="Adapt the specblock / eagle3 drafter online while generating.")] = False,
+    adapt_window: Annotated[int, typer.Option(help="Generated tokens between two adaptation decisions.")] = 256,
+    save_adapted: Annotated[
+        Path | None, typer.Option(help="Write the adapted drafter here afterwards (a new directory).")
+    ] = None,
 ) -> None:
     """Generate text with speculative decoding and report its speed."""
     from specblock.api import SpecGenerator
@@ -91,6 +96,20 @@ def generate(
                 target, method, dtype=dtype, device=device, node_budget=node_budget, draft_model=draft_model,
                 drafter=drafter, report=report,
             )  # fmt: skip
+        if gen.node_budget == 0 and method != "vanilla":
+            err.print(
+                f"note: --node-budget {node_budget or 'auto'} chose 0 draft nodes: on this machine no {method} tree is "
+                "expected to pay for its verification, so this runs as plain decoding (give --node-budget N to force "
+                "drafting; `specblock profile` shows the verify costs)",
+                highlight=False,
+            )
+        adaptive = None
+        if adapt:
+            from specblock.adapt.drafter import AdaptSettings
+
+            adaptive = gen.enable_adaptation(AdaptSettings(window_tokens=adapt_window))
+        elif save_adapted is not None:
+            raise InvalidSettingError("--save-adapted needs --adapt")
         stream = gen.stream(
             prompt, system=system, messages=chat, raw=raw, max_new_tokens=max_new_tokens,
             temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, stop=tuple(stop or ()),
@@ -100,8 +119,10 @@ def generate(
                 sys.stdout.write(chunk.text)
                 sys.stdout.flush()
         r = stream.result
+        if save_adapted is not None:
+            err.print(f"adapted drafter saved to {gen.save_adapted_drafter(save_adapted)}")
     if as_json:
-        print(json.dumps(r.to_dict()))
+        print(json.dumps(r.to_dict() | ({"adaptation": adaptive.summary()} if adaptive else {})))
         return
     sys.stdout.write("\n")
     err.print(

@@ -37,12 +37,18 @@ def bench(
     ] = None,
     dtype: Annotated[str, typer.Option(help="float32 | bfloat16 | float16")] = "float32",
     device: Annotated[str, typer.Option(help="cpu | cuda | cuda:N | auto")] = "cpu",
+    adapt: Annotated[
+        bool, typer.Option(help="Adapt the specblock / eagle3 drafters online across the benchmark's requests.")
+    ] = False,
+    references: Annotated[
+        str, typer.Option(help="Reference engines timed on the same prompts (run 1): hf-generate,llama.cpp.")
+    ] = "",
 ) -> None:
     """Run every method on the same prompts, interleaved and resumable; write a report with tables and plots."""
     from specblock.api import parse_device
     from specblock.bench.methods import parse_drafters, parse_methods
     from specblock.bench.prompts import load_prompts
-    from specblock.bench.runner import run_bench
+    from specblock.bench.runner import REFERENCES, run_bench
     from specblock.bench.summary import write_summary
 
     with user_errors():
@@ -52,12 +58,17 @@ def bench(
         parse_drafters(drafters)
         load_prompts(data, per_category)
         pairs = _pairs(compare, [s.spec for s in specs])
+        engines = [r.strip() for r in references.split(",") if r.strip()]
+        unknown = [r for r in engines if r not in REFERENCES]
+        if unknown:
+            raise InvalidSettingError(f"unknown reference engine {unknown[0]!r}; use {', '.join(REFERENCES)}")
         device = parse_device(device)
         command = "specblock bench " + " ".join(shlex.quote(a) for a in sys.argv[2:])
         with progress_reporter() as report:
             run_bench(
                 target, methods, data, per_category, runs, temperature, max_new_tokens, out, seed, drafters, report,
-                dtype=dtype, device=device, command=command,
+                dtype=dtype, device=device, command=command, adapt=adapt,
+                references=engines,
             )  # fmt: skip
         summary = write_summary(out, pairs)
     err.print(

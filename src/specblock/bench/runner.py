@@ -14,7 +14,8 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from specblock.api import GenerationResult, SpecGenerator
+from specblock.adapt.drafter import AdaptiveDrafter
+from specblock.api import NEURAL_METHODS, GenerationResult, SpecGenerator
 from specblock.bench.machine import machine_description
 from specblock.bench.methods import MethodSpec, parse_drafters, parse_methods
 from specblock.bench.prompts import Prompt, load_prompts
@@ -24,6 +25,7 @@ from specblock.errors import InvalidSettingError
 Reporter = Callable[[str, int, int], None]
 WARMUP_PROMPT = "Say hello."
 PROGRESS_STAGE = "measuring (question x turn x method x run)"
+REFERENCES = ("hf-generate", "llama.cpp")  # what users would run instead: speed rows, run 1 only
 
 
 def request_seed(seed: int, question_id: object, run: int, turn: int) -> int:
@@ -45,7 +47,7 @@ def build_generators(
             continue
         gens[s.spec] = base.with_method(
             s.name, node_budget=s.budget, target_name=str(target),
-            drafter=drafters.get(s.name) if s.name in ("specblock", "eagle3") else None,
+            drafter=drafters.get(s.drafter_key) if s.name in NEURAL_METHODS else None,
             draft_model=drafters.get("draft-model") if s.name == "draft-model" else None,
         )  # fmt: skip
     return gens
@@ -81,6 +83,8 @@ def run_bench(
     dtype: str = "float32",
     device: str = "cpu",
     command: str = "",
+    adapt: bool = False,
+    references: list[str] | None = None,
 ) -> dict:
     """Measure and append rows to `out/results.jsonl`; returns the settings (also in `out/settings.json`)."""
     specs = parse_methods(methods)
@@ -95,14 +99,21 @@ def run_bench(
         "per_category": per_category, "runs": runs, "drafters": drafters, "command": command,
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine_description(device), "turns": "one row per turn; turn 2 follows the method's own turn-1 answer",
+        "adapt": adapt, "references": list(references or []),
     }  # fmt: skip
     check_settings(out, settings)  # before the slow model load
     gens = build_generators(target, specs, drafters, dtype, device, report)
     settings["node_budgets"] = {spec: g.node_budget for spec, g in gens.items()}
+    if adapt:  # every trained drafter keeps learning across the requests (its update time counts)
+        for s in specs:
+            if s.name in NEURAL_METHODS:
+                gens[s.spec].enable_adaptation()
     write_settings(out, settings)
     for g in gens.values():
         g.generate(WARMUP_PROMPT, max_new_tokens=8)
 
+    engines = start_references(references or [], str(target), gens["vanilla"], settings)
+    write_settings(out, settings)
     results = ResultsFile(out)
     decode = gens["vanilla"].tokenizer.decode
     total, done = runs * sum(len(p.turns) for p in prompts) * len(specs), 0
@@ -124,9 +135,55 @@ def run_bench(
                             vanilla_row = results.get((key[0], turn, "vanilla", run))
                             reference = r.token_ids if s.spec == "vanilla" else (vanilla_row or {}).get("token_ids")
                         row = make_row(prompt, turn, s.spec, run, r, reference)
+                        if isinstance(gens[s.spec].drafter, AdaptiveDrafter):
+                            row["adaptation"] = gens[s.spec].drafter.summary()
                         results.append(row)
                     history[s.spec] = messages + [{"role": "assistant", "content": decode(row["token_ids"])}]
                     done += 1
                     if report is not None:
                         report(PROGRESS_STAGE, done, total)
+                if run == 1:  # reference engines: once, on the turn vanilla was asked
+                    messages = history["vanilla"][:-1]
+                    ids = gens["vanilla"].tokenizer.encode(messages=messages)
+                    for name, engine in engines.items():
+                        key = (json.dumps(prompt.question_id), turn, name, run)
+                        if results.get(key) is None:
+                            results.append(reference_row(prompt, turn, name, engine.run(ids, max_new_tokens), len(ids)))
+    for engine in engines.values():
+        engine.close()
     return settings
+
+
+def start_references(names: list[str], target: str, vanilla: SpecGenerator, settings: dict) -> dict:
+    """The reference engines that can run here; the others are listed in the settings."""
+    from specblock.bench.reference_engines import ReferenceProcess
+    from specblock.models.fetch import gguf_file, model_dir
+
+    engines, missing = {}, {}
+    for name in names:
+        if name not in REFERENCES:
+            raise InvalidSettingError(f"unknown reference engine {name!r}; use {', '.join(REFERENCES)}")
+        local = Path(target).is_dir()  # a local HF directory has no GGUF file next to it
+        if name == "hf-generate":
+            hf_dir = Path(target) if local else model_dir(target)
+            args = ("hf", str(hf_dir), str(vanilla.tokenizer.eos_token_ids(vanilla.target.cfg)[0]))
+        else:
+            args = ("llama.cpp", "" if local else str(gguf_file(target)))
+        try:
+            engines[name] = ReferenceProcess(name, *args)
+            engines[name].run(vanilla.tokenizer.encode(WARMUP_PROMPT), 8)
+        except RuntimeError as exc:
+            missing[name] = str(exc)
+    settings["references_unavailable"] = missing
+    return engines
+
+
+def reference_row(prompt: Prompt, turn: int, name: str, r: dict, prompt_tokens: int) -> dict:
+    """A reference engine's row: speed only (one forward per token, no drafting figures)."""
+    return {
+        "category": prompt.category, "label": prompt.label, "question_id": prompt.question_id, "turn": turn,
+        "method": name, "run": 1, "node_budget": 0, "prompt_tokens": prompt_tokens, "new_tokens": r["new_tokens"],
+        "iterations": r["new_tokens"], "wall_s": r["wall_s"], "prefill_s": 0.0, "drafter_forwards": 0,
+        "mean_tree_nodes": 0.0, "stop_reason": None, "accepted_lengths": [], "draft_ms": [], "target_ms": [],
+        "equal_to_vanilla": None, "token_ids": [], "reference": True,
+    }  # fmt: skip

@@ -51,13 +51,17 @@ class SpecBlockDrafter(Drafter):
     name = "specblock"
     needs_features = True
 
-    def __init__(self, model: SpecBlockModel, fixed_topk: int | None = None) -> None:
-        """`fixed_topk` replaces the rank head by a fixed width at slots k >= 1 (the ablation of
-        design §9; the top-1 probability caps and the slot-0 rule still apply)."""
+    def __init__(self, model: SpecBlockModel, fixed_topk: int | None = None, blocks: int = 2) -> None:
+        """The ablations of design §9: `fixed_topk` replaces the rank head by a fixed width at
+        slots k >= 1 (the top-1 probability caps and the slot-0 rule still apply); `blocks=1`
+        drafts without inheritance (block 1 only, M = 1)."""
         super().__init__()
+        if blocks not in (1, 2):
+            raise ValueError("SpecBlock drafts with 1 or 2 blocks per iteration")
         self.model = model.eval()
         self.k = model.cfg.block_size
         self.fixed_topk = fixed_topk
+        self.blocks = blocks
         self.cache: KVCache | None = None
         self.positions = 0  # context positions whose K slots sit in the cache
         self.pending = PendingPositions()
@@ -85,7 +89,7 @@ class SpecBlockDrafter(Drafter):
         seeds = self._grow(pool, ROOT, 0.0, logp, ranks)
         reachable = set(pool.best(budget))
         seeds = [(node, slot) for node, slot in seeds if node in reachable]
-        if seeds:
+        if seeds and self.blocks == 2:
             self._block_two(pool, seeds, hidden)
         return pool.to_tree(budget)
 

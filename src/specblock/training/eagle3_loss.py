@@ -26,7 +26,7 @@ def ttt_mask(positions: int, step: int) -> torch.Tensor:
     return torch.cat(parts, dim=1)
 
 
-def eagle3_loss(model: Eagle3Model, batch: Batch, steps: int | None = None) -> LossReport:
+def eagle3_loss(model: Eagle3Model, batch: Batch, steps: int | None = None, keep_outputs: bool = False) -> LossReport:
     steps = steps or model.cfg.ttt_steps
     b, p = batch.tokens.shape
     positions = torch.arange(p)[None]
@@ -36,6 +36,7 @@ def eagle3_loss(model: Eagle3Model, batch: Batch, steps: int | None = None) -> L
     total = torch.zeros(())
     correct_counts, totals = [], []
     draft_total = 0.0
+    kept: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
     for s in range(steps):
         j = (positions + 1 + s).expand(b, p)
         inside = j <= p - 1
@@ -54,8 +55,13 @@ def eagle3_loss(model: Eagle3Model, batch: Batch, steps: int | None = None) -> L
         draft_total += float(step_loss.detach())
         argmax = logits.argmax(-1)
         correct = (model.d2t[argmax] + argmax) == batch.target_argmax.gather(1, j)
+        if keep_outputs:
+            kept.append((logits.detach(), draft_ids[..., 0], ok))
         correct_counts.append(float((correct & loss_mask).sum()))
         totals.append(float(loss_mask.sum()))
         hidden, fused = out, True
         past = kv if past is None else (torch.cat([past[0], kv[0]], 2), torch.cat([past[1], kv[1]], 2))
-    return LossReport(loss=total, draft_loss=draft_total, slot_correct=[correct_counts], slot_total=[totals])
+    report = LossReport(loss=total, draft_loss=draft_total, slot_correct=[correct_counts], slot_total=[totals])
+    if kept:
+        report.logits, report.targets, report.ok = (torch.stack(parts, dim=2) for parts in zip(*kept))
+    return report

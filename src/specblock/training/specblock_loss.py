@@ -86,6 +86,11 @@ class LossReport:
     rank_loss: float = 0.0
     slot_correct: list[list[float]] = field(default_factory=list)  # per block, per slot: correct count
     slot_total: list[list[float]] = field(default_factory=list)  # per block, per slot: loss-masked count
+    # first block (SpecBlock) / all TTT steps (EAGLE-3), kept on request for online evaluation:
+    logits: torch.Tensor | None = None  # [B, P, K, V] drafter logits per slot
+    rank_classes: torch.Tensor | None = None  # [B, P, K] predicted rank class (SpecBlock)
+    targets: torch.Tensor | None = None  # [B, P, K] draft id of the target's argmax (-1: outside)
+    ok: torch.Tensor | None = None  # [B, P, K] the slot's target is trainable
 
 
 def _gather_positions(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -107,6 +112,7 @@ def specblock_loss(
     use_valid_prefix: bool = True,
     rank_weight: float = 1.0,
     valid_floor: float = 0.0,
+    keep_outputs: bool = False,
 ) -> LossReport:
     """Total loss of one micro-batch (design §5).
 
@@ -162,6 +168,10 @@ def specblock_loss(
         report.rank_loss += float(rank_l.detach())
         report.slot_correct.append((correct & loss_mask).sum(dim=(0, 1)).float().tolist())
         report.slot_total.append(loss_mask.sum(dim=(0, 1)).float().tolist())
+        if keep_outputs and block == 0:
+            report.logits = logits.detach()
+            report.rank_classes = model.rank_logits(out.hidden, logits).argmax(-1).detach()
+            report.targets, report.ok = target_draft_id, ok
         if block + 1 == blocks:
             break
         s = int(torch.randint(1, k + 1, (1,), generator=generator))

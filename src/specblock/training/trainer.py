@@ -315,6 +315,8 @@ def train(
     summary = {"steps": settings.max_steps, "resumed_from": start, "wall_s_this_run": round(time.time() - t0, 1)}
     if ddp.rank == 0:
         meta = {"training": asdict(settings) | {"data": str(data_dir), "draft_vocab_coverage": manifest.get("draft_vocab_coverage")}}
+        if settings.method == "specblock" and settings.blocks == 1:
+            meta["drafting"] = {"blocks": 1}  # the no-inheritance ablation drafts as it trained (M = 1)
         save_drafter(model, out / "drafter", meta=meta)
         summary |= evaluate(model, heldout, vocab, settings)
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -52,7 +52,8 @@ class LlamaCpp:
 
 
 class ReferenceProcess:
-    """Parent side: starts `python reference_engines.py KIND ARGS...` and sends it requests."""
+    """Parent side: starts `python reference_engines.py KIND ARGS...` (a file run as a script, so
+    the child never imports specblock) and sends it requests."""
 
     def __init__(self, name: str, kind: str, *args: str) -> None:
         self.name = name
@@ -78,6 +79,9 @@ class ReferenceProcess:
 
 
 def serve(kind: str, args: list[str]) -> None:
+    if kind == "llama.cpp" and not (args[0] and os.path.isfile(args[0])):
+        print("no GGUF file for this target (only registry models keep theirs)", flush=True)
+        return
     try:
         engine = HFGenerate(args[0], int(args[1])) if kind == "hf" else LlamaCpp(args[0])
     except ImportError as exc:

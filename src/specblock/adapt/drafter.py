@@ -1,0 +1,194 @@
+"""A drafter wrapper that adapts the wrapped SpecBlock / EAGLE-3 drafter while it serves.
+
+It forwards `begin` / `propose` / `observe` to the wrapped drafter and, on the side, files
+every verification into the feedback buffer. After each window of `window_tokens` generated
+tokens the bandit decides whether to update the drafter and which part; the update runs
+right there, between two iterations, so its wall time lands in the request's tokens/s.
+Verification never depends on the drafter's weights, so the output stays exactly the
+target's (greedy: token for token, the tests check it).
+
+After an update in the middle of a request, the wrapped drafter's cache (K/V of every
+position, computed with the old weights) is rebuilt from the buffered features with one
+forward, as if the committed text were a new prompt.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from specblock.adapt.bandit import SKIP, CostAwareBandit, WindowStats, seconds_saved
+from specblock.adapt.buffer import FeedbackBuffer
+from specblock.adapt.updates import OnlineUpdater, UpdateSettings, arm_names, arm_parameters
+from specblock.drafters.base import Drafter, PrefillFeedback, VerifyFeedback
+from specblock.drafters.checkpoint import save_drafter
+from specblock.errors import InvalidSettingError
+from specblock.tree import DraftTree
+
+POLICIES = ("bandit", "always", "never")
+
+
+@dataclass
+class AdaptSettings:
+    policy: str = "bandit"  # "always" pulls the whole-drafter arm every window; "never" only collects
+    window_tokens: int = 256
+    horizon_windows: float = 4.0  # an update's gain is amortised over this many coming windows
+    buffer_positions: int = 16384
+    noise_margin: float = 0.15
+    shift_drop: float = 0.25
+    exploration: float = 1.0
+    rollback: bool = True  # undo an update that lowered the held-out reach
+    update: UpdateSettings = field(default_factory=UpdateSettings)
+
+    def validate(self) -> None:
+        if self.policy not in POLICIES:
+            raise InvalidSettingError(f"adaptation policy must be one of {', '.join(POLICIES)}, not {self.policy!r}")
+        if self.window_tokens < 8 or self.horizon_windows <= 0:
+            raise InvalidSettingError("adaptation window must be at least 8 tokens and the horizon positive")
+
+
+class AdaptiveDrafter(Drafter):
+    needs_features = True
+
+    def __init__(self, inner: Drafter, node_budget: int, settings: AdaptSettings | None = None, source: str | Path | None = None) -> None:
+        if not hasattr(inner, "model") or not inner.needs_features:
+            raise InvalidSettingError("online adaptation applies to the trained drafters (specblock, eagle3)")
+        self.s = settings or AdaptSettings()
+        self.s.validate()
+        self.inner = inner
+        self.name = inner.name
+        self.model = inner.model
+        self.calibration = getattr(inner, "calibration", None)
+        self.source = None if source is None else Path(source).resolve()
+        self.buffer = FeedbackBuffer(self.s.buffer_positions)
+        self.updater = OnlineUpdater(self.model, self.s.update, node_budget)
+        self.bandit = CostAwareBandit(
+            arm_names(self.model), reference_tau=reference_tau(self.calibration, node_budget),
+            horizon_tokens=self.s.horizon_windows * self.s.window_tokens, noise_margin=self.s.noise_margin,
+            shift_drop=self.s.shift_drop, exploration=self.s.exploration,
+        )  # fmt: skip
+        self.events: list[dict] = []  # one per window: what the bandit saw, chose and measured
+        self.update_s = 0.0  # updates, their evaluation and cache rebuilds
+        self.bookkeeping_s = 0.0  # buffering and bandit decisions
+        self._reset_window()
+        self._max_length = 0
+        self._last = time.perf_counter()
+
+    @property
+    def forwards(self) -> int:
+        return self.inner.forwards
+
+    @forwards.setter
+    def forwards(self, value: int) -> None:  # the base class initialises it; the wrapped drafter counts
+        pass
+
+    def _reset_window(self) -> None:
+        self._tokens = self._iterations = 0
+        self._seconds = 0.0
+
+    # -- the drafter interface -------------------------------------------------------
+    def begin(self, prefill: PrefillFeedback) -> None:
+        t0 = time.perf_counter()
+        self.buffer.start_request(prefill)
+        self._max_length = prefill.max_length
+        self.bookkeeping_s += time.perf_counter() - t0
+        self.inner.begin(prefill)
+        self._last = time.perf_counter()
+
+    def propose(self, sequence: list[int], budget: int) -> DraftTree:
+        return self.inner.propose(sequence, budget)
+
+    def observe(self, feedback: VerifyFeedback) -> None:
+        self.inner.observe(feedback)
+        t0 = time.perf_counter()
+        self._seconds += t0 - self._last
+        self._tokens += len(feedback.tokens)  # accepted drafts + the target's own next token
+        self._iterations += 1
+        self.buffer.add_verification(feedback)
+        if self._tokens >= self.s.window_tokens:
+            self._end_window(feedback.next_token)
+        self.bookkeeping_s += time.perf_counter() - t0
+        self._last = time.perf_counter()
+
+    # -- adaptation ------------------------------------------------------------------
+    def _end_window(self, root: int) -> None:
+        window = WindowStats(self._tokens, self._iterations, self._seconds)
+        self._reset_window()
+        shifted = self.bandit.observe_window(window)
+        arm = {"bandit": None, "always": "whole", "never": SKIP}[self.s.policy] or self.bandit.choose(window)
+        event = {"window": len(self.events), "tau": round(window.tau, 3), "tokens_per_s": round(window.tokens / max(window.seconds, 1e-9), 2),
+                 "shift": shifted, "arm": arm}  # fmt: skip
+        self.events.append(event)
+        if arm == SKIP:
+            return
+        train, heldout = self.buffer.split(recent=self.s.window_tokens)
+        if not train or not heldout:
+            event["arm"] = SKIP
+            event["why"] = "no older feedback to train on yet"
+            return
+        t0 = time.perf_counter()
+        saved = [p.detach().clone() for p in arm_parameters(self.model, arm)] if self.s.rollback else None
+        before = self.updater.reach(heldout)
+        self.updater.update(arm, train)
+        after = self.updater.reach(heldout)
+        if saved is not None and after < before:
+            with torch.no_grad():
+                for p, old in zip(arm_parameters(self.model, arm), saved):
+                    p.copy_(old)
+            event["rolled_back"] = True
+        self._rebuild_cache(root)
+        cost = time.perf_counter() - t0
+        self.update_s += cost
+        gain = seconds_saved(window.tau, after - before, window.iteration_s, self.bandit.horizon_tokens)
+        if self.s.policy == "bandit":
+            self.bandit.record(arm, gain, cost)
+        event.update(reach_before=round(before, 4), reach_after=round(after, 4), gain_s=round(gain, 4), cost_s=round(cost, 4))
+
+    def _rebuild_cache(self, root: int) -> None:
+        """Recompute the wrapped drafter's cache with the new weights from the buffered request."""
+        seg = self.buffer.current
+        prompt = list(seg.tokens)
+        features = torch.stack(seg.features).float()
+        self.inner.begin(PrefillFeedback(prompt, features, root, self._max_length))
+
+    def summary(self) -> dict:
+        """What adaptation did so far, for reports."""
+        pulls: dict[str, int] = {}
+        for e in self.events:
+            pulls[e["arm"]] = pulls.get(e["arm"], 0) + 1
+        return {
+            "policy": self.s.policy, "windows": len(self.events), "pulls": pulls, "resets": self.bandit.resets,
+            "update_s": round(self.update_s, 4), "bookkeeping_s": round(self.bookkeeping_s, 4),
+            "reference_tau": self.bandit.reference_tau,
+        }  # fmt: skip
+
+    def save(self, out: str | Path) -> Path:
+        """Write the adapted weights as a new drafter checkpoint (never over the source one)."""
+        out = Path(out).resolve()
+        if self.source is not None and out == self.source:
+            raise InvalidSettingError(f"refusing to overwrite the original drafter {out}: save the adapted one elsewhere")
+        if out.exists() and any(out.iterdir()):
+            raise InvalidSettingError(f"{out} already exists and is not empty: choose a new directory")
+        meta = {"adapted_from": None if self.source is None else str(self.source), "adaptation": self.summary()}
+        if self.calibration:
+            meta["calibration"] = self.calibration  # measured before adaptation; say so
+            meta["calibration_note"] = "measured on the drafter before online adaptation"
+        save_drafter(self.model, out, meta=meta)
+        return out
+
+
+def reference_tau(calibration: dict | None, node_budget: int) -> float | None:
+    """The drafter's in-domain tau at `node_budget`, interpolated from its calibration."""
+    if not calibration:
+        return None
+    budgets, taus = calibration["budgets"], calibration["tau"]
+    pairs = sorted(zip(budgets, taus))
+    if node_budget <= pairs[0][0]:
+        return pairs[0][1]
+    for (b0, t0), (b1, t1) in zip(pairs, pairs[1:]):
+        if node_budget <= b1:
+            return t0 + (t1 - t0) * (node_budget - b0) / (b1 - b0)
+    return pairs[-1][1]

@@ -1,0 +1,145 @@
+"""Online adaptation in the engine: the buffer holds what `data prepare` would compute, the
+output stays exactly vanilla's while the drafter updates mid-request, and the updates do
+teach the drafter (tau rises on text it keeps seeing)."""
+
+import json
+
+import pytest
+import torch
+
+from specblock.adapt.bandit import SKIP
+from specblock.adapt.buffer import FeedbackBuffer
+from specblock.adapt.drafter import AdaptiveDrafter, AdaptSettings
+from specblock.adapt.updates import UpdateSettings, arm_names, arm_parameters
+from specblock.drafters.checkpoint import load_drafter, save_drafter
+from specblock.drafters.eagle3 import Eagle3Drafter
+from specblock.drafters.specblock import SpecBlockDrafter
+from specblock.drafters.vanilla import VanillaDrafter
+from specblock.errors import InvalidSettingError
+from specblock.target.transformer import Transformer
+
+from helpers import run_decode
+from neural_helpers import random_eagle3, random_specblock
+from test_decoding import prompts
+
+
+def adaptive(model: Transformer, method: str, policy: str = "always", window: int = 16, lr: float = 3e-3, **kw) -> AdaptiveDrafter:
+    net = random_specblock(model) if method == "specblock" else random_eagle3(model)
+    inner = SpecBlockDrafter(net) if method == "specblock" else Eagle3Drafter(net)
+    update = UpdateSettings(steps=kw.pop("steps", 2), batch=2, window=32, lr=lr)
+    return AdaptiveDrafter(inner, node_budget=8, settings=AdaptSettings(policy=policy, window_tokens=window, update=update, **kw))
+
+
+def test_buffer_matches_a_full_target_forward(tiny_llama):
+    """Position j holds the target's features after token j and its distribution over token j+1."""
+    model = Transformer.load(tiny_llama)
+    drafter = adaptive(model, "specblock", policy="never")
+    prompt = prompts(1, seed=3)[0]
+    out, _ = run_decode(model, drafter, prompt, max_new_tokens=30, node_budget=8)
+    seg = drafter.buffer.current
+    n = len(seg)
+    assert seg.tokens == (prompt + out)[:n] and n > len(prompt) + 10
+    full = model.forward(torch.tensor(seg.tokens), torch.arange(n), model.new_cache(n), 0, capture=True)
+    logprobs = torch.log_softmax(model.logits(full.hidden), -1)
+    torch.testing.assert_close(torch.stack(seg.features).float(), full.features, atol=2e-2, rtol=1e-2)
+    known = [j for j in range(n) if seg.known[j]]
+    assert known == list(range(len(prompt), n))  # the prefill keeps no per-position distributions
+    for j in known:
+        assert int(seg.topk_ids[j][0]) == int(logprobs[j].argmax())
+    seq = seg.to_sequence()
+    # loss targets: generated tokens whose distribution is stored (the first generated one is not)
+    assert seq.answer_mask.tolist() == [j > len(prompt) for j in range(n)]
+
+
+def test_buffer_split_and_capacity():
+    buf = FeedbackBuffer(capacity=64)
+    from specblock.drafters.base import PrefillFeedback, VerifyFeedback
+
+    def feed(prompt_len: int, verifies: int, per: int) -> None:
+        buf.start_request(PrefillFeedback(list(range(prompt_len)), torch.zeros(prompt_len, 6), 1, 100))
+        for _ in range(verifies):
+            buf.add_verification(VerifyFeedback([1] * per, 0, torch.zeros(per, 6), torch.randn(per, 30), 1, [], None))
+
+    feed(4, 3, 4)  # 16 positions; loss positions: 12 generated minus the first = 11
+    assert buf.current.answer_positions() == 11 and buf.total_answer == 11
+    train, heldout = buf.split(recent=5)
+    assert int(heldout[0].answer_mask.sum()) == 5 and int(train[0].answer_mask.sum()) == 6
+    assert not (heldout[0].answer_mask & train[0].answer_mask).any()
+    feed(4, 10, 5)  # 54 more positions: over capacity, the oldest request goes
+    assert len(buf.segments) == 1 and len(buf) == 54
+    feed(60, 1, 4)  # one request longer than the buffer keeps its newest positions
+    assert len(buf) == 64 and len(buf.segments) == 1
+
+
+@pytest.mark.parametrize("method", ["specblock", "eagle3"])
+def test_greedy_output_equals_vanilla_while_the_drafter_updates(tiny_llama, method):
+    model = Transformer.load(tiny_llama)
+    drafter = adaptive(model, method, policy="always", window=12)
+    for prompt in prompts(3, seed=21):
+        want, _ = run_decode(model, VanillaDrafter(), prompt, max_new_tokens=48)
+        got, _ = run_decode(model, drafter, prompt, max_new_tokens=48, node_budget=8)
+        assert got == want
+    updated = [e for e in drafter.events if e["arm"] == "whole"]
+    assert len(updated) >= 4 and drafter.update_s > 0  # it did update, mid-request included
+
+
+def test_updates_teach_the_drafter_the_text_it_keeps_seeing(tiny_llama):
+    """The same request again and again: the adapted drafter's tau climbs; a frozen one's stays."""
+    model = Transformer.load(tiny_llama)
+    prompt = prompts(1, seed=5)[0]
+    frozen = adaptive(model, "specblock", policy="never", window=16)
+    learning = adaptive(model, "specblock", policy="always", window=16, steps=4, rollback=False)
+    taus = {"never": [], "always": []}
+    for _ in range(6):
+        for name, d in (("never", frozen), ("always", learning)):
+            _, stats = run_decode(model, d, prompt, max_new_tokens=48, node_budget=8)
+            taus[name].append(stats.new_tokens / stats.target_forwards)
+    assert taus["never"][0] == taus["never"][-1]
+    assert taus["always"][-1] > taus["always"][0] + 0.5, taus
+    measured = [e for e in learning.events if "reach_before" in e]  # the first window has nothing older to learn from
+    assert measured[-1]["reach_after"] > measured[0]["reach_before"]
+
+
+def test_arms_touch_only_their_parameters(tiny_llama):
+    model = Transformer.load(tiny_llama)
+    drafter = adaptive(model, "specblock", policy="never")
+    net = drafter.model
+    assert arm_names(net) == ["rank_head", "head_last_layer", "whole"]
+    head = {id(p) for p in arm_parameters(net, "rank_head")}
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    prompt = prompts(1, seed=8)[0]
+    run_decode(model, drafter, prompt, max_new_tokens=40, node_budget=8)
+    train, _ = drafter.buffer.split(recent=8)
+    drafter.updater.update("rank_head", train)
+    for name, p in net.named_parameters():
+        changed = not torch.equal(p, before[name])
+        assert changed == (id(p) in head), name
+
+
+def test_bandit_policy_skips_without_headroom_and_save_never_overwrites(tiny_llama, tmp_path):
+    model = Transformer.load(tiny_llama)
+    net = random_specblock(model)
+    source = tmp_path / "source"
+    save_drafter(net, source)
+    inner = SpecBlockDrafter(net)
+    inner.calibration = {"budgets": [4, 8, 16], "tau": [1.0, 1.0, 1.0], "draft_ms": [1, 1, 1]}
+    drafter = AdaptiveDrafter(inner, 8, AdaptSettings(policy="bandit", window_tokens=16), source=source)
+    for prompt in prompts(2, seed=9):
+        run_decode(model, drafter, prompt, max_new_tokens=40, node_budget=8)
+    # tau can only be >= 1 = the reference: no headroom, nothing is worth an update
+    assert drafter.events and all(e["arm"] == SKIP for e in drafter.events)
+    with pytest.raises(InvalidSettingError, match="overwrite the original"):
+        drafter.save(source)
+    out = drafter.save(tmp_path / "adapted")
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["adapted_from"] == str(source.resolve()) and meta["adaptation"]["policy"] == "bandit"
+    load_drafter(out, model.cfg, model.embed.float(), method="specblock")
+    with pytest.raises(InvalidSettingError, match="not empty"):
+        drafter.save(out)
+
+
+def test_adaptation_refuses_model_free_drafters():
+    with pytest.raises(InvalidSettingError, match="trained drafters"):
+        AdaptiveDrafter(VanillaDrafter(), 8)
+    with pytest.raises(InvalidSettingError, match="policy"):
+        AdaptSettings(policy="sometimes").validate()
