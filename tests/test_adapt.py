@@ -27,7 +27,8 @@ def adaptive(model: Transformer, method: str, policy: str = "always", window: in
     net = random_specblock(model) if method == "specblock" else random_eagle3(model)
     inner = SpecBlockDrafter(net) if method == "specblock" else Eagle3Drafter(net)
     update = UpdateSettings(steps=kw.pop("steps", 2), batch=2, window=32, lr=lr)
-    return AdaptiveDrafter(inner, node_budget=8, settings=AdaptSettings(policy=policy, window_tokens=window, update=update, **kw))
+    settings = AdaptSettings(policy=policy, window_tokens=window, update=update, min_heldout=1, **kw)
+    return AdaptiveDrafter(inner, node_budget=8, settings=settings)
 
 
 def test_buffer_matches_a_full_target_forward(tiny_llama):

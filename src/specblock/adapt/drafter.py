@@ -41,6 +41,7 @@ class AdaptSettings:
     shift_drop: float = 0.25
     exploration: float = 1.0
     rollback: bool = True  # undo an update that lowered the held-out reach
+    min_heldout: int = 32  # fewer draftable held-out positions give too noisy a gain: no update
     update: UpdateSettings = field(default_factory=UpdateSettings)
 
     def validate(self) -> None:
@@ -104,13 +105,15 @@ class AdaptiveDrafter(Drafter):
     def observe(self, feedback: VerifyFeedback) -> None:
         self.inner.observe(feedback)
         t0 = time.perf_counter()
+        updates_before = self.update_s
         self._seconds += t0 - self._last
         self._tokens += len(feedback.tokens)  # accepted drafts + the target's own next token
         self._iterations += 1
         self.buffer.add_verification(feedback)
         if self._tokens >= self.s.window_tokens:
             self._end_window(feedback.next_token)
-        self.bookkeeping_s += time.perf_counter() - t0
+        # update time is counted in update_s only
+        self.bookkeeping_s += time.perf_counter() - t0 - (self.update_s - updates_before)
         self._last = time.perf_counter()
 
     # -- adaptation ------------------------------------------------------------------
@@ -130,10 +133,15 @@ class AdaptiveDrafter(Drafter):
             event["why"] = "no older feedback to train on yet"
             return
         t0 = time.perf_counter()
+        before, count = self.updater.reach(heldout)
+        if count < self.s.min_heldout:
+            self.update_s += time.perf_counter() - t0
+            event["arm"] = SKIP
+            event["why"] = f"{count} draftable held-out positions (< {self.s.min_heldout})"
+            return
         saved = [p.detach().clone() for p in arm_parameters(self.model, arm)] if self.s.rollback else None
-        before = self.updater.reach(heldout)
         self.updater.update(arm, train)
-        after = self.updater.reach(heldout)
+        after, _ = self.updater.reach(heldout)
         if saved is not None and after < before:
             with torch.no_grad():
                 for p, old in zip(arm_parameters(self.model, arm), saved):

@@ -109,8 +109,9 @@ class OnlineUpdater:
         return time.perf_counter() - t0
 
     @torch.no_grad()
-    def reach(self, heldout: list[Sequence]) -> float:
-        """Mean tree reach (0..REACH_DEPTH) over the held-out loss positions."""
+    def reach(self, heldout: list[Sequence]) -> tuple[float, int]:
+        """Mean tree reach (0..REACH_DEPTH) over the held-out positions the drafter can draft
+        (loss positions whose target token lies in the draft vocabulary), and their count."""
         total, count = 0.0, 0
         for seq in heldout:
             rep = self._loss(collate([seq], self.vocab), keep=True)
@@ -119,7 +120,7 @@ class OnlineUpdater:
             chain = torch.cumprod(hit[..., :REACH_DEPTH].float(), dim=-1).sum(-1)
             total += float(chain[start].sum())
             count += int(start.sum())
-        return total / max(1, count)
+        return total / max(1, count), count
 
     def _slot_hits(self, rep: LossReport) -> torch.Tensor:
         logits, targets = rep.logits.float(), rep.targets
