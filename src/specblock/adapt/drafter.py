@@ -151,8 +151,8 @@ class AdaptiveDrafter(Drafter):
         cost = time.perf_counter() - t0
         self.update_s += cost
         gain = seconds_saved(window.tau, after - before, window.iteration_s, self.bandit.horizon_tokens)
-        if self.s.policy == "bandit":
-            self.bandit.record(arm, gain, cost)
+        if self.s.policy == "bandit":  # a rolled-back update changed nothing: it only cost its time
+            self.bandit.record(arm, 0.0 if event.get("rolled_back") else gain, cost)
         event.update(reach_before=round(before, 4), reach_after=round(after, 4), gain_s=round(gain, 4), cost_s=round(cost, 4))
 
     def _rebuild_cache(self, root: int) -> None:
