@@ -85,7 +85,8 @@ def save_profile(path: Path, target_name: str, latency: dict[int, float]) -> Non
     os.replace(tmp, path)
 
 
-def _interpolate(points: dict[int, float], n: int) -> float:
+def interpolate(points: dict[int, float], n: int) -> float:
+    """Piecewise-linear in n through `points`, held flat beyond the first and last."""
     xs = sorted(points)
     if n <= xs[0]:
         return points[xs[0]]
@@ -109,4 +110,4 @@ def auto_budget(verify_s: dict[int, float], calibration: dict | None, max_budget
     draft = {0: 0.0} | {int(n): float(ms) / 1000 for n, ms in zip(calibration["budgets"], calibration["draft_ms"])}
     usable = [n for n in candidates if n <= max(tau)]
     # ties (equal expected speed) go to the smaller tree
-    return max(usable, key=lambda n: (_interpolate(tau, n) / (verify_s[n] + _interpolate(draft, n)), -n))
+    return max(usable, key=lambda n: (interpolate(tau, n) / (verify_s[n] + interpolate(draft, n)), -n))

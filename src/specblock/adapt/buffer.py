@@ -36,16 +36,18 @@ class Segment:
     def __len__(self) -> int:
         return len(self.tokens)
 
+    def is_loss(self, j: int) -> bool:
+        """Token j is a loss target: generated, and its distribution stored at position j-1."""
+        return j > 0 and self.generated[j] and self.known[j - 1]
+
     def answer_positions(self) -> int:
-        return sum(1 for j in range(1, len(self)) if self.generated[j] and self.known[j - 1])
+        return sum(1 for j in range(len(self)) if self.is_loss(j))
 
     def to_sequence(self, loss_from: int = 0, loss_to: int | None = None) -> Sequence:
         """The segment as a training sequence; only tokens j in [loss_from, loss_to) are loss targets."""
         n = len(self)
         loss_to = n if loss_to is None else loss_to
-        answer = torch.tensor(
-            [loss_from <= j < loss_to and self.generated[j] and j > 0 and self.known[j - 1] for j in range(n)]
-        )
+        answer = torch.tensor([loss_from <= j < loss_to and self.is_loss(j) for j in range(n)])
         return Sequence(
             tokens=torch.tensor(self.tokens, dtype=torch.long),
             answer_mask=answer,
@@ -126,7 +128,7 @@ class FeedbackBuffer:
             cut, count = len(seg), 0
             while cut > 0 and count < left:
                 cut -= 1
-                if cut > 0 and seg.generated[cut] and seg.known[cut - 1]:
+                if seg.is_loss(cut):
                     count += 1
             heldout.append(_tail(seg.to_sequence(loss_from=cut), max(0, cut - context)))
             left -= count

@@ -23,6 +23,7 @@ import torch
 from specblock.adapt.bandit import SKIP, CostAwareBandit, WindowStats, seconds_saved
 from specblock.adapt.buffer import FeedbackBuffer
 from specblock.adapt.updates import OnlineUpdater, UpdateSettings, arm_names, arm_parameters
+from specblock.budget import interpolate
 from specblock.drafters.base import Drafter, PrefillFeedback, VerifyFeedback
 from specblock.drafters.checkpoint import save_drafter
 from specblock.errors import InvalidSettingError
@@ -192,11 +193,4 @@ def reference_tau(calibration: dict | None, node_budget: int) -> float | None:
     """The drafter's in-domain tau at `node_budget`, interpolated from its calibration."""
     if not calibration:
         return None
-    budgets, taus = calibration["budgets"], calibration["tau"]
-    pairs = sorted(zip(budgets, taus))
-    if node_budget <= pairs[0][0]:
-        return pairs[0][1]
-    for (b0, t0), (b1, t1) in zip(pairs, pairs[1:]):
-        if node_budget <= b1:
-            return t0 + (t1 - t0) * (node_budget - b0) / (b1 - b0)
-    return pairs[-1][1]
+    return interpolate(dict(zip(calibration["budgets"], calibration["tau"])), node_budget)

@@ -108,12 +108,11 @@ def run_bench(
         for s in specs:
             if s.name in NEURAL_METHODS:
                 gens[s.spec].enable_adaptation()
+    engines = start_references(references or [], str(target), gens["vanilla"], settings)  # warmed up inside
     write_settings(out, settings)
     for g in gens.values():
         g.generate(WARMUP_PROMPT, max_new_tokens=8)
 
-    engines = start_references(references or [], str(target), gens["vanilla"], settings)
-    write_settings(out, settings)
     results = ResultsFile(out)
     decode = gens["vanilla"].tokenizer.decode
     total, done = runs * sum(len(p.turns) for p in prompts) * len(specs), 0

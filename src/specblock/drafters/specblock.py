@@ -87,10 +87,11 @@ class SpecBlockDrafter(Drafter):
         hidden, logp, ranks = self._block_one()
         pool = CandidatePool()
         seeds = self._grow(pool, ROOT, 0.0, logp, ranks)
-        reachable = set(pool.best(budget))
-        seeds = [(node, slot) for node, slot in seeds if node in reachable]
-        if seeds and self.blocks == 2:
-            self._block_two(pool, seeds, hidden)
+        if self.blocks == 2:
+            reachable = set(pool.best(budget))
+            seeds = [(node, slot) for node, slot in seeds if node in reachable]
+            if seeds:
+                self._block_two(pool, seeds, hidden)
         return pool.to_tree(budget)
 
     def _block_one(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
