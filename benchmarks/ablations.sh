@@ -12,10 +12,12 @@ cd "$(dirname "$0")/.."
 DATA=${DATA:?prepared data directory (specblock data prepare)}
 RUNS=${RUNS:?output directory for the ablation drafters}
 STEPS=${STEPS:-180}
+EVAL_EVERY=${EVAL_EVERY:-60}
 BUDGET=${BUDGET:-8}
+PER_CATEGORY=${PER_CATEGORY:-5}
 OUT=${OUT:-benchmarks/results/ablations_smollm2-135m}
 COMMON=(--method specblock --data "$DATA" --max-steps "$STEPS" --batch-size 8 --micro-batch 2 --window 128
-        --lr 8e-4 --warmup-steps 20 --valid-floor 0.1 --eval-every 60 --checkpoint-every 20 --threads 2)
+        --lr 8e-4 --warmup-steps 20 --valid-floor 0.1 --eval-every "$EVAL_EVERY" --checkpoint-every 20 --threads 2)
 declare -A EXTRA=([control]="" [noshift]="--no-layer-shift" [oneblock]="--blocks 1" [novalidprefix]="--no-valid-prefix")
 for name in control noshift oneblock novalidprefix; do
   if [ ! -f "$RUNS/$name/drafter/config.json" ]; then
@@ -37,5 +39,5 @@ fi
 .venv/bin/specblock bench --target smollm2-135m \
   --methods "vanilla,specblock:control@$BUDGET,specblock:noshift@$BUDGET,specblock:oneblock@$BUDGET,specblock:fixedtopk@$BUDGET,specblock:novalidprefix@$BUDGET" \
   --drafters "specblock:control=$RUNS/control/drafter,specblock:noshift=$RUNS/noshift/drafter,specblock:oneblock=$RUNS/oneblock/drafter,specblock:fixedtopk=$RUNS/fixedtopk,specblock:novalidprefix=$RUNS/novalidprefix/drafter" \
-  --data ../shared/data/eval/spec_bench_question.jsonl --per-category 5 --runs 1 --max-new-tokens 128 \
+  --data ../shared/data/eval/spec_bench_question.jsonl --per-category "$PER_CATEGORY" --runs 1 --max-new-tokens 128 \
   --compare "specblock:control@$BUDGET,specblock:noshift@$BUDGET" --out "$OUT"

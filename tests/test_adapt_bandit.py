@@ -1,5 +1,7 @@
 """The cost-aware bandit's decisions, checked by hand: gain against cost, UCB, shift reset."""
 
+import math
+
 import pytest
 
 from specblock.adapt.bandit import SKIP, CostAwareBandit, WindowStats, seconds_saved
@@ -74,3 +76,21 @@ def test_a_drop_in_tau_resets_the_statistics():
 def test_without_a_reference_the_default_headroom_applies():
     b = CostAwareBandit(ARMS, reference_tau=None, horizon_tokens=1000, default_headroom=0.25)
     assert b.headroom_seconds(window(2.0)) == pytest.approx(seconds_saved(2.0, 0.5, 0.1, 1000))
+
+
+def test_arms_that_measured_no_gain_are_not_pulled_again():
+    # every arm tried once; each update was rolled back (gain 0): paying its cost again buys nothing
+    b = CostAwareBandit(ARMS, reference_tau=3.0, horizon_tokens=1000, noise_margin=0.0, exploration=1.0)
+    w = window(2.0)
+    for arm in ARMS:
+        assert b.choose(w) == arm
+        b.record(arm, gain_s=0.0, cost_s=1.0)
+    assert b.choose(w) == SKIP
+    # an arm whose one update measured a gain near its cost keeps an optimistic second try
+    b = CostAwareBandit(ARMS, reference_tau=3.0, horizon_tokens=1000, noise_margin=0.0, exploration=1.0)
+    b.record("rank_head", gain_s=0.0, cost_s=1.0)
+    b.record("head_last_layer", gain_s=0.0, cost_s=1.0)
+    b.record("whole", gain_s=1.6, cost_s=2.0)
+    # 1.6 + 1.6 * sqrt(ln(3 + 1) / 1) - 2 = 1.48
+    assert b.values(w)["whole"] == pytest.approx(1.6 + 1.6 * math.sqrt(math.log(4)) - 2.0)
+    assert b.choose(w) == "whole"

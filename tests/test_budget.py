@@ -4,7 +4,18 @@ import json
 
 import pytest
 
-from specblock.budget import auto_budget, load_or_measure, measure_verify_latency, profile_path
+from typer.testing import CliRunner
+
+from specblock.bench.drafter_latency import DRAFT_SIZES
+from specblock.budget import (
+    auto_budget,
+    drafter_key,
+    expected_tokens_per_s,
+    load_draft_latency,
+    load_or_measure,
+    measure_verify_latency,
+    profile_path,
+)
 from specblock.errors import InvalidSettingError
 from specblock.target.runner import TargetRunner
 from specblock.target.transformer import Transformer
@@ -56,3 +67,50 @@ def test_generator_resolves_auto_and_rejects_bad_budgets(tiny_llama):
         SpecGenerator.load(tiny_llama, "lookup", node_budget="many")
     with pytest.raises(InvalidSettingError):
         SpecGenerator.load(tiny_llama, "lookup", node_budget=-1)
+
+
+def test_measured_drafting_time_replaces_the_calibrations():
+    verify = {0: 0.010, 1: 0.010, 4: 0.012, 8: 0.014, 16: 0.020, 59: 0.040}
+    calibration = {"budgets": [4, 8, 16, 59], "tau": [1.5, 1.9, 2.1, 2.3], "draft_ms": [2, 2, 3, 6]}
+    assert auto_budget(verify, calibration) == 8
+    # the same drafter on a machine where drafting costs 20 ms: no tree pays (8 -> 1.9/0.034 = 56 < 100)
+    slow = {4: 0.020, 8: 0.020, 16: 0.020, 59: 0.020}
+    assert auto_budget(verify, calibration, draft_s=slow) == 0
+    speed = expected_tokens_per_s(verify, calibration, slow)
+    assert speed[0] == pytest.approx(100.0) and speed[8] == pytest.approx(1.9 / 0.034)
+
+
+def test_profile_command_times_a_drafter_and_auto_uses_it(tiny_llama, tmp_path):
+    from neural_helpers import random_specblock
+
+    from specblock import SpecGenerator
+    from specblock.cli import app
+    from specblock.drafters.checkpoint import save_drafter
+
+    target = Transformer.load(tiny_llama)
+    source = tmp_path / "drafter"
+    calibration = {"budgets": [1, 4, 8], "tau": [1.9, 2.0, 2.1], "draft_ms": [0.001, 0.001, 0.001]}
+    save_drafter(random_specblock(target), source, meta={"calibration": calibration})
+    bad = CliRunner().invoke(app, ["profile", "--target", str(tiny_llama), "--drafters", "lookup"])
+    assert bad.exit_code != 0 and "not a trained drafter method" in bad.output
+    out = tmp_path / "profile"
+    args = ["profile", "--target", str(tiny_llama), "--drafters", f"specblock={source}", "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "profile.json").read_text())
+    (entry,) = record["drafters"]
+    assert set(map(int, entry["draft_s"])) == set(DRAFT_SIZES) and all(t > 0 for t in entry["draft_s"].values())
+    assert (out / "profile.png").stat().st_size > 0
+    runner = TargetRunner(target)
+    saved = load_draft_latency(runner, str(tiny_llama), drafter_key("specblock", source))
+    assert saved == {int(n): t for n, t in entry["draft_s"].items()}
+    # auto weighs the measured drafting time, not the calibration's 1 microsecond: make the
+    # stored measurement absurdly slow and auto must fall back to plain decoding
+    path = profile_path(str(tiny_llama), target.dtype, "cpu")
+    stored = json.loads(path.read_text())
+    stored["draft_s"][drafter_key("specblock", source)] = {str(n): 10.0 for n in DRAFT_SIZES}
+    path.write_text(json.dumps(stored))
+    assert SpecGenerator.load(tiny_llama, "specblock", drafter=source, node_budget="auto").node_budget == 0
+    stored["draft_s"] = {}
+    path.write_text(json.dumps(stored))
+    assert SpecGenerator.load(tiny_llama, "specblock", drafter=source, node_budget="auto").node_budget > 0

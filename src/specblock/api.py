@@ -21,7 +21,7 @@ import torch
 from specblock.decoding import DecodeSettings, DecodeStats, speculative_decode
 from specblock.adapt.drafter import AdaptiveDrafter, AdaptSettings
 from specblock.drafters.base import Drafter
-from specblock.budget import auto_budget, load_or_measure
+from specblock.budget import auto_budget, drafter_key, load_draft_latency, load_or_measure
 from specblock.drafters.checkpoint import load_drafter, read_config
 from specblock.drafters.draft_model import DraftModelDrafter
 from specblock.drafters.eagle3 import Eagle3Drafter
@@ -324,8 +324,11 @@ def resolve_budget(budget: int | str, target: Transformer, target_name: str | Pa
         if budget.strip().lower() == "auto":
             if isinstance(drafter, VanillaDrafter):
                 return 0
-            profile = load_or_measure(TargetRunner(target), str(target_name) or "target")
-            return auto_budget(profile, getattr(drafter, "calibration", None))
+            runner, name = TargetRunner(target), str(target_name) or "target"
+            profile = load_or_measure(runner, name)
+            source = getattr(drafter, "source_dir", None)
+            measured = load_draft_latency(runner, name, drafter_key(drafter.name, source)) if source else None
+            return auto_budget(profile, getattr(drafter, "calibration", None), draft_s=measured)
         try:
             budget = int(budget)
         except ValueError:

@@ -8,7 +8,10 @@ tau(n) / (T(n) + D(n)); `auto` takes the best, and that can be 0 (plain decoding
 the same engine) when no tree pays for its verify cost on this machine: on the 2-core CPU
 this project measures on, verifying even one draft node costs 1.7 one-token forwards.
 Without a calibration, `auto` takes the largest budget whose verify forward costs at most
-1.5 one-token forwards (0 if none does).
+1.5 one-token forwards (0 if none does). Drafting time D(n) is machine-specific too: when
+`specblock profile` has measured the drafter on this machine (stored beside T(n) in the
+profile), that measurement replaces the calibration's drafting times; tau stays the
+calibration's, since it depends on the drafter and the text, not on the machine.
 """
 
 from __future__ import annotations
@@ -78,11 +81,35 @@ def load_or_measure(runner: TargetRunner, target_name: str, refresh: bool = Fals
     return latency
 
 
-def save_profile(path: Path, target_name: str, latency: dict[int, float]) -> None:
+def save_profile(path: Path, target_name: str, latency: dict[int, float], draft_s: dict[str, dict[int, float]] | None = None) -> None:
+    """Write T(n) and any drafter latencies; drafter entries measured earlier on this machine are kept."""
+    drafters = dict(_read_drafter_latencies(path))
+    drafters.update(draft_s or {})
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"machine": machine_key(), "target": target_name, "verify_s": latency}, indent=2))
+    data = {"machine": machine_key(), "target": target_name, "verify_s": latency, "draft_s": drafters}
+    tmp.write_text(json.dumps(data, indent=2))
     os.replace(tmp, path)
+
+
+def drafter_key(method: str, source_dir: str | Path) -> str:
+    """How a drafter's measured latency is filed in a profile: method and checkpoint directory."""
+    return f"{method}:{Path(source_dir).resolve()}"
+
+
+def _read_drafter_latencies(path: Path) -> dict[str, dict[int, float]]:
+    if not path.exists():
+        return {}
+    saved = json.loads(path.read_text())
+    if saved.get("machine") != machine_key():
+        return {}
+    return {key: {int(n): float(t) for n, t in points.items()} for key, points in saved.get("draft_s", {}).items()}
+
+
+def load_draft_latency(runner: TargetRunner, target_name: str, key: str) -> dict[int, float] | None:
+    """The drafter's D(n) that `specblock profile` measured on this machine, if it did."""
+    model = runner.model
+    return _read_drafter_latencies(profile_path(target_name, model.dtype, str(model.device))).get(key)
 
 
 def interpolate(points: dict[int, float], n: int) -> float:
@@ -98,16 +125,23 @@ def interpolate(points: dict[int, float], n: int) -> float:
     raise AssertionError("unreachable")
 
 
-def auto_budget(verify_s: dict[int, float], calibration: dict | None, max_budget: int = 128) -> int:
+def expected_tokens_per_s(verify_s: dict[int, float], calibration: dict, draft_s: dict[int, float] | None = None) -> dict[int, float]:
+    """tau(n) / (T(n) + D(n)) at every profiled n the calibration reaches (n = 0: plain decoding)."""
+    # no draft nodes: tau is exactly 1 and nothing is drafted (anchors the interpolation)
+    tau = {0: 1.0} | {int(n): float(t) for n, t in zip(calibration["budgets"], calibration["tau"])}
+    if draft_s:
+        draft = {0: 0.0} | {int(n): float(s) for n, s in draft_s.items()}
+    else:
+        draft = {0: 0.0} | {int(n): float(ms) / 1000 for n, ms in zip(calibration["budgets"], calibration["draft_ms"])}
+    return {n: interpolate(tau, n) / (verify_s[n] + interpolate(draft, n)) for n in sorted(verify_s) if 0 <= n <= max(tau)}
+
+
+def auto_budget(verify_s: dict[int, float], calibration: dict | None, max_budget: int = 128, draft_s: dict[int, float] | None = None) -> int:
     """The budget with the highest expected tokens/s; see the module docstring."""
     candidates = [n for n in sorted(verify_s) if 0 <= n <= max_budget]
     if not calibration:
         one = verify_s[min(verify_s)]
         fitting = [n for n in candidates if n >= 1 and verify_s[n] <= 1.5 * one]
         return max(fitting, default=0)
-    # no draft nodes: tau is exactly 1 and nothing is drafted (anchors the interpolation)
-    tau = {0: 1.0} | {int(n): float(t) for n, t in zip(calibration["budgets"], calibration["tau"])}
-    draft = {0: 0.0} | {int(n): float(ms) / 1000 for n, ms in zip(calibration["budgets"], calibration["draft_ms"])}
-    usable = [n for n in candidates if n <= max(tau)]
-    # ties (equal expected speed) go to the smaller tree
-    return max(usable, key=lambda n: (interpolate(tau, n) / (verify_s[n] + interpolate(draft, n)), -n))
+    speed = {n: v for n, v in expected_tokens_per_s(verify_s, calibration, draft_s).items() if n <= max_budget}
+    return max(speed, key=lambda n: (speed[n], -n))  # ties (equal expected speed) go to the smaller tree

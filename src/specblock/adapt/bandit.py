@@ -5,9 +5,12 @@ Rewards are in seconds over the amortisation horizon: the generation time an upd
 expected to save (from the offline estimate, see `updates.py`) minus its own wall time.
 An arm never tried since the last reset is valued at the headroom: the seconds saved if
 tau went back from its live value to the drafter's in-domain (calibrated) level, which is
-all an update can hope for. A tried arm is valued by UCB on its mean net reward, the
-bonus scaled by the arm's own reward size (its cost or its mean net reward). When no
-arm's value exceeds 0 the bandit skips (reward 0). A drop of the live tau by more than
+all an update can hope for. A tried arm is valued by UCB on its net reward with the
+optimism on the gain only: mean gain + bonus - mean cost. The cost is measured, not
+guessed, so it gets no bonus; the bonus scales with the spread of the arm's measured gains
+(with one pull, the gain itself). An arm whose updates measured no gain is therefore
+never pulled again until a reset. When no arm's value exceeds 0 the bandit skips
+(reward 0). A drop of the live tau by more than
 `shift_drop` against the windows since the last reset counts as a domain shift and resets
 the arms' statistics, since their gains were measured on the old text.
 """
@@ -23,12 +26,21 @@ SKIP = "skip"
 @dataclass
 class ArmStats:
     pulls: int = 0
-    net_sum: float = 0.0
+    gain_sum: float = 0.0
+    gain_sq_sum: float = 0.0
     cost_sum: float = 0.0
 
     @property
-    def mean_net(self) -> float:
-        return self.net_sum / self.pulls
+    def mean_gain(self) -> float:
+        return self.gain_sum / self.pulls
+
+    @property
+    def gain_spread(self) -> float:
+        """Sample standard deviation of the measured gains (the gain itself after one pull)."""
+        if self.pulls < 2:
+            return abs(self.mean_gain)
+        var = (self.gain_sq_sum - self.pulls * self.mean_gain**2) / (self.pulls - 1)
+        return math.sqrt(max(0.0, var))
 
     @property
     def mean_cost(self) -> float:
@@ -113,8 +125,8 @@ class CostAwareBandit:
             if s.pulls == 0:
                 out[arm] = headroom
             else:
-                spread = self.exploration * max(s.mean_cost, abs(s.mean_net)) * math.sqrt(math.log(total + 1) / s.pulls)
-                out[arm] = s.mean_net + spread
+                bonus = self.exploration * s.gain_spread * math.sqrt(math.log(total + 1) / s.pulls)
+                out[arm] = s.mean_gain + bonus - s.mean_cost
         return out
 
     def choose(self, window: WindowStats) -> str:
@@ -128,5 +140,6 @@ class CostAwareBandit:
         """The measured outcome of pulling `arm`: estimated seconds saved and the update's wall time."""
         s = self.stats[arm]
         s.pulls += 1
-        s.net_sum += gain_s - cost_s
+        s.gain_sum += gain_s
+        s.gain_sq_sum += gain_s * gain_s
         s.cost_sum += cost_s

@@ -14,6 +14,7 @@ forward, as if the committed text were a new prompt.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,7 @@ class AdaptSettings:
     exploration: float = 1.0
     rollback: bool = True  # undo an update that lowered the held-out reach
     min_heldout: int = 32  # fewer draftable held-out positions give too noisy a gain: no update
+    gain_confidence: float = 1.0  # the gain counted is the mean reach change minus this many standard errors
     update: UpdateSettings = field(default_factory=UpdateSettings)
 
     def validate(self) -> None:
@@ -50,6 +52,8 @@ class AdaptSettings:
             raise InvalidSettingError(f"adaptation policy must be one of {', '.join(POLICIES)}, not {self.policy!r}")
         if self.window_tokens < 8 or self.horizon_windows <= 0:
             raise InvalidSettingError("adaptation window must be at least 8 tokens and the horizon positive")
+        if self.min_heldout < 1 or self.gain_confidence < 0:
+            raise InvalidSettingError("min_heldout must be >= 1 and gain_confidence >= 0")
 
 
 class AdaptiveDrafter(Drafter):
@@ -134,7 +138,8 @@ class AdaptiveDrafter(Drafter):
             event["why"] = "no older feedback to train on yet"
             return
         t0 = time.perf_counter()
-        before, count = self.updater.reach(heldout)
+        before = self.updater.reach(heldout)
+        count = before.numel()
         if count < self.s.min_heldout:
             self.update_s += time.perf_counter() - t0
             event["arm"] = SKIP
@@ -142,8 +147,12 @@ class AdaptiveDrafter(Drafter):
             return
         saved = [p.detach().clone() for p in arm_parameters(self.model, arm)] if self.s.rollback else None
         self.updater.update(arm, train)
-        after, _ = self.updater.reach(heldout)
-        if saved is not None and after < before:
+        change = self.updater.reach(heldout) - before  # paired: the same positions before and after
+        delta = float(change.mean())
+        # a lower confidence bound: a few lucky held-out positions must not pay for the next update
+        spread = float(change.std()) if count > 1 else 0.0
+        delta_low = delta - self.s.gain_confidence * spread / math.sqrt(count)
+        if saved is not None and delta < 0:
             with torch.no_grad():
                 for p, old in zip(arm_parameters(self.model, arm), saved):
                     p.copy_(old)
@@ -151,10 +160,11 @@ class AdaptiveDrafter(Drafter):
         self._rebuild_cache(root)
         cost = time.perf_counter() - t0
         self.update_s += cost
-        gain = seconds_saved(window.tau, after - before, window.iteration_s, self.bandit.horizon_tokens)
+        gain = seconds_saved(window.tau, delta_low, window.iteration_s, self.bandit.horizon_tokens)
         if self.s.policy == "bandit":  # a rolled-back update changed nothing: it only cost its time
             self.bandit.record(arm, 0.0 if event.get("rolled_back") else gain, cost)
-        event.update(reach_before=round(before, 4), reach_after=round(after, 4), gain_s=round(gain, 4), cost_s=round(cost, 4))
+        event.update(reach_before=round(float(before.mean()), 4), reach_after=round(float(before.mean()) + delta, 4),
+                     reach_change_low=round(delta_low, 4), heldout=count, gain_s=round(gain, 4), cost_s=round(cost, 4))  # fmt: skip
 
     def _rebuild_cache(self, root: int) -> None:
         """Recompute the wrapped drafter's cache with the new weights from the buffered request."""

@@ -109,18 +109,18 @@ class OnlineUpdater:
         return time.perf_counter() - t0
 
     @torch.no_grad()
-    def reach(self, heldout: list[Sequence]) -> tuple[float, int]:
-        """Mean tree reach (0..REACH_DEPTH) over the held-out positions the drafter can draft
-        (loss positions whose target token lies in the draft vocabulary), and their count."""
-        total, count = 0.0, 0
+    def reach(self, heldout: list[Sequence]) -> torch.Tensor:
+        """Tree reach (0..REACH_DEPTH) at each held-out position the drafter can draft (loss
+        positions whose target token lies in the draft vocabulary), in a fixed order, so two
+        calls on the same positions pair up."""
+        per_position = []
         for seq in heldout:
             rep = self._loss(collate([seq], self.vocab), keep=True)
             hit = self._slot_hits(rep)  # [B, P, D]
             start = rep.ok[..., 0]
             chain = torch.cumprod(hit[..., :REACH_DEPTH].float(), dim=-1).sum(-1)
-            total += float(chain[start].sum())
-            count += int(start.sum())
-        return total / max(1, count), count
+            per_position.append(chain[start])
+        return torch.cat(per_position) if per_position else torch.zeros(0)
 
     def _slot_hits(self, rep: LossReport) -> torch.Tensor:
         logits, targets = rep.logits.float(), rep.targets
