@@ -1,0 +1,101 @@
+"""Write ablations.md for a `benchmarks/ablations.sh` run: what each SpecBlock mechanism is
+worth against the full-SpecBlock control trained alike (design §9, issue 4 item 2).
+
+    .venv/bin/python benchmarks/ablation_report.py --bench benchmarks/results/ablations_smollm2-135m --runs RUNS
+
+Per variant: tau and tokens/s (all categories), their change against the control, the
+drafting cost, the held-out chain tau from training, tau per category, and two paired
+tests over questions against the control: Wilcoxon on the per-question tau difference
+(the mechanism's effect on acceptance, free of timing noise) and on the log tokens/s ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+from specblock.bench.results import read_rows
+from specblock.bench.stats import wilcoxon_signed_rank
+from specblock.bench.summary import compare
+
+VARIANTS = {
+    "control": "full SpecBlock (control)",
+    "noshift": "no layer-wise shift",
+    "oneblock": "no inheritance (one block, M=1)",
+    "fixedtopk": "fixed top-4 instead of the rank head",
+    "novalidprefix": "no valid-prefix mask",
+}
+
+
+def per_question_tau(rows: list[dict]) -> dict[str, float]:
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[json.dumps(r["question_id"])].append(r)
+    return {q: sum(r["new_tokens"] for r in rs) / sum(r["iterations"] for r in rs) for q, rs in groups.items()}
+
+
+def training_summary(runs: Path, name: str) -> dict:
+    """The held-out figures the trainer wrote (the fixed top-k variant shares the control's weights)."""
+    path = runs / ("control" if name == "fixedtopk" else name) / "summary.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _f(x: float | None, digits: int = 2, sign: bool = False) -> str:
+    if x is None:
+        return "-"
+    return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bench", type=Path, required=True, help="the ablation benchmark's output directory")
+    ap.add_argument("--runs", type=Path, required=True, help="the ablation drafters' training directories")
+    args = ap.parse_args()
+    summary = json.loads((args.bench / "summary.json").read_text())
+    rows = read_rows(args.bench / "results.jsonl")
+    settings = summary["settings"]
+    methods = [m for m in summary["methods"] if m.startswith("specblock:")]
+    name_of = {m: m.split(":", 1)[1].split("@", 1)[0] for m in methods}
+    control = next(m for m in methods if name_of[m] == "control")
+    table, cats = summary["table"], [c for c in summary["categories"] if c != "all"]
+    tau_q = {m: per_question_tau([r for r in rows if r["method"] == m]) for m in methods}
+    out = [
+        "# SpecBlock ablations, smollm2-135m",
+        "",
+        f"Each drafter trained like the shipped one with a smaller, equal budget; benchmark: {settings['per_category']} "
+        f"questions per category, {settings['max_new_tokens']} new tokens, T={settings['temperature']}, "
+        f"{settings['runs']} run(s), node budget {control.rsplit('@', 1)[1]}. Tests are paired over questions against the control.",
+        "",
+        "| variant | tau | Δtau | p (tau) | tokens/s | speedup | Δspeedup | p (tokens/s) | drafter fwd / ms per it. | held-out chain tau | = vanilla |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    base = table[control]["all"]
+    for m in methods:
+        e, name = table[m]["all"], name_of[m]
+        trained = training_summary(args.runs, name)
+        if m == control:
+            p_tau = p_tps = "-"
+        else:
+            common = sorted(set(tau_q[m]) & set(tau_q[control]))
+            p_tau = _f(wilcoxon_signed_rank([tau_q[m][q] - tau_q[control][q] for q in common])["p_value"], 3)
+            p_tps = _f(compare(rows, m, control)["wilcoxon"]["p_value"], 3)
+        out.append(
+            f"| {VARIANTS.get(name, name)} | {_f(e['tau'])} | {_f(e['tau'] - base['tau'], sign=True) if m != control else '-'} | {p_tau} "
+            f"| {_f(e['tokens_per_s'])} | {_f(e['speedup_mean'])}x | {_f(e['speedup_mean'] - base['speedup_mean'], sign=True) if m != control else '-'} "
+            f"| {p_tps} | {_f(e['drafter_forwards_per_iteration'])} / {_f(e['draft_ms_per_iteration'], 1)} "
+            f"| {_f(trained.get('chain_tau4'), 3)} | {e['equal_to_vanilla_count']} |"
+        )  # fmt: skip
+    out += ["", "Tau per category:", "", "| variant | " + " | ".join(cats) + " |", "|---" * (len(cats) + 1) + "|"]
+    for m in methods:
+        out.append(f"| {VARIANTS.get(name_of[m], name_of[m])} | " + " | ".join(_f(table[m][c]["tau"]) for c in cats) + " |")
+    vanilla = table.get("vanilla", {}).get("all")
+    if vanilla:
+        out += ["", f"Vanilla in the same run: {_f(vanilla['tokens_per_s'])} tokens/s."]
+    (args.bench / "ablations.md").write_text("\n".join(out) + "\n")
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The full smollm2-135m report (issue 4 item 5, design §9 sizes): 5 questions per category,
+# 256 new tokens; T=0 with 3 runs (vanilla, prompt lookup, EAGLE-3 and SpecBlock at the
+# parity budget 59, plus the Hugging Face generate and llama.cpp reference rows in run 1);
+# T=1 with 1 run for vanilla, EAGLE-3 and SpecBlock. Shipped drafters. Resumable: rerun the
+# same command and each bench continues from its results.jsonl. About 5.5 hours on the
+# project's 2-core CPU; never next to another CPU job.
+#
+#   nohup bash benchmarks/full_report.sh > full_report.log 2>&1 &
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-benchmarks/results/report_smollm2-135m}
+DATA=${DATA:-../shared/data/eval/spec_bench_question.jsonl}
+BUDGET=${BUDGET:-59}
+COMMON=(--target smollm2-135m --data "$DATA" --per-category 5 --max-new-tokens 256)
+.venv/bin/specblock bench "${COMMON[@]}" --methods "vanilla,lookup,eagle3@$BUDGET,specblock@$BUDGET" \
+  --runs 3 --temperature 0 --references hf-generate,llama.cpp --out "$OUT/t0"
+.venv/bin/specblock bench "${COMMON[@]}" --methods "vanilla,eagle3@$BUDGET,specblock@$BUDGET" \
+  --runs 1 --temperature 1 --out "$OUT/t1"
