@@ -99,8 +99,6 @@ def test_updates_teach_the_drafter_the_text_it_keeps_seeing(tiny_llama):
     assert taus["always"][-1] > taus["always"][0] + 0.5, taus
     measured = [e for e in learning.events if "reach_before" in e]  # the first window has nothing older to learn from
     assert measured[-1]["reach_after"] > measured[0]["reach_before"]
-    # the gain the bandit is told is a lower bound of the measured change, never above it
-    assert all(e["reach_change_low"] <= e["reach_after"] - e["reach_before"] + 1e-3 for e in measured)
 
 
 def test_arms_touch_only_their_parameters(tiny_llama):

@@ -3,8 +3,10 @@
 import math
 
 import pytest
+import torch
 
 from specblock.adapt.bandit import SKIP, CostAwareBandit, WindowStats, seconds_saved
+from specblock.adapt.updates import reach_change_bound
 
 ARMS = ["rank_head", "head_last_layer", "whole"]
 
@@ -94,3 +96,25 @@ def test_arms_that_measured_no_gain_are_not_pulled_again():
     # 1.6 + 1.6 * sqrt(ln(3 + 1) / 1) - 2 = 1.48
     assert b.values(w)["whole"] == pytest.approx(1.6 + 1.6 * math.sqrt(math.log(4)) - 2.0)
     assert b.choose(w) == "whole"
+
+
+def test_a_measured_loss_earns_no_optimism():
+    b = CostAwareBandit(["a", "b", "c"], reference_tau=3.0, horizon_tokens=1000, noise_margin=0.0, exploration=1.0)
+    for _ in range(5):
+        b.record("a", gain_s=0.0, cost_s=0.5)
+        b.record("b", gain_s=0.0, cost_s=0.5)
+    b.record("c", gain_s=-3.0, cost_s=0.5)  # the update made the drafter worse
+    assert b.values(window(2.0))["c"] == pytest.approx(-3.5)
+    assert b.choose(window(2.0)) == SKIP
+
+
+def test_the_reach_gain_bound_counts_blocks_of_neighbouring_positions():
+    before = torch.zeros(32)
+    # the same gain everywhere: no doubt about it, the bound is the mean
+    assert reach_change_bound(before, before + 0.5, confidence=1.0) == pytest.approx((0.5, 0.5))
+    # the whole gain in the first 8 positions: block means 1, 0, 0, 0 (std 0.5, 4 blocks)
+    lucky = torch.cat([torch.ones(8), torch.zeros(24)])
+    assert reach_change_bound(before, lucky, confidence=1.0) == pytest.approx((0.25, 0.25 - 0.5 / 2))
+    assert reach_change_bound(before, lucky, confidence=2.0)[1] == pytest.approx(0.25 - 2 * 0.5 / 2)
+    # fewer than two blocks: no spread to measure, the bound is the mean
+    assert reach_change_bound(torch.zeros(5), torch.ones(5), confidence=1.0) == pytest.approx((1.0, 1.0))

@@ -114,3 +114,7 @@ def test_profile_command_times_a_drafter_and_auto_uses_it(tiny_llama, tmp_path):
     stored["draft_s"] = {}
     path.write_text(json.dumps(stored))
     assert SpecGenerator.load(tiny_llama, "specblock", drafter=source, node_budget="auto").node_budget > 0
+    # a checkpoint retrained into the same directory is not matched to the old timings
+    key = drafter_key("specblock", source)
+    save_drafter(random_specblock(target, seed=1), source, meta={"calibration": calibration})
+    assert drafter_key("specblock", source) != key

@@ -3,14 +3,15 @@
 # DEVICE=cpu PYTHON=.venv/bin/python SMOKE=1.
 #   bash benchmarks/gpu/device.sh receive   # after each call that carried a chunk: list what arrived
 #   bash benchmarks/gpu/device.sh bench     # join + verify the GGUF, convert, profile, benchmark
-# Results land in RESULTS (default benchmarks/results/gpu_smollm2-135m); on the device, where
-# $OUT is set, they are also packed into $OUT/gpu_smollm2-135m.tar.gz (a call brings back
-# at most 8 files).
+# Results land in RESULTS (default .gpu/results: git-ignored, so a warm device keeps them
+# and a rerun resumes the bench); where $OUT is set (on the device) they are also packed
+# into $OUT/gpu_smollm2-135m.tar.gz on any exit (a call brings back at most 8 files).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PYTHON=${PYTHON:-python3}
 DEVICE=${DEVICE:-cuda}
-RESULTS=${RESULTS:-benchmarks/results/gpu_smollm2-135m}
+RESULTS=${RESULTS:-.gpu/results}
+pack() { if [ -n "${OUT:-}" ] && [ -d "$RESULTS" ]; then tar -czf "$OUT/gpu_smollm2-135m.tar.gz" -C "$RESULTS" . || true; fi; }
 export SPECBLOCK_CACHE=${SPECBLOCK_CACHE:-/tmp/specblock-cache}
 export PYTHONUNBUFFERED=1
 
@@ -24,6 +25,10 @@ case "${1:-}" in
 esac
 
 mkdir -p "$SPECBLOCK_CACHE/gguf" "$RESULTS"
+trap pack EXIT
+if ! ls .gpu/gguf/part-* >/dev/null 2>&1 || [ ! -f .gpu/gguf/sha256 ]; then
+  echo "no GGUF chunks here: run the 'receive' calls first (benchmarks/gpu/README.md)" >&2; exit 1
+fi
 target="$SPECBLOCK_CACHE/gguf/smollm2-135m.gguf"
 cat .gpu/gguf/part-* > "$target"
 echo "$(cat .gpu/gguf/sha256)  $target" | sha256sum -c --quiet || { echo "GGUF chunks missing or corrupt: resend them" >&2; exit 1; }
@@ -43,7 +48,7 @@ PER_CATEGORY=${PER_CATEGORY:-2}
 MAX_NEW=${MAX_NEW:-128}
 BUDGET_BIG=${BUDGET_BIG:-59}
 PROFILE_LIMIT=${PROFILE_LIMIT:-150}
-BENCH_LIMIT=${BENCH_LIMIT:-330}
+BENCH_LIMIT=${BENCH_LIMIT:-300}
 
 "$PYTHON" -m specblock.cli models fetch smollm2-135m
 # verify latency T(n) and both shipped drafters' D(n) on this GPU, then the budget auto picks
@@ -54,4 +59,3 @@ timeout "$BENCH_LIMIT" "$PYTHON" -m specblock.cli bench --target smollm2-135m --
   --max-new-tokens "$MAX_NEW" --out "$RESULTS" > "$RESULTS/bench.log" 2>&1 || echo "bench failed or ran out of time (it resumes: rerun this call)"
 tail -40 "$RESULTS/bench.log"
 ls -l "$RESULTS"
-if [ -n "${OUT:-}" ]; then tar -czf "$OUT/gpu_smollm2-135m.tar.gz" -C "$(dirname "$RESULTS")" "$(basename "$RESULTS")"; fi

@@ -16,6 +16,7 @@ calibration's, since it depends on the drafter and the text, not on the machine.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -61,11 +62,19 @@ def measure_verify_latency(runner: TargetRunner, sizes=PROFILE_SIZES, context: i
             tree.add((5 * i + 11) % vocab, (i - 1) // 2 if i > 0 else -1)
         times = []
         for _ in range(repeats + 1):
+            _synchronize(runner.model.device)
             t0 = time.perf_counter()
             runner.verify(prompt[-1], tree, capture=True)
+            _synchronize(runner.model.device)
             times.append(time.perf_counter() - t0)
         out[n] = sorted(times[1:])[len(times[1:]) // 2]
     return out
+
+
+def _synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so a timer measures the forward and not its launch."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def load_or_measure(runner: TargetRunner, target_name: str, refresh: bool = False) -> dict[int, float]:
@@ -93,8 +102,20 @@ def save_profile(path: Path, target_name: str, latency: dict[int, float], draft_
 
 
 def drafter_key(method: str, source_dir: str | Path) -> str:
-    """How a drafter's measured latency is filed in a profile: method and checkpoint directory."""
-    return f"{method}:{Path(source_dir).resolve()}"
+    """How a drafter's measured latency is filed in a profile: method, checkpoint directory
+    and a fingerprint of its weights and drafting switches, so a checkpoint retrained or
+    replaced in the same directory is measured again rather than matched to old timings."""
+    path = Path(source_dir).resolve()
+    digest = hashlib.sha256()
+    weights = path / "model.safetensors"
+    if weights.is_file():
+        with weights.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                digest.update(chunk)
+    config = path / "config.json"
+    drafting = json.loads(config.read_text()).get("drafting") if config.is_file() else None
+    digest.update(json.dumps(drafting, sort_keys=True).encode())
+    return f"{method}:{path}:{digest.hexdigest()[:16]}"
 
 
 def _read_drafter_latencies(path: Path) -> dict[str, dict[int, float]]:

@@ -28,7 +28,7 @@ def profile(
     device: Annotated[str, typer.Option(help="cpu | cuda | cuda:N | auto")] = "cpu",
     out: Annotated[Path | None, typer.Option(help="Also write profile.json and profile.png here.")] = None,
 ) -> None:  # fmt: skip
-    """Measure the target's verify latency for 1..128 draft nodes and the drafters' latency on
+    """Measure the target's verify latency for 0..128 draft nodes and the drafters' latency on
     this machine, save them for --node-budget auto, and print the budget auto picks."""
     from specblock.api import SpecGenerator
     from specblock.bench.drafter_latency import measure_draft_latency
@@ -38,18 +38,22 @@ def profile(
 
     with user_errors():
         wanted = _parse_drafters(drafters, str(target))  # bad settings fail before the model loads
+        if drafters.strip() == "shipped" and not wanted:
+            err.print(f"no drafter ships for {target!r}: timing the target only (give --drafters METHOD=DIR)")
         gen = SpecGenerator.load(target, "vanilla", dtype=dtype, device=device)
         err.print("measuring verify latency (a few seconds)...")
         latency = measure_verify_latency(TargetRunner(gen.target))
         one = latency[min(latency)]
         for n, t in latency.items():
             err.print(f"n={n:4d}: {1000 * t:7.1f} ms ({t / one:4.2f}x a one-token forward)", highlight=False)
+        path = profile_path(str(target), gen.target.dtype, str(gen.target.device))
+        save_profile(path, str(target), latency)  # kept even if a drafter's timing fails below
         measured: dict[str, dict] = {}
         for method, directory in wanted:
             err.print(f"measuring {method} drafter latency ({directory})...")
             draft = measure_draft_latency(gen, method, directory, str(target))
             calibration = read_config(directory).get("calibration")
-            entry: dict = {"method": method, "drafter": str(directory), "draft_s": draft}
+            entry: dict = {"method": method, "drafter": str(directory.resolve()), "draft_s": draft}
             for n, t in draft.items():
                 err.print(f"  n={n:4d}: drafting {1000 * t:7.1f} ms per iteration", highlight=False)
             if calibration:
@@ -60,9 +64,9 @@ def profile(
                           f"({speed[entry['auto_budget']]:.1f} expected tokens/s; plain decoding {speed[0]:.1f})")  # fmt: skip
             else:
                 err.print("  (no calibration in its config.json: auto cannot weigh this drafter's tau)")
-            measured[drafter_key(method, directory)] = entry
-        path = profile_path(str(target), gen.target.dtype, str(gen.target.device))
-        save_profile(path, str(target), latency, {key: e["draft_s"] for key, e in measured.items()})
+            key = drafter_key(method, directory)
+            measured[key] = entry
+            save_profile(path, str(target), latency, {key: draft})
         err.print(f"saved to {path} (used by --node-budget auto)")
         if out is not None:
             from specblock.bench.machine import machine_description

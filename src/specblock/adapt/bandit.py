@@ -36,9 +36,10 @@ class ArmStats:
 
     @property
     def gain_spread(self) -> float:
-        """Sample standard deviation of the measured gains (the gain itself after one pull)."""
+        """Sample standard deviation of the measured gains; after one pull, the gain itself
+        when positive (a measured loss earns no optimism)."""
         if self.pulls < 2:
-            return abs(self.mean_gain)
+            return max(0.0, self.mean_gain)
         var = (self.gain_sq_sum - self.pulls * self.mean_gain**2) / (self.pulls - 1)
         return math.sqrt(max(0.0, var))
 

@@ -14,7 +14,6 @@ forward, as if the committed text were a new prompt.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ import torch
 
 from specblock.adapt.bandit import SKIP, CostAwareBandit, WindowStats, seconds_saved
 from specblock.adapt.buffer import FeedbackBuffer
-from specblock.adapt.updates import OnlineUpdater, UpdateSettings, arm_names, arm_parameters
+from specblock.adapt.updates import OnlineUpdater, UpdateSettings, arm_names, arm_parameters, reach_change_bound
 from specblock.budget import interpolate
 from specblock.drafters.base import Drafter, PrefillFeedback, VerifyFeedback
 from specblock.drafters.checkpoint import save_drafter
@@ -147,11 +146,9 @@ class AdaptiveDrafter(Drafter):
             return
         saved = [p.detach().clone() for p in arm_parameters(self.model, arm)] if self.s.rollback else None
         self.updater.update(arm, train)
-        change = self.updater.reach(heldout) - before  # paired: the same positions before and after
-        delta = float(change.mean())
-        # a lower confidence bound: a few lucky held-out positions must not pay for the next update
-        spread = float(change.std()) if count > 1 else 0.0
-        delta_low = delta - self.s.gain_confidence * spread / math.sqrt(count)
+        # paired (the same positions before and after); the bandit is told a lower confidence
+        # bound, so that a few lucky held-out positions do not pay for the next update
+        delta, delta_low = reach_change_bound(before, self.updater.reach(heldout), self.s.gain_confidence)
         if saved is not None and delta < 0:
             with torch.no_grad():
                 for p, old in zip(arm_parameters(self.model, arm), saved):
@@ -160,9 +157,10 @@ class AdaptiveDrafter(Drafter):
         self._rebuild_cache(root)
         cost = time.perf_counter() - t0
         self.update_s += cost
-        gain = seconds_saved(window.tau, delta_low, window.iteration_s, self.bandit.horizon_tokens)
-        if self.s.policy == "bandit":  # a rolled-back update changed nothing: it only cost its time
-            self.bandit.record(arm, 0.0 if event.get("rolled_back") else gain, cost)
+        # a rolled-back update changed nothing: it only cost its time
+        gain = 0.0 if event.get("rolled_back") else seconds_saved(window.tau, delta_low, window.iteration_s, self.bandit.horizon_tokens)
+        if self.s.policy == "bandit":
+            self.bandit.record(arm, gain, cost)
         event.update(reach_before=round(float(before.mean()), 4), reach_after=round(float(before.mean()) + delta, 4),
                      reach_change_low=round(delta_low, 4), heldout=count, gain_s=round(gain, 4), cost_s=round(cost, 4))  # fmt: skip
 

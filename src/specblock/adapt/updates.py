@@ -10,6 +10,7 @@ true tokens, hold the target's token within the width the drafter would give tha
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -137,3 +138,17 @@ class OnlineUpdater:
                     [slot_width(slot, float(p), int(c)) for p, c in zip(top1[..., slot].flatten(), cls.flatten())]
                 ).view(cls.shape)
         return (rank <= widths) & (targets >= 0) & rep.ok
+
+
+def reach_change_bound(before: torch.Tensor, after: torch.Tensor, confidence: float, block: int = 8) -> tuple[float, float]:
+    """The mean change in reach over paired held-out positions and a lower confidence bound
+    of it: the mean minus `confidence` standard errors. Neighbouring positions share text
+    and overlapping reach chains, so the standard error is taken over blocks of `block`
+    consecutive positions, not over positions (which would understate it)."""
+    change = (after - before).float()
+    delta = float(change.mean())
+    blocks = [chunk.mean() for chunk in change.split(block)]
+    if len(blocks) < 2:
+        return delta, delta
+    spread = float(torch.stack(blocks).std())
+    return delta, delta - confidence * spread / math.sqrt(len(blocks))
