@@ -6,7 +6,7 @@ cache root. A drafter's calibration (its measured tau and drafting time at a few
 stored in its config.json) then gives the expected tokens per second of each budget,
 tau(n) / (T(n) + D(n)); `auto` takes the best, and that can be 0 (plain decoding through
 the same engine) when no tree pays for its verify cost on this machine: on the 2-core CPU
-this project measures on, verifying even one draft node costs 1.7 one-token forwards.
+this project measures on, verifying even one draft node costs 1.6-1.7 one-token forwards.
 Without a calibration, `auto` takes the largest budget whose verify forward costs at most
 1.5 one-token forwards (0 if none does). Drafting time D(n) is machine-specific too: when
 `specblock profile` has measured the drafter on this machine (stored beside T(n) in the
