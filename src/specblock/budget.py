@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from specblock.models.fetch import cache_root
+from specblock.models.fetch import cache_root, file_sha256
 from specblock.target.runner import TargetRunner
 from specblock.tree import DraftTree
 
@@ -106,14 +106,10 @@ def drafter_key(method: str, source_dir: str | Path) -> str:
     and a fingerprint of its weights and drafting switches, so a checkpoint retrained or
     replaced in the same directory is measured again rather than matched to old timings."""
     path = Path(source_dir).resolve()
-    digest = hashlib.sha256()
     weights = path / "model.safetensors"
-    if weights.is_file():
-        with weights.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                digest.update(chunk)
     config = path / "config.json"
     drafting = json.loads(config.read_text()).get("drafting") if config.is_file() else None
+    digest = hashlib.sha256(file_sha256(weights).encode() if weights.is_file() else b"")
     digest.update(json.dumps(drafting, sort_keys=True).encode())
     return f"{method}:{path}:{digest.hexdigest()[:16]}"
 

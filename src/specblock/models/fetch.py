@@ -100,10 +100,12 @@ def _remove_stale_temporaries(name: str) -> None:
 def _matches(path: Path, src: ModelSource, report: Reporter) -> bool:
     if path.stat().st_size != src.size:
         return False
-    return _sha256(path, report) == src.sha256
+    return file_sha256(path, report) == src.sha256
 
 
-def _sha256(path: Path, report: Reporter) -> str:
+def file_sha256(path: Path, report: Reporter | None = None) -> str:
+    """Hex sha256 of a file, read in chunks (progress reported as the "verify" stage)."""
+    report = report or (lambda stage, done, total: None)
     digest = hashlib.sha256()
     total, done = path.stat().st_size, 0
     with open(path, "rb") as f:
