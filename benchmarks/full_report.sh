@@ -3,7 +3,7 @@
 # 256 new tokens; T=0 with 3 runs (vanilla, prompt lookup, EAGLE-3 and SpecBlock at the
 # parity budget 59, plus the Hugging Face generate and llama.cpp reference rows in run 1);
 # T=1 with 1 run for vanilla, EAGLE-3 and SpecBlock. Shipped drafters. Resumable: rerun the
-# same command and each bench continues from its results.jsonl. About 5.5 hours on the
+# same command and each bench continues from its results.jsonl. About 6 hours on the
 # project's 2-core CPU; never next to another CPU job.
 #
 #   nohup bash benchmarks/full_report.sh > full_report.log 2>&1 &
@@ -13,7 +13,9 @@ OUT=${OUT:-benchmarks/results/report_smollm2-135m}
 DATA=${DATA:-../shared/data/eval/spec_bench_question.jsonl}
 BUDGET=${BUDGET:-59}
 COMMON=(--target smollm2-135m --data "$DATA" --per-category 5 --max-new-tokens 256)
-.venv/bin/specblock bench "${COMMON[@]}" --methods "vanilla,lookup,eagle3@$BUDGET,specblock@$BUDGET" \
-  --runs 3 --temperature 0 --references hf-generate,llama.cpp --out "$OUT/t0"
+T0=(--methods "vanilla,lookup,eagle3@$BUDGET,specblock@$BUDGET" --temperature 0 --references hf-generate,llama.cpp --out "$OUT/t0")
+# run 1 of T=0, then T=1, then runs 2 and 3 of T=0: each step leaves a complete report behind
+.venv/bin/specblock bench "${COMMON[@]}" "${T0[@]}" --runs 1
 .venv/bin/specblock bench "${COMMON[@]}" --methods "vanilla,eagle3@$BUDGET,specblock@$BUDGET" \
   --runs 1 --temperature 1 --out "$OUT/t1"
+.venv/bin/specblock bench "${COMMON[@]}" "${T0[@]}" --runs 3
