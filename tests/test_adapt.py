@@ -144,3 +144,51 @@ def test_adaptation_refuses_model_free_drafters():
         AdaptiveDrafter(VanillaDrafter(), 8)
     with pytest.raises(InvalidSettingError, match="policy"):
         AdaptSettings(policy="sometimes").validate()
+
+
+class ScriptedReach:
+    """Stands in for `OnlineUpdater.reach`: the drafter's reach depends only on whether its
+    weights are the original ones, so the test decides what each check measures."""
+
+    def __init__(self, drafter: AdaptiveDrafter, original: float, updated_now: float, updated_next: float) -> None:
+        self.net = drafter.model
+        self.original = [p.detach().clone() for p in self.net.parameters()]
+        self.values = {"original": original, "updated_now": updated_now, "updated_next": updated_next}
+        self.calls = 0
+
+    def __call__(self, heldout) -> torch.Tensor:
+        self.calls += 1
+        same = all(torch.equal(p, q) for p, q in zip(self.net.parameters(), self.original))
+        if same:
+            return torch.full((40,), self.values["original"])
+        # call 2 is the in-window check right after the update; later ones judge the next window
+        return torch.full((40,), self.values["updated_now" if self.calls == 2 else "updated_next"])
+
+
+@pytest.mark.parametrize("next_value, kept", [(0.0, False), (1.0, True)])
+def test_an_update_is_judged_on_the_next_window_and_undone_if_it_loses_there(tiny_llama, next_value, kept):
+    """The in-window check says the update helps (0.5 -> 1.0 reach); the next window, which
+    it never saw, decides: the bandit is told that verdict, and a loss restores the weights."""
+    model = Transformer.load(tiny_llama)
+    drafter = adaptive(model, "specblock", policy="bandit", window=16)
+    drafter.bandit.reference_tau = 10.0  # plenty of headroom: the first arm is tried
+    script = ScriptedReach(drafter, original=0.5, updated_now=1.0, updated_next=next_value)
+    drafter.updater.reach = script
+    original = [p.detach().clone() for p in drafter.model.parameters()]
+    prompt = prompts(1, seed=4)[0]
+    want, _ = run_decode(model, VanillaDrafter(), prompt, max_new_tokens=60)
+    # the bandit would keep trying arms; stop it after the first update is settled
+    pulls = []
+    choose = drafter.bandit.choose
+    drafter.bandit.choose = lambda w: (pulls.append(1), choose(w) if len(pulls) == 2 else SKIP)[1]
+    got, _ = run_decode(model, drafter, prompt, max_new_tokens=60, node_budget=8)
+    assert got == want
+    update = next(e for e in drafter.events if e["arm"] != SKIP)
+    assert update["arm"] == "rank_head" and update["reach_after"] == 1.0 and "next_reach_new" in update
+    stats = drafter.bandit.stats["rank_head"]
+    assert stats.pulls == 1  # recorded once, when settled
+    unchanged = all(torch.equal(p, q) for p, q in zip(drafter.model.parameters(), original))
+    if kept:
+        assert stats.mean_gain > 0 and not unchanged and not update.get("rolled_back_next")
+    else:
+        assert stats.mean_gain == 0 and unchanged and update["rolled_back_next"]

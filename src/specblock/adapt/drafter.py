@@ -7,6 +7,15 @@ right there, between two iterations, so its wall time lands in the request's tok
 Verification never depends on the drafter's weights, so the output stays exactly the
 target's (greedy: token for token, the tests check it).
 
+An update is judged twice, offline (no target forward). Right away, on the newest window
+(held out of its training data): an update that lowered the reach there is undone. Then at
+the end of the next window, text it could not have been fitted to (the window it was
+chosen on was also the one that made it look good): the reach with the new and with the
+old weights on that window's positions. That second, independent measurement is the gain
+the bandit is told, and an update that loses there is undone too. On a shifted stream the
+first check alone overstated the gain (the translation stream of issue 5: held-out reach
+doubled while the live tau stayed flat), and the bandit kept paying for updates.
+
 After an update in the middle of a request, the wrapped drafter's cache (K/V of every
 position, computed with the old weights) is rebuilt from the buffered features with one
 forward, as if the committed text were a new prompt.
@@ -33,6 +42,16 @@ POLICIES = ("bandit", "always", "never")
 
 
 @dataclass
+class PendingUpdate:
+    """A kept update waiting for the next window's verdict."""
+
+    arm: str
+    old: list[torch.Tensor]  # the arm's parameters before the update
+    event: dict  # the window event of the update, completed when it is settled
+    cost_s: float  # the update's own wall time so far
+
+
+@dataclass
 class AdaptSettings:
     policy: str = "bandit"  # "always" pulls the whole-drafter arm every window; "never" only collects
     window_tokens: int = 256
@@ -41,7 +60,7 @@ class AdaptSettings:
     noise_margin: float = 0.15
     shift_drop: float = 0.25
     exploration: float = 1.0
-    rollback: bool = True  # undo an update that lowered the held-out reach
+    rollback: bool = True  # undo an update that lowered the reach on held-out or next-window text
     min_heldout: int = 32  # fewer draftable held-out positions give too noisy a gain: no update
     gain_confidence: float = 1.0  # the gain counted is the mean reach change minus this many standard errors
     update: UpdateSettings = field(default_factory=UpdateSettings)
@@ -79,6 +98,7 @@ class AdaptiveDrafter(Drafter):
         self.update_s = 0.0  # updates, their evaluation and cache rebuilds
         self.bookkeeping_s = 0.0  # buffering and bandit decisions
         self._reset_window()
+        self._pending: PendingUpdate | None = None
         self._max_length = 0
         self._last = time.perf_counter()
 
@@ -124,6 +144,8 @@ class AdaptiveDrafter(Drafter):
     def _end_window(self, root: int) -> None:
         window = WindowStats(self._tokens, self._iterations, self._seconds)
         self._reset_window()
+        if self._pending is not None:
+            self._settle(window, root)
         shifted = self.bandit.observe_window(window)
         arm = {"bandit": None, "always": "whole", "never": SKIP}[self.s.policy] or self.bandit.choose(window)
         event = {"window": len(self.events), "tau": round(window.tau, 3), "tokens_per_s": round(window.tokens / max(window.seconds, 1e-9), 2),
@@ -144,25 +166,64 @@ class AdaptiveDrafter(Drafter):
             event["arm"] = SKIP
             event["why"] = f"{count} draftable held-out positions (< {self.s.min_heldout})"
             return
-        saved = [p.detach().clone() for p in arm_parameters(self.model, arm)] if self.s.rollback else None
+        old = [p.detach().clone() for p in arm_parameters(self.model, arm)]
         self.updater.update(arm, train)
-        # paired (the same positions before and after); the bandit is told a lower confidence
-        # bound, so that a few lucky held-out positions do not pay for the next update
+        # paired: the same positions before and after
         delta, delta_low = reach_change_bound(before, self.updater.reach(heldout), self.s.gain_confidence)
-        if saved is not None and delta < 0:
-            with torch.no_grad():
-                for p, old in zip(arm_parameters(self.model, arm), saved):
-                    p.copy_(old)
+        rolled_back = self.s.rollback and delta < 0
+        if rolled_back:
+            self._restore(arm, old)
             event["rolled_back"] = True
         self._rebuild_cache(root)
         cost = time.perf_counter() - t0
         self.update_s += cost
-        # a rolled-back update changed nothing: it only cost its time
-        gain = 0.0 if event.get("rolled_back") else seconds_saved(window.tau, delta_low, window.iteration_s, self.bandit.horizon_tokens)
-        if self.s.policy == "bandit":
-            self.bandit.record(arm, gain, cost)
         event.update(reach_before=round(float(before.mean()), 4), reach_after=round(float(before.mean()) + delta, 4),
-                     reach_change_low=round(delta_low, 4), heldout=count, gain_s=round(gain, 4), cost_s=round(cost, 4))  # fmt: skip
+                     reach_change_low=round(delta_low, 4), heldout=count, cost_s=round(cost, 4))  # fmt: skip
+        if rolled_back:  # it changed nothing: it only cost its time
+            event["gain_s"] = 0.0
+            self._record(arm, 0.0, cost)
+        else:  # the bandit hears of it once the next window has judged it
+            self._pending = PendingUpdate(arm, old, event, cost)
+
+    def _settle(self, window: WindowStats, root: int) -> None:
+        """Judge the pending update on the window just generated, which it never trained on:
+        reach with the new weights vs the old ones, paired per position. The lower
+        confidence bound of the change, in seconds, is the arm's reward."""
+        pending, self._pending = self._pending, None
+        t0 = time.perf_counter()
+        _, heldout = self.buffer.split(recent=self.s.window_tokens)
+        params = arm_parameters(self.model, pending.arm)
+        new = [p.detach().clone() for p in params]
+        after = self.updater.reach(heldout)
+        self._restore(pending.arm, pending.old)
+        before = self.updater.reach(heldout)
+        gain, event = 0.0, pending.event
+        if after.numel() == 0:  # nothing draftable: no evidence either way; keep the update
+            self._restore(pending.arm, new)
+            event["next_heldout"] = 0
+        else:
+            delta, delta_low = reach_change_bound(before, after, self.s.gain_confidence)
+            if self.s.rollback and delta < 0:
+                self._rebuild_cache(root)  # the old weights stay
+                event["rolled_back_next"] = True
+            else:
+                self._restore(pending.arm, new)
+                gain = seconds_saved(window.tau, delta_low, window.iteration_s, self.bandit.horizon_tokens)
+            event.update(next_heldout=after.numel(), next_reach_old=round(float(before.mean()), 4),
+                         next_reach_new=round(float(after.mean()), 4), next_change_low=round(delta_low, 4))  # fmt: skip
+        spent = time.perf_counter() - t0
+        self.update_s += spent
+        event.update(gain_s=round(gain, 4), cost_s=round(pending.cost_s + spent, 4), next_tau=round(window.tau, 3))
+        self._record(pending.arm, gain, pending.cost_s + spent)
+
+    def _record(self, arm: str, gain_s: float, cost_s: float) -> None:
+        if self.s.policy == "bandit":
+            self.bandit.record(arm, gain_s, cost_s)
+
+    def _restore(self, arm: str, values: list[torch.Tensor]) -> None:
+        with torch.no_grad():
+            for p, v in zip(arm_parameters(self.model, arm), values):
+                p.copy_(v)
 
     def _rebuild_cache(self, root: int) -> None:
         """Recompute the wrapped drafter's cache with the new weights from the buffered request."""
@@ -176,8 +237,10 @@ class AdaptiveDrafter(Drafter):
         pulls: dict[str, int] = {}
         for e in self.events:
             pulls[e["arm"]] = pulls.get(e["arm"], 0) + 1
+        undone = sum(1 for e in self.events if e.get("rolled_back") or e.get("rolled_back_next"))
         return {
-            "policy": self.s.policy, "windows": len(self.events), "pulls": pulls, "resets": self.bandit.resets,
+            "policy": self.s.policy, "windows": len(self.events), "pulls": pulls, "rolled_back": undone,
+            "resets": self.bandit.resets,
             "update_s": round(self.update_s, 4), "bookkeeping_s": round(self.bookkeeping_s, 4),
             "reference_tau": self.bandit.reference_tau,
         }  # fmt: skip
