@@ -192,8 +192,7 @@ class AdaptiveDrafter(Drafter):
         pending, self._pending = self._pending, None
         t0 = time.perf_counter()
         _, heldout = self.buffer.split(recent=self.s.window_tokens)
-        params = arm_parameters(self.model, pending.arm)
-        new = [p.detach().clone() for p in params]
+        new = [p.detach().clone() for p in arm_parameters(self.model, pending.arm)]
         after = self.updater.reach(heldout)
         self._restore(pending.arm, pending.old)
         before = self.updater.reach(heldout)

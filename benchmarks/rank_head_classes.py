@@ -1,0 +1,67 @@
+"""Which rank classes does a SpecBlock drafter's rank head predict, and how often does the
+slot width it picks differ from fixed top-k? Explains the fixed-top-4 ablation (issue 4).
+
+Runs block 1 of the drafter over held-out training sequences (features stored by `data
+prepare`, no target forward) and counts, at slots k >= 1 of positions the drafter could
+draft, the predicted class and the pair (width from the rank head, width with fixed top-k),
+both after the top-1 probability caps that drafting applies.
+
+  python benchmarks/rank_head_classes.py --data /work/runs/data-uc-gsm8k DRAFTER_DIR [...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+from pathlib import Path
+
+import torch
+
+from specblock.adapt.updates import vocab_of
+from specblock.drafters.checkpoint import load_drafter
+from specblock.drafters.specblock import RANK_TOPK, slot_width
+from specblock.models.resolve import resolve_model
+from specblock.target.transformer import Transformer
+from specblock.training.dataset import collate, load_sequences
+from specblock.training.specblock_loss import specblock_loss
+
+
+def count(net, sequences, fixed: int) -> tuple[collections.Counter, collections.Counter]:
+    vocab = vocab_of(net)
+    classes, widths = collections.Counter(), collections.Counter()
+    with torch.no_grad():
+        for seq in sequences:
+            rep = specblock_loss(net, collate([seq], vocab), torch.Generator().manual_seed(0), blocks=1, keep_outputs=True)
+            top1 = torch.softmax(rep.logits.float(), -1).amax(-1)
+            for slot in range(1, rep.rank_classes.shape[-1]):
+                chosen = rep.ok[..., slot]
+                for c, p in zip(rep.rank_classes[..., slot][chosen].tolist(), top1[..., slot][chosen].tolist()):
+                    classes[c] += 1
+                    widths[(slot_width(slot, p, c), slot_width(slot, p, 0, fixed=fixed))] += 1
+    return classes, widths
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("drafters", nargs="+", type=Path)
+    ap.add_argument("--data", type=Path, required=True, help="a `data prepare` directory with a heldout split")
+    ap.add_argument("--target", default="smollm2-135m")
+    ap.add_argument("--sequences", type=int, default=12)
+    ap.add_argument("--fixed", type=int, default=4)
+    args = ap.parse_args()
+    model = Transformer.load(resolve_model(args.target), torch.float32, "cpu")
+    sequences = load_sequences(args.data, "heldout")[: args.sequences]
+    print(f"rank classes: 0 = rank 1, 1 = rank 2-4, 2 = rank 5-10, 3 = beyond 10; widths {RANK_TOPK}")
+    for path in args.drafters:
+        net = load_drafter(path, model.cfg, model.embed.float(), method="specblock").eval()
+        classes, widths = count(net, sequences, args.fixed)
+        n = sum(classes.values())
+        same = sum(v for (a, b), v in widths.items() if a == b)
+        print(f"\n{path}: {n} slot predictions (slots 1-3, {len(sequences)} held-out sequences)")
+        print("  class shares: " + ", ".join(f"{c}: {classes[c] / n:.1%}" for c in range(len(RANK_TOPK))))
+        print(f"  width equal to fixed top-{args.fixed}: {same / n:.1%}")
+        print("  (rank-head width, fixed width): " + ", ".join(f"{k}: {v}" for k, v in sorted(widths.items())))
+
+
+if __name__ == "__main__":
+    main()
