@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from specblock.adapt.bandit import SKIP
+from specblock.adapt.bandit import SKIP, seconds_saved
 from specblock.adapt.buffer import FeedbackBuffer
 from specblock.adapt.drafter import AdaptiveDrafter, AdaptSettings
 from specblock.adapt.updates import UpdateSettings, arm_names, arm_parameters
@@ -148,47 +148,61 @@ def test_adaptation_refuses_model_free_drafters():
 
 class ScriptedReach:
     """Stands in for `OnlineUpdater.reach`: the drafter's reach depends only on whether its
-    weights are the original ones, so the test decides what each check measures."""
+    weights are the original ones, so the test decides what each check measures. It notes
+    the feedback clock (loss positions ever buffered) at each call."""
 
     def __init__(self, drafter: AdaptiveDrafter, original: float, updated_now: float, updated_next: float) -> None:
-        self.net = drafter.model
-        self.original = [p.detach().clone() for p in self.net.parameters()]
+        self.drafter = drafter
+        self.original = [p.detach().clone() for p in drafter.model.parameters()]
         self.values = {"original": original, "updated_now": updated_now, "updated_next": updated_next}
-        self.calls = 0
+        self.clock: list[int] = []
 
     def __call__(self, heldout) -> torch.Tensor:
-        self.calls += 1
-        same = all(torch.equal(p, q) for p, q in zip(self.net.parameters(), self.original))
+        self.clock.append(self.drafter.buffer.total_answer)
+        same = all(torch.equal(p, q) for p, q in zip(self.drafter.model.parameters(), self.original))
         if same:
             return torch.full((40,), self.values["original"])
         # call 2 is the in-window check right after the update; later ones judge the next window
-        return torch.full((40,), self.values["updated_now" if self.calls == 2 else "updated_next"])
+        return torch.full((40,), self.values["updated_now" if len(self.clock) == 2 else "updated_next"])
 
 
-@pytest.mark.parametrize("next_value, kept", [(0.0, False), (1.0, True)])
+@pytest.mark.parametrize("next_value, kept", [(0.0, False), (0.75, True)])
 def test_an_update_is_judged_on_the_next_window_and_undone_if_it_loses_there(tiny_llama, next_value, kept):
     """The in-window check says the update helps (0.5 -> 1.0 reach); the next window, which
-    it never saw, decides: the bandit is told that verdict, and a loss restores the weights."""
+    it never saw, decides: the bandit is told that verdict, and a loss restores the weights
+    (and rebuilds the drafter's cache for them)."""
     model = Transformer.load(tiny_llama)
     drafter = adaptive(model, "specblock", policy="bandit", window=16)
     drafter.bandit.reference_tau = 10.0  # plenty of headroom: the first arm is tried
     script = ScriptedReach(drafter, original=0.5, updated_now=1.0, updated_next=next_value)
     drafter.updater.reach = script
+    begins = []
+    inner_begin = drafter.inner.begin
+    drafter.inner.begin = lambda prefill: (begins.append(1), inner_begin(prefill))[1]
     original = [p.detach().clone() for p in drafter.model.parameters()]
     prompt = prompts(1, seed=4)[0]
-    want, _ = run_decode(model, VanillaDrafter(), prompt, max_new_tokens=60)
+    want, _ = run_decode(model, VanillaDrafter(), prompt, max_new_tokens=80)
     # the bandit would keep trying arms; stop it after the first update is settled
-    pulls = []
+    decisions = []
     choose = drafter.bandit.choose
-    drafter.bandit.choose = lambda w: (pulls.append(1), choose(w) if len(pulls) == 2 else SKIP)[1]
-    got, _ = run_decode(model, drafter, prompt, max_new_tokens=60, node_budget=8)
+    drafter.bandit.choose = lambda w: (decisions.append(w), choose(w) if len(decisions) == 2 else SKIP)[1]
+    got, _ = run_decode(model, drafter, prompt, max_new_tokens=80, node_budget=8)
     assert got == want
     update = next(e for e in drafter.events if e["arm"] != SKIP)
-    assert update["arm"] == "rank_head" and update["reach_after"] == 1.0 and "next_reach_new" in update
+    assert update["arm"] == "rank_head" and update["reach_after"] == 1.0
+    # before / after the update, then new / old weights a whole window later
+    assert len(script.clock) == 4 and script.clock[0] == script.clock[1] and script.clock[2] >= script.clock[1] + 8
+    assert script.clock[2] == script.clock[3]
     stats = drafter.bandit.stats["rank_head"]
     assert stats.pulls == 1  # recorded once, when settled
     unchanged = all(torch.equal(p, q) for p, q in zip(drafter.model.parameters(), original))
     if kept:
-        assert stats.mean_gain > 0 and not unchanged and not update.get("rolled_back_next")
+        assert update["next_change_low"] == 0.25 and not unchanged and not update.get("rolled_back_next")
+        judged_on = decisions[2]  # the window after the update's: its tau and cost convert reach to seconds
+        want_gain = seconds_saved(judged_on.tau, 0.25, judged_on.iteration_s, drafter.bandit.horizon_tokens)
+        assert stats.mean_gain == pytest.approx(want_gain) and stats.mean_gain > 0
+        assert len(begins) == 2  # the request, the rebuild after the update
     else:
         assert stats.mean_gain == 0 and unchanged and update["rolled_back_next"]
+        assert len(begins) == 3  # ... and the rebuild for the restored weights
+    assert drafter.summary()["unjudged_update"] is None

@@ -4,7 +4,8 @@ drafter (and which part) only when the optimistic gain beats the measured cost.
 Rewards are in seconds over the amortisation horizon: the generation time an update is
 expected to save minus its own wall time. The saving is the offline estimate of
 `updates.py` measured on the window after the update, text the update never saw and that
-played no part in choosing it (see `drafter.py`); the bandit hears of an update then.
+played no part in choosing it (see `drafter.py`); the bandit hears of a kept update then,
+and of one undone by its first check at once, with a gain of 0.
 An arm never tried since the last reset is valued at the headroom: the seconds saved if
 tau went back from its live value to the drafter's in-domain (calibrated) level, which is
 all an update can hope for. A tried arm is valued by UCB on its net reward with the

@@ -144,9 +144,9 @@ class AdaptiveDrafter(Drafter):
     def _end_window(self, root: int) -> None:
         window = WindowStats(self._tokens, self._iterations, self._seconds)
         self._reset_window()
-        if self._pending is not None:
-            self._settle(window, root)
         shifted = self.bandit.observe_window(window)
+        if self._pending is not None:  # after a reset too: the verdict is measured on the new text
+            self._settle(window, root)
         arm = {"bandit": None, "always": "whole", "never": SKIP}[self.s.policy] or self.bandit.choose(window)
         event = {"window": len(self.events), "tau": round(window.tau, 3), "tokens_per_s": round(window.tokens / max(window.seconds, 1e-9), 2),
                  "shift": shifted, "arm": arm}  # fmt: skip
@@ -188,7 +188,8 @@ class AdaptiveDrafter(Drafter):
     def _settle(self, window: WindowStats, root: int) -> None:
         """Judge the pending update on the window just generated, which it never trained on:
         reach with the new weights vs the old ones, paired per position. The lower
-        confidence bound of the change, in seconds, is the arm's reward."""
+        confidence bound of the change, in seconds, is the arm's reward. With fewer than
+        `min_heldout` draftable positions the update stays and the arm is credited no gain."""
         pending, self._pending = self._pending, None
         t0 = time.perf_counter()
         _, heldout = self.buffer.split(recent=self.s.window_tokens)
@@ -197,9 +198,9 @@ class AdaptiveDrafter(Drafter):
         self._restore(pending.arm, pending.old)
         before = self.updater.reach(heldout)
         gain, event = 0.0, pending.event
-        if after.numel() == 0:  # nothing draftable: no evidence either way; keep the update
+        if after.numel() < self.s.min_heldout:  # too little evidence either way: keep it, claim no gain
             self._restore(pending.arm, new)
-            event["next_heldout"] = 0
+            event.update(next_heldout=after.numel(), next_why=f"< {self.s.min_heldout} draftable positions")
         else:
             delta, delta_low = reach_change_bound(before, after, self.s.gain_confidence)
             if self.s.rollback and delta < 0:
@@ -239,6 +240,7 @@ class AdaptiveDrafter(Drafter):
         undone = sum(1 for e in self.events if e.get("rolled_back") or e.get("rolled_back_next"))
         return {
             "policy": self.s.policy, "windows": len(self.events), "pulls": pulls, "rolled_back": undone,
+            "unjudged_update": None if self._pending is None else self._pending.arm,  # the stream ended first
             "resets": self.bandit.resets,
             "update_s": round(self.update_s, 4), "bookkeeping_s": round(self.bookkeeping_s, 4),
             "reference_tau": self.bandit.reference_tau,
