@@ -171,10 +171,11 @@ class AdaptiveDrafter(Drafter):
         # paired: the same positions before and after
         delta, delta_low = reach_change_bound(before, self.updater.reach(heldout), self.s.gain_confidence)
         rolled_back = self.s.rollback and delta < 0
-        if rolled_back:
+        if rolled_back:  # the old weights are back, and the cache was computed with them
             self._restore(arm, old)
             event["rolled_back"] = True
-        self._rebuild_cache(root)
+        else:
+            self._rebuild_cache(root)
         cost = time.perf_counter() - t0
         self.update_s += cost
         event.update(reach_before=round(float(before.mean()), 4), reach_after=round(float(before.mean()) + delta, 4),
@@ -193,15 +194,14 @@ class AdaptiveDrafter(Drafter):
         pending, self._pending = self._pending, None
         t0 = time.perf_counter()
         _, heldout = self.buffer.split(recent=self.s.window_tokens)
-        new = [p.detach().clone() for p in arm_parameters(self.model, pending.arm)]
         after = self.updater.reach(heldout)
-        self._restore(pending.arm, pending.old)
-        before = self.updater.reach(heldout)
         gain, event = 0.0, pending.event
         if after.numel() < self.s.min_heldout:  # too little evidence either way: keep it, claim no gain
-            self._restore(pending.arm, new)
             event.update(next_heldout=after.numel(), next_why=f"< {self.s.min_heldout} draftable positions")
         else:
+            new = [p.detach().clone() for p in arm_parameters(self.model, pending.arm)]
+            self._restore(pending.arm, pending.old)
+            before = self.updater.reach(heldout)
             delta, delta_low = reach_change_bound(before, after, self.s.gain_confidence)
             if self.s.rollback and delta < 0:
                 self._rebuild_cache(root)  # the old weights stay
