@@ -176,6 +176,7 @@ def test_an_update_is_judged_on_the_next_window_and_undone_if_it_loses_there(tin
     drafter.bandit.reference_tau = 10.0  # plenty of headroom: the first arm is tried
     script = ScriptedReach(drafter, original=0.5, updated_now=1.0, updated_next=next_value)
     drafter.updater.reach = script
+    drafter.reach_to_tau.add(tau=1.5, mean_reach=1.0)  # an earlier window: live tau is half the reach
     begins = []
     inner_begin = drafter.inner.begin
     drafter.inner.begin = lambda prefill: (begins.append(1), inner_begin(prefill))[1]
@@ -198,8 +199,13 @@ def test_an_update_is_judged_on_the_next_window_and_undone_if_it_loses_there(tin
     unchanged = all(torch.equal(p, q) for p, q in zip(drafter.model.parameters(), original))
     if kept:
         assert update["next_change_low"] == 0.25 and not unchanged and not update.get("rolled_back_next")
-        judged_on = decisions[2]  # the window after the update's: its tau and cost convert reach to seconds
-        want_gain = seconds_saved(judged_on.tau, 0.25, judged_on.iteration_s, drafter.bandit.horizon_tokens)
+        chosen_on, judged_on = decisions[1], decisions[2]  # the update's window and the next one
+        # reach measured with the weights that generated the window: 0.5 (old) then 0.75 (new)
+        lives = 0.5 + max(0.0, chosen_on.tau - 1) + max(0.0, judged_on.tau - 1)
+        factor = min(1.0, lives / (1.0 + 0.5 + 0.75))
+        assert update["live_per_reach"] == pytest.approx(factor, abs=1e-4)
+        # the next window's tau and cost convert the scaled reach change to seconds
+        want_gain = seconds_saved(judged_on.tau, factor * 0.25, judged_on.iteration_s, drafter.bandit.horizon_tokens)
         assert stats.mean_gain == pytest.approx(want_gain) and stats.mean_gain > 0
         assert len(begins) == 2  # the request, the rebuild after the update
     else:

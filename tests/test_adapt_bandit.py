@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from specblock.adapt.bandit import SKIP, CostAwareBandit, WindowStats, seconds_saved
+from specblock.adapt.bandit import SKIP, CostAwareBandit, ReachToTau, WindowStats, seconds_saved
 from specblock.adapt.updates import reach_change_bound
 
 ARMS = ["rank_head", "head_last_layer", "whole"]
@@ -118,3 +118,18 @@ def test_the_reach_gain_bound_counts_blocks_of_neighbouring_positions():
     assert reach_change_bound(before, lucky, confidence=2.0)[1] == pytest.approx(0.25 - 2 * 0.5 / 2)
     # fewer than two blocks: no spread to measure, the bound is the mean
     assert reach_change_bound(torch.zeros(5), torch.ones(5), confidence=1.0) == pytest.approx((1.0, 1.0))
+
+
+def test_reach_is_scaled_to_live_tau_by_the_ratio_measured_on_the_stream():
+    scale = ReachToTau()
+    assert scale.factor == 1.0  # nothing measured yet: reach taken at face value
+    scale.add(tau=1.1, mean_reach=0.4)
+    assert scale.factor == pytest.approx(0.25)
+    scale.add(tau=1.3, mean_reach=0.4)  # ratio of sums, not mean of ratios
+    assert scale.factor == pytest.approx(0.4 / 0.8)
+    scale.add(tau=0.9, mean_reach=0.2)  # tau below 1 cannot happen live; counts as nothing accepted
+    assert scale.factor == pytest.approx(0.4 / 1.0)
+    generous = ReachToTau()
+    generous.add(tau=2.0, mean_reach=0.5)
+    assert generous.factor == 1.0  # capped: reach never understates what a tree accepts
+

@@ -114,6 +114,9 @@ def test_interrupted_run_resumes(bench_out, tiny_llama, tiny_draft_llama, data_f
     assert len(rows) == EXPECTED_ROWS == len({row_key(r) for r in rows})
     full = {row_key(r): r["token_ids"] for r in read_rows(bench_out / "results.jsonl")}
     assert all(full[row_key(r)] == r["token_ids"] and r["equal_to_vanilla"] for r in rows)
+    settings = json.loads((tmp_path / "settings.json").read_text())
+    assert len(settings["resumed"]) == 1  # the first start's date stays; the resume is listed
+    assert settings["date"] <= settings["resumed"][0]["date"]
 
 
 def test_other_settings_refuse_to_resume(bench_out, tiny_llama, tiny_draft_llama, data_file, tmp_path):
@@ -202,6 +205,17 @@ def test_paired_test_clear_and_identical():
     noisy = wilcoxon_signed_rank([rng.gauss(0, 1) for _ in range(30)])
     assert noisy["p_value"] > 0.001
     assert summarise(paired_rows([1.2] * 3), pairs=None)["comparisons"][0]["a"] == "specblock"  # default pair
+
+
+def test_paired_comparison_per_category():
+    rows = paired_rows([2.0, 0.5, 1.25])  # questions 0-2 in qa
+    rows += [dict(r, category="rag", question_id=r["question_id"] + 10) for r in paired_rows([0.8, 0.9])]
+    by_category = compare(rows, "specblock", "eagle3")["by_category"]
+    assert list(by_category) == ["qa", "rag"]  # the design's category order
+    qa, rag = by_category["qa"], by_category["rag"]
+    assert qa["pairs"] == 3 and qa["a_faster_on"] == 2 and (qa["min_ratio"], qa["max_ratio"]) == pytest.approx((0.5, 2.0))
+    assert qa["geometric_mean_ratio"] == pytest.approx(1.25 ** (1 / 3))
+    assert rag["a_faster_on"] == 0 and rag["geometric_mean_ratio"] == pytest.approx(math.sqrt(0.72))
 
 
 def test_wilcoxon_agrees_with_scipy():

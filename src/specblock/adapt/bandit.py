@@ -76,6 +76,35 @@ def seconds_saved(tau: float, delta_tau: float, iteration_s: float, horizon_toke
 
 
 @dataclass
+class ReachToTau:
+    """How much of the offline reach shows up as live tau on this stream.
+
+    Reach is an optimistic proxy: it counts a slot whenever the target's token lies within
+    the width the drafter would give it, while the live tree at a small node budget cannot
+    hold every slot at that width, and positions outside the draft vocabulary never get a
+    chance. Each window whose reach was measured with the weights that generated it gives a
+    pair (live tokens accepted per iteration = tau - 1, mean reach); the factor is their
+    ratio of sums, capped at 1 (reach never understates what a tree can accept), and 1 until
+    the first pair. A gain in reach times this factor is the expected gain in live tau.
+    """
+
+    live_sum: float = 0.0
+    reach_sum: float = 0.0
+    pairs: int = 0
+
+    def add(self, tau: float, mean_reach: float) -> None:
+        self.live_sum += max(0.0, tau - 1.0)
+        self.reach_sum += max(0.0, mean_reach)
+        self.pairs += 1
+
+    @property
+    def factor(self) -> float:
+        if self.reach_sum <= 0:
+            return 1.0
+        return min(1.0, self.live_sum / self.reach_sum)
+
+
+@dataclass
 class CostAwareBandit:
     arms: list[str]
     reference_tau: float | None = None  # the drafter's in-domain tau (calibration) at this budget

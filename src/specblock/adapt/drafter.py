@@ -14,7 +14,9 @@ chosen on was also the one that made it look good): the reach with the new and w
 old weights on that window's positions. That second, independent measurement is the gain
 the bandit is told, and an update that loses there is undone too. On a shifted stream the
 first check alone overstated the gain (the translation stream of issue 5: held-out reach
-doubled while the live tau stayed flat), and the bandit kept paying for updates.
+doubled while the live tau stayed flat), and the bandit kept paying for updates. Reach is
+also optimistic about the live tree, so its change is scaled to a live tau change by the
+ratio of live tau to reach measured on the stream's own windows (`ReachToTau`).
 
 After an update in the middle of a request, the wrapped drafter's cache (K/V of every
 position, computed with the old weights) is rebuilt from the buffered features with one
@@ -29,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from specblock.adapt.bandit import SKIP, CostAwareBandit, WindowStats, seconds_saved
+from specblock.adapt.bandit import SKIP, CostAwareBandit, ReachToTau, WindowStats, seconds_saved
 from specblock.adapt.buffer import FeedbackBuffer
 from specblock.adapt.updates import OnlineUpdater, UpdateSettings, arm_names, arm_parameters, reach_change_bound
 from specblock.budget import interpolate
@@ -94,6 +96,7 @@ class AdaptiveDrafter(Drafter):
             horizon_tokens=self.s.horizon_windows * self.s.window_tokens, noise_margin=self.s.noise_margin,
             shift_drop=self.s.shift_drop, exploration=self.s.exploration,
         )  # fmt: skip
+        self.reach_to_tau = ReachToTau()  # live tau per unit of reach, measured on this stream
         self.events: list[dict] = []  # one per window: what the bandit saw, chose and measured
         self.update_s = 0.0  # updates, their evaluation and cache rebuilds
         self.bookkeeping_s = 0.0  # buffering and bandit decisions
@@ -145,7 +148,10 @@ class AdaptiveDrafter(Drafter):
         window = WindowStats(self._tokens, self._iterations, self._seconds)
         self._reset_window()
         shifted = self.bandit.observe_window(window)
-        if self._pending is not None:  # after a reset too: the verdict is measured on the new text
+        if shifted:  # the share of reach that turns into live tau is a property of the text too
+            self.reach_to_tau = ReachToTau()
+        settled = self._pending is not None
+        if settled:  # after a reset too: the verdict is measured on the new text
             self._settle(window, root)
         arm = {"bandit": None, "always": "whole", "never": SKIP}[self.s.policy] or self.bandit.choose(window)
         event = {"window": len(self.events), "tau": round(window.tau, 3), "tokens_per_s": round(window.tokens / max(window.seconds, 1e-9), 2),
@@ -166,6 +172,8 @@ class AdaptiveDrafter(Drafter):
             event["arm"] = SKIP
             event["why"] = f"{count} draftable held-out positions (< {self.s.min_heldout})"
             return
+        if not settled:  # these weights generated this window (a settle may have just swapped them)
+            self.reach_to_tau.add(window.tau, float(before.mean()))
         old = [p.detach().clone() for p in arm_parameters(self.model, arm)]
         self.updater.update(arm, train)
         # paired: the same positions before and after
@@ -189,8 +197,9 @@ class AdaptiveDrafter(Drafter):
     def _settle(self, window: WindowStats, root: int) -> None:
         """Judge the pending update on the window just generated, which it never trained on:
         reach with the new weights vs the old ones, paired per position. The lower
-        confidence bound of the change, in seconds, is the arm's reward. With fewer than
-        `min_heldout` draftable positions the update stays and the arm is credited no gain."""
+        confidence bound of the change, scaled to live tau by `reach_to_tau` and converted
+        to seconds, is the arm's reward. With fewer than `min_heldout` draftable positions
+        the update stays and the arm is credited no gain."""
         pending, self._pending = self._pending, None
         t0 = time.perf_counter()
         _, heldout = self.buffer.split(recent=self.s.window_tokens)
@@ -199,6 +208,7 @@ class AdaptiveDrafter(Drafter):
         if after.numel() < self.s.min_heldout:  # too little evidence either way: keep it, claim no gain
             event.update(next_heldout=after.numel(), next_why=f"< {self.s.min_heldout} draftable positions")
         else:
+            self.reach_to_tau.add(window.tau, float(after.mean()))  # the new weights generated this window
             new = [p.detach().clone() for p in arm_parameters(self.model, pending.arm)]
             self._restore(pending.arm, pending.old)
             before = self.updater.reach(heldout)
@@ -208,9 +218,11 @@ class AdaptiveDrafter(Drafter):
                 event["rolled_back_next"] = True
             else:
                 self._restore(pending.arm, new)
-                gain = seconds_saved(window.tau, delta_low, window.iteration_s, self.bandit.horizon_tokens)
+                live = self.reach_to_tau.factor * delta_low
+                gain = seconds_saved(window.tau, live, window.iteration_s, self.bandit.horizon_tokens)
             event.update(next_heldout=after.numel(), next_reach_old=round(float(before.mean()), 4),
-                         next_reach_new=round(float(after.mean()), 4), next_change_low=round(delta_low, 4))  # fmt: skip
+                         next_reach_new=round(float(after.mean()), 4), next_change_low=round(delta_low, 4),
+                         live_per_reach=round(self.reach_to_tau.factor, 4))  # fmt: skip
         spent = time.perf_counter() - t0
         self.update_s += spent
         event.update(gain_s=round(gain, 4), cost_s=round(pending.cost_s + spent, 4), next_tau=round(window.tau, 3))
@@ -244,6 +256,7 @@ class AdaptiveDrafter(Drafter):
             "resets": self.bandit.resets,
             "update_s": round(self.update_s, 4), "bookkeeping_s": round(self.bookkeeping_s, 4),
             "reference_tau": self.bandit.reference_tau,
+            "live_per_reach": round(self.reach_to_tau.factor, 4), "live_per_reach_pairs": self.reach_to_tau.pairs,
         }  # fmt: skip
 
     def save(self, out: str | Path) -> Path:

@@ -27,6 +27,7 @@ def settings_lines(s: dict) -> list[str]:
     return [
         f"- command: `{s.get('command') or '-'}`",
         f"- date: {s.get('date', '-')}",
+        *[f"- resumed {r.get('date')}: `{r.get('command') or '-'}`" for r in s.get("resumed", [])],
         f"- machine: {s.get('machine', '-')}",
         f"- target: {s.get('target', '-')} ({s.get('dtype', '-')}, {s.get('device', '-')}), batch 1, "
         + (
@@ -106,6 +107,16 @@ def render_report(summary: dict, figures: list[str] | None = None) -> str:
             f"Wilcoxon signed-rank on the log ratios ({w['method']}, two-sided): W = {w['statistic']:g}, "
             f"n = {w['n']}, p = {w['p_value']:.3g}"
         )
+        per_category = cmp.get("by_category") or {}
+        if per_category:
+            lines += ["", f"| category | questions | {cmp['a']}/{cmp['b']} tokens/s, geometric mean | range | "
+                      f"{cmp['a']} faster on |", "|---|---|---|---|---|"]  # fmt: skip
+            for c, e in per_category.items():
+                lines.append(
+                    f"| {c} | {e['pairs']} | {_f(e['geometric_mean_ratio'], 3)} | "
+                    f"{_f(e['min_ratio'], 2)}-{_f(e['max_ratio'], 2)} | {e['a_faster_on']}/{e['pairs']} |"
+                )
+            lines.append("")
     if figures:
         lines += ["", "## Figures", ""] + [f"![{name}]({name})" for name in figures]
     return "\n".join(lines) + "\n"

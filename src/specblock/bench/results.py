@@ -71,7 +71,11 @@ class ResultsFile:
 
 
 def check_settings(out: Path, settings: dict) -> None:
-    """Refuse to resume into a directory measured with other settings (see RESUME_KEYS)."""
+    """Refuse to resume into a directory measured with other settings (see RESUME_KEYS).
+
+    On a resume the settings keep the first start's date, so a report never claims all its rows
+    are from the day it was last extended; each resume's date and command go to `resumed`.
+    """
     path = Path(out) / SETTINGS
     if path.is_file() and (Path(out) / RESULTS).is_file():
         old = json.loads(path.read_text())
@@ -81,6 +85,9 @@ def check_settings(out: Path, settings: dict) -> None:
                     f"{out} holds results with {key}={old.get(key)!r}, not {settings.get(key)!r}; "
                     "use another --out directory to measure other settings"
                 )
+        resume = {"date": settings.get("date"), "command": settings.get("command")}
+        settings["resumed"] = old.get("resumed", []) + [resume]
+        settings["date"] = old.get("date", settings.get("date"))
 
 
 def write_settings(out: Path, settings: dict) -> None:

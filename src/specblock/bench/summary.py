@@ -107,20 +107,34 @@ def per_prompt_tps(rows: list[dict]) -> dict[str, float]:
 
 def compare(rows: list[dict], a: str, b: str, seed: int = 0) -> dict:
     """Paired test of method a against b: per question the tokens/s ratio a/b (turns and runs
-    pooled), Wilcoxon signed-rank on the log ratios, and a bootstrap 95% CI of the mean ratio."""
+    pooled), Wilcoxon signed-rank on the log ratios, and a bootstrap 95% CI of the mean ratio;
+    per category, the geometric mean and range of the ratios (too few questions for a test)."""
     ta = per_prompt_tps([r for r in rows if r["method"] == a])
     tb = per_prompt_tps([r for r in rows if r["method"] == b])
     common = sorted(set(ta) & set(tb))
     ratios = [ta[q] / tb[q] for q in common]
     test = wilcoxon_signed_rank([math.log(x) for x in ratios])
     lo, hi = bootstrap_mean_ci(ratios, seed=seed)
+    category = {json.dumps(r["question_id"]): r["category"] for r in rows}
+    by_category: dict[str, list[float]] = defaultdict(list)
+    for q, ratio in zip(common, ratios):
+        by_category[category[q]].append(ratio)
     return {
         "a": a, "b": b, "pairs": len(ratios),
         "mean_ratio": sum(ratios) / len(ratios) if ratios else None,
-        "geometric_mean_ratio": math.exp(sum(map(math.log, ratios)) / len(ratios)) if ratios else None,
+        "geometric_mean_ratio": _geometric_mean(ratios),
         "ci95_mean_ratio": [lo, hi], "a_faster_on": sum(x > 1 for x in ratios),
         "wilcoxon": test, "unit": "question (turns and runs pooled)",
+        "by_category": {
+            c: {"pairs": len(rs), "geometric_mean_ratio": _geometric_mean(rs), "min_ratio": min(rs),
+                "max_ratio": max(rs), "a_faster_on": sum(x > 1 for x in rs)}
+            for c in category_order(set(by_category)) for rs in [by_category[c]]
+        },
     }  # fmt: skip
+
+
+def _geometric_mean(values: list[float]) -> float | None:
+    return math.exp(sum(map(math.log, values)) / len(values)) if values else None
 
 
 def default_pairs(methods: list[str]) -> list[tuple[str, str]]:
