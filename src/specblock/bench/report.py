@@ -117,6 +117,8 @@ def render_report(summary: dict, figures: list[str] | None = None) -> str:
                     f"{_f(e['min_ratio'], 2)}-{_f(e['max_ratio'], 2)} | {e['a_faster_on']}/{e['pairs']} |"
                 )
             lines.append("")
+    while lines and not lines[-1]:
+        lines.pop()
     if figures:
         lines += ["", "## Figures", ""] + [f"![{name}]({name})" for name in figures]
     return "\n".join(lines) + "\n"
