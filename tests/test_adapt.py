@@ -101,6 +101,30 @@ def test_updates_teach_the_drafter_the_text_it_keeps_seeing(tiny_llama):
     assert measured[-1]["reach_after"] > measured[0]["reach_before"]
 
 
+def test_an_update_right_after_a_verdict_reuses_its_reach(tiny_llama):
+    """The next-window check has just measured the reach of the weights in place on the
+    newest window: the following update's first check takes it instead of measuring again."""
+    model = Transformer.load(tiny_llama)
+    drafter = adaptive(model, "specblock", policy="always", window=16)
+    calls = []
+    reach = drafter.updater.reach
+    drafter.updater.reach = lambda heldout: (calls.append(1), reach(heldout))[1]
+    run_decode(model, drafter, prompts(1, seed=6)[0], max_new_tokens=96, node_budget=8)
+    events, expected, reused = drafter.events, 0, 0
+    for i, e in enumerate(events):
+        if "next_heldout" in e:  # judged at the end of window i + 1
+            expected += 2 if "next_reach_old" in e else 1
+        if "reach_before" in e:
+            after_verdict = i > 0 and "next_heldout" in events[i - 1]
+            expected += 1 if after_verdict else 2
+            if after_verdict:
+                prev = events[i - 1]
+                left = prev["next_reach_old"] if prev.get("rolled_back_next") else prev["next_reach_new"]
+                assert e["reach_before"] == left
+                reused += 1
+    assert reused >= 2 and len(calls) == expected
+
+
 def test_arms_touch_only_their_parameters(tiny_llama):
     model = Transformer.load(tiny_llama)
     drafter = adaptive(model, "specblock", policy="never")

@@ -151,8 +151,8 @@ class AdaptiveDrafter(Drafter):
         if shifted:  # the share of reach that turns into live tau is a property of the text too
             self.reach_to_tau = ReachToTau()
         settled = self._pending is not None
-        if settled:  # after a reset too: the verdict is measured on the new text
-            self._settle(window, root)
+        # after a reset too: the verdict is measured on the new text
+        measured = self._settle(window, root) if settled else None
         arm = {"bandit": None, "always": "whole", "never": SKIP}[self.s.policy] or self.bandit.choose(window)
         event = {"window": len(self.events), "tau": round(window.tau, 3), "tokens_per_s": round(window.tokens / max(window.seconds, 1e-9), 2),
                  "shift": shifted, "arm": arm}  # fmt: skip
@@ -165,7 +165,7 @@ class AdaptiveDrafter(Drafter):
             event["why"] = "no older feedback to train on yet"
             return
         t0 = time.perf_counter()
-        before = self.updater.reach(heldout)
+        before = measured if measured is not None else self.updater.reach(heldout)
         count = before.numel()
         if count < self.s.min_heldout:
             self.update_s += time.perf_counter() - t0
@@ -194,16 +194,18 @@ class AdaptiveDrafter(Drafter):
         else:  # the bandit hears of it once the next window has judged it
             self._pending = PendingUpdate(arm, old, event, cost)
 
-    def _settle(self, window: WindowStats, root: int) -> None:
+    def _settle(self, window: WindowStats, root: int) -> torch.Tensor:
         """Judge the pending update on the window just generated, which it never trained on:
         reach with the new weights vs the old ones, paired per position. The lower
         confidence bound of the change, scaled to live tau by `reach_to_tau` and converted
         to seconds, is the arm's reward. With fewer than `min_heldout` draftable positions
-        the update stays and the arm is credited no gain."""
+        the update stays and the arm is credited no gain. Returns the reach of the weights
+        left in place on this window, which the next update's first check reuses."""
         pending, self._pending = self._pending, None
         t0 = time.perf_counter()
         _, heldout = self.buffer.split(recent=self.s.window_tokens)
         after = self.updater.reach(heldout)
+        in_place = after  # the reach of the weights this settle leaves
         gain, event = 0.0, pending.event
         if after.numel() < self.s.min_heldout:  # too little evidence either way: keep it, claim no gain
             event.update(next_heldout=after.numel(), next_why=f"< {self.s.min_heldout} draftable positions")
@@ -216,6 +218,7 @@ class AdaptiveDrafter(Drafter):
             if self.s.rollback and delta < 0:
                 self._rebuild_cache(root)  # the old weights stay
                 event["rolled_back_next"] = True
+                in_place = before
             else:
                 self._restore(pending.arm, new)
                 live = self.reach_to_tau.factor * delta_low
@@ -227,6 +230,7 @@ class AdaptiveDrafter(Drafter):
         self.update_s += spent
         event.update(gain_s=round(gain, 4), cost_s=round(pending.cost_s + spent, 4), next_tau=round(window.tau, 3))
         self._record(pending.arm, gain, pending.cost_s + spent)
+        return in_place
 
     def _record(self, arm: str, gain_s: float, cost_s: float) -> None:
         if self.s.policy == "bandit":
