@@ -150,9 +150,8 @@ class AdaptiveDrafter(Drafter):
         shifted = self.bandit.observe_window(window)
         if shifted:  # the share of reach that turns into live tau is a property of the text too
             self.reach_to_tau = ReachToTau()
-        settled = self._pending is not None
         # after a reset too: the verdict is measured on the new text
-        measured = self._settle(window, root) if settled else None
+        measured = None if self._pending is None else self._settle(window, root)
         arm = {"bandit": None, "always": "whole", "never": SKIP}[self.s.policy] or self.bandit.choose(window)
         event = {"window": len(self.events), "tau": round(window.tau, 3), "tokens_per_s": round(window.tokens / max(window.seconds, 1e-9), 2),
                  "shift": shifted, "arm": arm}  # fmt: skip
@@ -172,7 +171,7 @@ class AdaptiveDrafter(Drafter):
             event["arm"] = SKIP
             event["why"] = f"{count} draftable held-out positions (< {self.s.min_heldout})"
             return
-        if not settled:  # these weights generated this window (a settle may have just swapped them)
+        if measured is None:  # these weights generated this window (after a verdict: counted there, or swapped back)
             self.reach_to_tau.add(window.tau, float(before.mean()))
         old = [p.detach().clone() for p in arm_parameters(self.model, arm)]
         self.updater.update(arm, train)
