@@ -66,6 +66,8 @@ def test_buffer_split_and_capacity():
     train, heldout = buf.split(recent=5)
     assert int(heldout[0].answer_mask.sum()) == 5 and int(train[0].answer_mask.sum()) == 6
     assert not (heldout[0].answer_mask & train[0].answer_mask).any()
+    _, short = buf.split(recent=5, context=2)  # the held-out window keeps 2 positions before it
+    assert len(short[0].tokens) == 5 + 2 and short[0].answer_mask.tolist() == [False] * 2 + [True] * 5
     feed(4, 10, 5)  # 54 more positions: over capacity, the oldest request goes
     assert len(buf.segments) == 1 and len(buf) == 54
     feed(60, 1, 4)  # one request longer than the buffer keeps its newest positions
@@ -168,6 +170,8 @@ def test_adaptation_refuses_model_free_drafters():
         AdaptiveDrafter(VanillaDrafter(), 8)
     with pytest.raises(InvalidSettingError, match="policy"):
         AdaptSettings(policy="sometimes").validate()
+    with pytest.raises(InvalidSettingError, match="heldout_context"):
+        AdaptSettings(heldout_context=-1).validate()
 
 
 class ScriptedReach:

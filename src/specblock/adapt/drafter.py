@@ -65,6 +65,7 @@ class AdaptSettings:
     rollback: bool = True  # undo an update that lowered the reach on held-out or next-window text
     min_heldout: int = 32  # fewer draftable held-out positions give too noisy a gain: no update
     gain_confidence: float = 1.0  # the gain counted is the mean reach change minus this many standard errors
+    heldout_context: int = 32  # positions before the held-out window the drafter attends to when its reach is measured
     update: UpdateSettings = field(default_factory=UpdateSettings)
 
     def validate(self) -> None:
@@ -72,8 +73,8 @@ class AdaptSettings:
             raise InvalidSettingError(f"adaptation policy must be one of {', '.join(POLICIES)}, not {self.policy!r}")
         if self.window_tokens < 8 or self.horizon_windows <= 0:
             raise InvalidSettingError("adaptation window must be at least 8 tokens and the horizon positive")
-        if self.min_heldout < 1 or self.gain_confidence < 0:
-            raise InvalidSettingError("min_heldout must be >= 1 and gain_confidence >= 0")
+        if self.min_heldout < 1 or self.gain_confidence < 0 or self.heldout_context < 0:
+            raise InvalidSettingError("min_heldout must be >= 1, gain_confidence and heldout_context >= 0")
 
 
 class AdaptiveDrafter(Drafter):
@@ -158,7 +159,7 @@ class AdaptiveDrafter(Drafter):
         self.events.append(event)
         if arm == SKIP:
             return
-        train, heldout = self.buffer.split(recent=self.s.window_tokens)
+        train, heldout = self.buffer.split(recent=self.s.window_tokens, context=self.s.heldout_context)
         if not train or not heldout:
             event["arm"] = SKIP
             event["why"] = "no older feedback to train on yet"
@@ -202,7 +203,7 @@ class AdaptiveDrafter(Drafter):
         left in place on this window, which the next update's first check reuses."""
         pending, self._pending = self._pending, None
         t0 = time.perf_counter()
-        _, heldout = self.buffer.split(recent=self.s.window_tokens)
+        _, heldout = self.buffer.split(recent=self.s.window_tokens, context=self.s.heldout_context)
         after = self.updater.reach(heldout)
         in_place = after  # the reach of the weights this settle leaves
         gain, event = 0.0, pending.event
