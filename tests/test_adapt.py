@@ -240,3 +240,16 @@ def test_an_update_is_judged_on_the_next_window_and_undone_if_it_loses_there(tin
         assert stats.mean_gain == 0 and unchanged and update["rolled_back_next"]
         assert len(begins) == 3  # ... and the rebuild for the restored weights
     assert drafter.summary()["unjudged_update"] is None
+
+
+@pytest.mark.parametrize("shift", [False, True])
+def test_a_detected_shift_forgets_the_live_tau_per_reach(tiny_llama, shift):
+    """The share of reach that turns into live tau belongs to the text: a shift starts it afresh."""
+    model = Transformer.load(tiny_llama)
+    drafter = adaptive(model, "specblock", policy="never", window=16)
+    drafter.reach_to_tau.add(tau=1.2, mean_reach=1.0)
+    drafter.bandit.observe_window = lambda window: shift
+    run_decode(model, drafter, prompts(1, seed=5)[0], max_new_tokens=40, node_budget=8)
+    assert len(drafter.events) >= 1 and all(e["shift"] == shift for e in drafter.events)
+    assert drafter.reach_to_tau.pairs == (0 if shift else 1)
+    assert drafter.reach_to_tau.factor == pytest.approx(1.0 if shift else 0.2)
