@@ -19,6 +19,7 @@ measured again from its start (adapted weights are not saved between processes).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import statistics
@@ -147,7 +148,8 @@ def summarise(args: argparse.Namespace) -> None:
             summary["policies"][policy]["wilcoxon_vs_frozen_p"] = round(test["p_value"], 4)
     summary["settings"] = vars(args) | {"out": str(args.out), "command": "python " + " ".join(sys.argv),
                                         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-                                        "machine": machine_description("cpu")}  # fmt: skip
+                                        "machine": machine_description("cpu"),
+                                        "adaptation": dataclasses.asdict(AdaptSettings(window_tokens=args.window))}  # fmt: skip
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     lines = [f"# Online adaptation: {args.method} on a {args.category} stream", "",
              f"`{summary['settings']['command']}`", "", f"{summary['settings']['date']}; {summary['settings']['machine']}", "",

@@ -107,10 +107,11 @@ def test_an_update_right_after_a_verdict_reuses_its_reach(tiny_llama):
     """The next-window check has just measured the reach of the weights in place on the
     newest window: the following update's first check takes it instead of measuring again."""
     model = Transformer.load(tiny_llama)
-    drafter = adaptive(model, "specblock", policy="always", window=16)
-    calls = []
-    reach = drafter.updater.reach
+    drafter = adaptive(model, "specblock", policy="always", window=16, heldout_context=5)
+    calls, contexts = [], []
+    reach, split = drafter.updater.reach, drafter.buffer.split
     drafter.updater.reach = lambda heldout: (calls.append(1), reach(heldout))[1]
+    drafter.buffer.split = lambda recent, context: (contexts.append(context), split(recent, context))[1]
     run_decode(model, drafter, prompts(1, seed=6)[0], max_new_tokens=96, node_budget=8)
     events, expected, reused = drafter.events, 0, 0
     for i, e in enumerate(events):
@@ -125,6 +126,7 @@ def test_an_update_right_after_a_verdict_reuses_its_reach(tiny_llama):
                 assert e["reach_before"] == left
                 reused += 1
     assert reused >= 2 and len(calls) == expected
+    assert contexts and set(contexts) == {5}  # both checks measure the same positions with the set context
 
 
 def test_arms_touch_only_their_parameters(tiny_llama):
@@ -141,6 +143,22 @@ def test_arms_touch_only_their_parameters(tiny_llama):
     for name, p in net.named_parameters():
         changed = not torch.equal(p, before[name])
         assert changed == (id(p) in head), name
+
+
+def test_undoing_an_update_restores_its_adam_moments(tiny_llama):
+    model = Transformer.load(tiny_llama)
+    drafter = adaptive(model, "specblock", policy="never")
+    run_decode(model, drafter, prompts(1, seed=9)[0], max_new_tokens=40, node_budget=8)
+    train, _ = drafter.buffer.split(recent=8)
+    updater, head = drafter.updater, arm_parameters(drafter.model, "rank_head")
+    updater.update("rank_head", train)
+    saved = updater.optimizer_state("rank_head")
+    updater.update("rank_head", train)
+    assert not torch.equal(updater.optimizer.state[head[0]]["exp_avg"], saved[0]["exp_avg"])
+    updater.load_optimizer_state("rank_head", saved)
+    for p, state in zip(head, saved):
+        for key, value in state.items():
+            assert torch.equal(updater.optimizer.state[p][key], value), key
 
 
 def test_bandit_policy_skips_without_headroom_and_save_never_overwrites(tiny_llama, tmp_path):
@@ -171,7 +189,7 @@ def test_adaptation_refuses_model_free_drafters():
     with pytest.raises(InvalidSettingError, match="policy"):
         AdaptSettings(policy="sometimes").validate()
     with pytest.raises(InvalidSettingError, match="heldout_context"):
-        AdaptSettings(heldout_context=-1).validate()
+        AdaptSettings(heldout_context=1).validate()
 
 
 class ScriptedReach:
@@ -225,6 +243,9 @@ def test_an_update_is_judged_on_the_next_window_and_undone_if_it_loses_there(tin
     stats = drafter.bandit.stats["rank_head"]
     assert stats.pulls == 1  # recorded once, when settled
     unchanged = all(torch.equal(p, q) for p, q in zip(drafter.model.parameters(), original))
+    # AdamW's moments go with the weights: an undone first update leaves none behind
+    moments = [p in drafter.updater.optimizer.state for p in arm_parameters(drafter.model, "rank_head")]
+    assert all(moments) if kept else not any(moments)
     if kept:
         assert update["next_change_low"] == 0.25 and not unchanged and not update.get("rolled_back_next")
         chosen_on, judged_on = decisions[1], decisions[2]  # the update's window and the next one

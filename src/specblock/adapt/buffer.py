@@ -112,7 +112,7 @@ class FeedbackBuffer:
         self._bound()
         return added
 
-    def split(self, recent: int, context: int = 128) -> tuple[list[Sequence], list[Sequence]]:
+    def split(self, recent: int, context: int = 32) -> tuple[list[Sequence], list[Sequence]]:
         """(train, held-out) sequences: held-out = the newest `recent` loss positions (with
         `context` positions before them), train = every older loss position."""
         train, heldout = [], []

@@ -49,6 +49,7 @@ class PendingUpdate:
 
     arm: str
     old: list[torch.Tensor]  # the arm's parameters before the update
+    old_optimizer: list[dict | None]  # and their AdamW moments
     event: dict  # the window event of the update, completed when it is settled
     cost_s: float  # the update's own wall time so far
 
@@ -65,7 +66,7 @@ class AdaptSettings:
     rollback: bool = True  # undo an update that lowered the reach on held-out or next-window text
     min_heldout: int = 32  # fewer draftable held-out positions give too noisy a gain: no update
     gain_confidence: float = 1.0  # the gain counted is the mean reach change minus this many standard errors
-    heldout_context: int = 32  # positions before the held-out window the drafter attends to when its reach is measured
+    heldout_context: int = 32  # positions before the held-out window when its reach is measured (>= 2)
     update: UpdateSettings = field(default_factory=UpdateSettings)
 
     def validate(self) -> None:
@@ -73,8 +74,10 @@ class AdaptSettings:
             raise InvalidSettingError(f"adaptation policy must be one of {', '.join(POLICIES)}, not {self.policy!r}")
         if self.window_tokens < 8 or self.horizon_windows <= 0:
             raise InvalidSettingError("adaptation window must be at least 8 tokens and the horizon positive")
-        if self.min_heldout < 1 or self.gain_confidence < 0 or self.heldout_context < 0:
-            raise InvalidSettingError("min_heldout must be >= 1, gain_confidence and heldout_context >= 0")
+        if self.min_heldout < 1 or self.gain_confidence < 0:
+            raise InvalidSettingError("min_heldout must be >= 1 and gain_confidence >= 0")
+        if self.heldout_context < 2:  # a slot-0 prediction of token j comes from position j - 2
+            raise InvalidSettingError("heldout_context must be >= 2, or the window's first positions go unmeasured")
 
 
 class AdaptiveDrafter(Drafter):
@@ -175,12 +178,14 @@ class AdaptiveDrafter(Drafter):
         if measured is None:  # these weights generated this window (after a verdict: counted there, or swapped back)
             self.reach_to_tau.add(window.tau, float(before.mean()))
         old = [p.detach().clone() for p in arm_parameters(self.model, arm)]
+        old_optimizer = self.updater.optimizer_state(arm)
         self.updater.update(arm, train)
         # paired: the same positions before and after
         delta, delta_low = reach_change_bound(before, self.updater.reach(heldout), self.s.gain_confidence)
         rolled_back = self.s.rollback and delta < 0
         if rolled_back:  # the old weights are back, and the cache was computed with them
             self._restore(arm, old)
+            self.updater.load_optimizer_state(arm, old_optimizer)
             event["rolled_back"] = True
         else:
             self._rebuild_cache(root)
@@ -192,7 +197,7 @@ class AdaptiveDrafter(Drafter):
             event["gain_s"] = 0.0
             self._record(arm, 0.0, cost)
         else:  # the bandit hears of it once the next window has judged it
-            self._pending = PendingUpdate(arm, old, event, cost)
+            self._pending = PendingUpdate(arm, old, old_optimizer, event, cost)
 
     def _settle(self, window: WindowStats, root: int) -> torch.Tensor:
         """Judge the pending update on the window just generated, which it never trained on:
@@ -217,6 +222,7 @@ class AdaptiveDrafter(Drafter):
             delta, delta_low = reach_change_bound(before, after, self.s.gain_confidence)
             if self.s.rollback and delta < 0:
                 self._rebuild_cache(root)  # the old weights stay
+                self.updater.load_optimizer_state(pending.arm, pending.old_optimizer)
                 event["rolled_back_next"] = True
                 in_place = before
             else:
@@ -255,7 +261,7 @@ class AdaptiveDrafter(Drafter):
             pulls[e["arm"]] = pulls.get(e["arm"], 0) + 1
         undone = sum(1 for e in self.events if e.get("rolled_back") or e.get("rolled_back_next"))
         return {
-            "policy": self.s.policy, "windows": len(self.events), "pulls": pulls, "rolled_back": undone,
+            "policy": self.s.policy, "heldout_context": self.s.heldout_context, "windows": len(self.events), "pulls": pulls, "rolled_back": undone,
             "unjudged_update": None if self._pending is None else self._pending.arm,  # the stream ended first
             "resets": self.bandit.resets,
             "update_s": round(self.update_s, 4), "bookkeeping_s": round(self.bookkeeping_s, 4),

@@ -109,6 +109,21 @@ class OnlineUpdater:
         self.updates += 1
         return time.perf_counter() - t0
 
+    def optimizer_state(self, arm: str) -> list[dict | None]:
+        """Copies of AdamW's moments for `arm`'s parameters (None: no step taken yet), so
+        that undoing an update also undoes the momentum it left behind."""
+        return [
+            {k: v.clone() if torch.is_tensor(v) else v for k, v in self.optimizer.state[p].items()} if p in self.optimizer.state else None
+            for p in arm_parameters(self.model, arm)
+        ]
+
+    def load_optimizer_state(self, arm: str, saved: list[dict | None]) -> None:
+        for p, state in zip(arm_parameters(self.model, arm), saved):
+            if state is None:
+                self.optimizer.state.pop(p, None)
+            else:
+                self.optimizer.state[p] = state
+
     @torch.no_grad()
     def reach(self, heldout: list[Sequence]) -> torch.Tensor:
         """Tree reach (0..REACH_DEPTH) at each held-out position the drafter can draft (loss
