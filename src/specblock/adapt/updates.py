@@ -61,7 +61,7 @@ class UpdateSettings:
     steps: int = 2  # a CPU pays about 5 ms per position and block for a training step
     batch: int = 2
     window: int = 96  # positions per crop
-    lr: float = 1e-3
+    lr: float = 3e-4  # at 1e-3 half the updates of a replayed translation stream lowered the reach (benchmarks/adaptation_replay.py)
     blocks: int = 1  # SpecBlock blocks per update step (1 keeps updates cheap on a CPU)
     valid_floor: float = 0.1
     grad_clip: float = 0.5
