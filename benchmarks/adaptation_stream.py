@@ -60,6 +60,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--policies", default=",".join(POLICIES))
     ap.add_argument("--window", type=int, default=256)
+    ap.add_argument("--horizon-windows", type=float, default=AdaptSettings.horizon_windows, help="windows an update's gain is credited over")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -87,7 +88,7 @@ def main() -> None:
             gens, adaptive = {}, {}
             for policy in policies:
                 gens[policy] = base.with_method(args.method, node_budget=args.node_budget, drafter=args.drafter, target_name=args.target)
-                adaptive[policy] = gens[policy].enable_adaptation(AdaptSettings(policy=policy, window_tokens=args.window))
+                adaptive[policy] = gens[policy].enable_adaptation(AdaptSettings(policy=policy, window_tokens=args.window, horizon_windows=args.horizon_windows))
                 gens[policy].generate("Say hello.", max_new_tokens=8)
             seen = dict.fromkeys(policies, 0)
             for i, p in enumerate(prompts):
@@ -149,7 +150,7 @@ def summarise(args: argparse.Namespace) -> None:
     summary["settings"] = vars(args) | {"out": str(args.out), "command": "python " + " ".join(sys.argv),
                                         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                                         "machine": machine_description("cpu"),
-                                        "adaptation": dataclasses.asdict(AdaptSettings(window_tokens=args.window))}  # fmt: skip
+                                        "adaptation": dataclasses.asdict(AdaptSettings(window_tokens=args.window, horizon_windows=args.horizon_windows))}  # fmt: skip
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     lines = [f"# Online adaptation: {args.method} on a {args.category} stream", "",
              f"`{summary['settings']['command']}`", "", f"{summary['settings']['date']}; {summary['settings']['machine']}", "",
