@@ -34,7 +34,7 @@ import torch
 
 from specblock import SpecGenerator
 from specblock.adapt.drafter import AdaptSettings
-from specblock.adapt.updates import OnlineUpdater, UpdateSettings, arm_parameters
+from specblock.adapt.updates import OnlineUpdater, UpdateSettings
 from specblock.bench.machine import machine_description
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -48,16 +48,14 @@ def replay(model: torch.nn.Module, sequences: list, arm: str, lr: float, test: i
     reach_before = float(updater.reach(held_out).mean())
     changes, kept = [], 0
     for i in range(2, len(sequences) - test):
-        weights = [p.detach().clone() for p in arm_parameters(model, arm)]
+        weights = updater.arm_weights(arm)
         moments = updater.optimizer_state(arm)
         before = updater.reach([sequences[i]])
         updater.update(arm, sequences[:i])
         change = float((updater.reach([sequences[i]]) - before).mean())
         changes.append(round(change, 4))
         if change < 0:
-            with torch.no_grad():
-                for p, w in zip(arm_parameters(model, arm), weights):
-                    p.copy_(w)
+            updater.load_arm_weights(arm, weights)
             updater.load_optimizer_state(arm, moments)
         else:
             kept += 1

@@ -47,6 +47,10 @@ def stream_prompts(category: str, skip: int, count: int) -> list[str]:
     return [q.turns[0] for q in picked]
 
 
+def adapt_settings(args: argparse.Namespace, policy: str = "bandit") -> AdaptSettings:
+    return AdaptSettings(policy=policy, window_tokens=args.window, horizon_windows=args.horizon_windows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--method", default="specblock")
@@ -88,7 +92,7 @@ def main() -> None:
             gens, adaptive = {}, {}
             for policy in policies:
                 gens[policy] = base.with_method(args.method, node_budget=args.node_budget, drafter=args.drafter, target_name=args.target)
-                adaptive[policy] = gens[policy].enable_adaptation(AdaptSettings(policy=policy, window_tokens=args.window, horizon_windows=args.horizon_windows))
+                adaptive[policy] = gens[policy].enable_adaptation(adapt_settings(args, policy))
                 gens[policy].generate("Say hello.", max_new_tokens=8)
             seen = dict.fromkeys(policies, 0)
             for i, p in enumerate(prompts):
@@ -150,7 +154,7 @@ def summarise(args: argparse.Namespace) -> None:
     summary["settings"] = vars(args) | {"out": str(args.out), "command": "python " + " ".join(sys.argv),
                                         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                                         "machine": machine_description("cpu"),
-                                        "adaptation": dataclasses.asdict(AdaptSettings(window_tokens=args.window, horizon_windows=args.horizon_windows))}  # fmt: skip
+                                        "adaptation": dataclasses.asdict(adapt_settings(args))}  # fmt: skip
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     lines = [f"# Online adaptation: {args.method} on a {args.category} stream", "",
              f"`{summary['settings']['command']}`", "", f"{summary['settings']['date']}; {summary['settings']['machine']}", "",

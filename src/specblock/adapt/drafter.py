@@ -33,7 +33,7 @@ import torch
 
 from specblock.adapt.bandit import SKIP, CostAwareBandit, ReachToTau, WindowStats, seconds_saved
 from specblock.adapt.buffer import FeedbackBuffer
-from specblock.adapt.updates import OnlineUpdater, UpdateSettings, arm_names, arm_parameters, reach_change_bound
+from specblock.adapt.updates import OnlineUpdater, UpdateSettings, arm_names, reach_change_bound
 from specblock.budget import interpolate
 from specblock.drafters.base import Drafter, PrefillFeedback, VerifyFeedback
 from specblock.drafters.checkpoint import save_drafter
@@ -177,14 +177,14 @@ class AdaptiveDrafter(Drafter):
             return
         if measured is None:  # these weights generated this window (after a verdict: counted there, or swapped back)
             self.reach_to_tau.add(window.tau, float(before.mean()))
-        old = [p.detach().clone() for p in arm_parameters(self.model, arm)]
+        old = self.updater.arm_weights(arm)
         old_optimizer = self.updater.optimizer_state(arm)
         self.updater.update(arm, train)
         # paired: the same positions before and after
         delta, delta_low = reach_change_bound(before, self.updater.reach(heldout), self.s.gain_confidence)
         rolled_back = self.s.rollback and delta < 0
         if rolled_back:  # the old weights are back, and the cache was computed with them
-            self._restore(arm, old)
+            self.updater.load_arm_weights(arm, old)
             self.updater.load_optimizer_state(arm, old_optimizer)
             event["rolled_back"] = True
         else:
@@ -216,8 +216,8 @@ class AdaptiveDrafter(Drafter):
             event.update(next_heldout=after.numel(), next_why=f"< {self.s.min_heldout} draftable positions")
         else:
             self.reach_to_tau.add(window.tau, float(after.mean()))  # the new weights generated this window
-            new = [p.detach().clone() for p in arm_parameters(self.model, pending.arm)]
-            self._restore(pending.arm, pending.old)
+            new = self.updater.arm_weights(pending.arm)
+            self.updater.load_arm_weights(pending.arm, pending.old)
             before = self.updater.reach(heldout)
             delta, delta_low = reach_change_bound(before, after, self.s.gain_confidence)
             if self.s.rollback and delta < 0:
@@ -226,7 +226,7 @@ class AdaptiveDrafter(Drafter):
                 event["rolled_back_next"] = True
                 in_place = before
             else:
-                self._restore(pending.arm, new)
+                self.updater.load_arm_weights(pending.arm, new)
                 live = self.reach_to_tau.factor * delta_low
                 gain = seconds_saved(window.tau, live, window.iteration_s, self.bandit.horizon_tokens)
             event.update(next_heldout=after.numel(), next_reach_old=round(float(before.mean()), 4),
@@ -241,11 +241,6 @@ class AdaptiveDrafter(Drafter):
     def _record(self, arm: str, gain_s: float, cost_s: float) -> None:
         if self.s.policy == "bandit":
             self.bandit.record(arm, gain_s, cost_s)
-
-    def _restore(self, arm: str, values: list[torch.Tensor]) -> None:
-        with torch.no_grad():
-            for p, v in zip(arm_parameters(self.model, arm), values):
-                p.copy_(v)
 
     def _rebuild_cache(self, root: int) -> None:
         """Recompute the wrapped drafter's cache with the new weights from the buffered request."""

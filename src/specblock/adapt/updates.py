@@ -109,6 +109,15 @@ class OnlineUpdater:
         self.updates += 1
         return time.perf_counter() - t0
 
+    def arm_weights(self, arm: str) -> list[torch.Tensor]:
+        """Copies of `arm`'s parameters, to put back if an update is undone."""
+        return [p.detach().clone() for p in arm_parameters(self.model, arm)]
+
+    @torch.no_grad()
+    def load_arm_weights(self, arm: str, values: list[torch.Tensor]) -> None:
+        for p, v in zip(arm_parameters(self.model, arm), values):
+            p.copy_(v)
+
     def optimizer_state(self, arm: str) -> list[dict | None]:
         """Copies of AdamW's moments for `arm`'s parameters (None: no step taken yet), so
         that undoing an update also undoes the momentum it left behind."""
