@@ -39,7 +39,7 @@ def data_file(tmp_path_factory):
 
 def bench_args(tiny_llama, tiny_draft_llama, data_file, out, **changes):
     args = {"target": str(tiny_llama), "methods": METHODS, "data": data_file, "per_category": 2, "runs": RUNS,
-            "temperature": 0.0, "max_new_tokens": MAX_NEW, "out": out, "seed": 0,
+            "temperature": 0.0, "max_new_tokens": MAX_NEW, "out": out, "seed": 0, "dtype": "float32",
             "drafters": {"draft-model": str(tiny_draft_llama)}}  # fmt: skip
     return args | changes
 
@@ -51,7 +51,7 @@ def bench_out(tiny_llama, tiny_draft_llama, data_file, tmp_path_factory):
     result = CliRunner().invoke(app, [
         "bench", "--target", str(tiny_llama), "--methods", METHODS, "--data", str(data_file), "--per-category", "2",
         "--runs", str(RUNS), "--max-new-tokens", str(MAX_NEW), "--out", str(out),
-        "--drafters", f"draft-model={tiny_draft_llama}",
+        "--drafters", f"draft-model={tiny_draft_llama}", "--dtype", "float32",
     ])  # fmt: skip
     assert result.exit_code == 0, result.output
     return out

@@ -96,7 +96,7 @@ def test_profile_command_times_a_drafter_and_auto_uses_it(tiny_llama, tmp_path):
     bad = CliRunner().invoke(app, ["profile", "--target", str(tiny_llama), "--drafters", "lookup"])
     assert bad.exit_code != 0 and "not a trained drafter method" in bad.output
     out = tmp_path / "profile"
-    args = ["profile", "--target", str(tiny_llama), "--drafters", f"specblock={source}", "--out", str(out)]
+    args = ["profile", "--target", str(tiny_llama), "--drafters", f"specblock={source}", "--out", str(out), "--dtype", "float32"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     record = json.loads((out / "profile.json").read_text())
@@ -113,10 +113,10 @@ def test_profile_command_times_a_drafter_and_auto_uses_it(tiny_llama, tmp_path):
     stored["verify_s"] = {"0": 0.010, "1": 0.011, "4": 0.012, "8": 0.014}  # fixed: no timing noise in a test
     stored["draft_s"][drafter_key("specblock", source)] = {str(n): 10.0 for n in DRAFT_SIZES}
     path.write_text(json.dumps(stored))
-    assert SpecGenerator.load(tiny_llama, "specblock", drafter=source, node_budget="auto").node_budget == 0
+    assert SpecGenerator.load(tiny_llama, "specblock", drafter=source, node_budget="auto", dtype="float32").node_budget == 0
     stored["draft_s"] = {}
     path.write_text(json.dumps(stored))
-    assert SpecGenerator.load(tiny_llama, "specblock", drafter=source, node_budget="auto").node_budget > 0
+    assert SpecGenerator.load(tiny_llama, "specblock", drafter=source, node_budget="auto", dtype="float32").node_budget > 0
     # a checkpoint retrained into the same directory is not matched to the old timings
     key = drafter_key("specblock", source)
     save_drafter(random_specblock(target, seed=1), source, meta={"calibration": calibration})

@@ -22,8 +22,8 @@ def real_generators():
     else:
         os.environ["SPECBLOCK_CACHE"] = REAL_CACHE
     try:
-        vanilla = SpecGenerator.load("smollm2-135m", method="vanilla")
-        lookup = SpecGenerator.load("smollm2-135m", method="lookup")
+        vanilla = SpecGenerator.load("smollm2-135m", method="vanilla", dtype="float32")
+        lookup = SpecGenerator.load("smollm2-135m", method="lookup", dtype="float32")
     finally:
         if saved is not None:
             os.environ["SPECBLOCK_CACHE"] = saved

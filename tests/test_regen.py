@@ -106,7 +106,7 @@ def test_resume_skips_written_ids_and_repairs_a_cut_last_line(tiny_llama, prompt
 def test_batch_size_1_greedy_is_the_targets_exact_greedy_decoding(tiny_llama, prompt_files, tmp_path):
     out = tmp_path / "answers.jsonl"
     regenerate(prompt_files, out, RegenSettings(str(tiny_llama), max_new_tokens=24, batch_size=1))
-    vanilla = SpecGenerator.load(str(tiny_llama), method="vanilla")
+    vanilla = SpecGenerator.load(str(tiny_llama), method="vanilla", dtype="float32")
     for r in rows(out):
         ref = vanilla.generate(messages=r["messages"][:-1], max_new_tokens=24)
         assert r["messages"][-1]["content"] == ref.text
@@ -118,7 +118,7 @@ def test_batched_mode_writes_valid_rows(tiny_qwen2, prompt_files, tmp_path):
     assert regenerate(prompt_files, out, RegenSettings(str(tiny_qwen2), max_new_tokens=10, batch_size=3)) == 8
     got = rows(out)
     assert sorted(r["id"] for r in got) == sorted(c.id for p in prompt_files for c in read_conversations(p))
-    vanilla = SpecGenerator.load(str(tiny_qwen2), method="vanilla")
+    vanilla = SpecGenerator.load(str(tiny_qwen2), method="vanilla", dtype="float32")
     same = 0
     for r in got:
         assert list(r) == ["id", "source", "messages", "finish_reason", "temperature"]
@@ -130,7 +130,7 @@ def test_batched_mode_writes_valid_rows(tiny_qwen2, prompt_files, tmp_path):
 @pytest.mark.parametrize("batch_size", [1, 2])
 def test_answers_stop_at_eos(tiny_llama, tmp_path, batch_size):
     """A model whose config also names a frequent character as EOS: answers end there, without it."""
-    vanilla = SpecGenerator.load(str(tiny_llama), method="vanilla")
+    vanilla = SpecGenerator.load(str(tiny_llama), method="vanilla", dtype="float32")
     prompts = tmp_path / "gsm8k.jsonl"
     prompts.write_text("".join(json.dumps({"question": p}) + "\n" for p in PROMPTS))
     first = [vanilla.generate(p, max_new_tokens=20).token_ids for p in PROMPTS]

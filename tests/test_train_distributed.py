@@ -85,7 +85,7 @@ def greedy_conversations(gen: SpecGenerator, count: int, seed: int = 0) -> list[
 @pytest.fixture(scope="module")
 def tiny_data(target, tmp_path_factory) -> tuple[Path, list[Conversation]]:
     """12 answered conversations (10 train, 2 held out) prepared with a 48-token window."""
-    gen = SpecGenerator.load(str(target), "vanilla")
+    gen = SpecGenerator.load(str(target), "vanilla", dtype="float32")
     conversations = greedy_conversations(gen, 12)
     out = tmp_path_factory.mktemp("prepared")
     settings = PrepareSettings(target=str(target), window=WINDOW, top_k=20, vocab_size=60, shard_size=4, holdout=2)
@@ -246,8 +246,8 @@ def trained_drafter_run(method: str, data: Path, target: Path, out: Path) -> dic
 def test_a_trained_drafter_decodes_losslessly_with_drafts_accepted(tiny_data, target, tmp_path, method):
     data, conversations = tiny_data
     trained_drafter_run(method, data, target, tmp_path / "out")
-    vanilla = SpecGenerator.load(str(target), "vanilla")
-    drafted = SpecGenerator.load(str(target), method, drafter=tmp_path / "out" / "drafter", node_budget=8)
+    vanilla = SpecGenerator.load(str(target), "vanilla", dtype="float32")
+    drafted = SpecGenerator.load(str(target), method, drafter=tmp_path / "out" / "drafter", node_budget=8, dtype="float32")
     new_tokens = forwards = 0
     for conv in conversations[:4]:  # training prompts
         ids = vanilla.tokenizer.encode(messages=conv.messages[:1])

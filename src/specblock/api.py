@@ -34,6 +34,7 @@ from specblock.models.fetch import Reporter
 from specblock.models.registry import DEFAULT_TARGET, DRAFT_MODEL_FOR
 from specblock.models.resolve import resolve_model
 from specblock.sampling import SamplingParams
+from specblock.target.kernels import auto_dtype
 from specblock.target.runner import TargetRunner
 from specblock.target.transformer import Transformer
 from specblock.text import ChatTokenizer
@@ -51,9 +52,12 @@ DTYPES = {
 }  # fmt: skip
 
 
-def parse_dtype(name: str) -> torch.dtype:
+def parse_dtype(name: str, device: str = "cpu") -> torch.dtype:
+    """A dtype by name; 'auto' is the fastest on this machine (`kernels.auto_dtype`)."""
+    if name == "auto":
+        return auto_dtype(device)
     if name not in DTYPES:
-        raise InvalidSettingError(f"unknown dtype {name!r}; use one of float32, bfloat16, float16")
+        raise InvalidSettingError(f"unknown dtype {name!r}; use one of auto, float32, bfloat16, float16")
     return DTYPES[name]
 
 
@@ -92,6 +96,7 @@ class GenerationResult:
     stop_reason: str
     method: str
     node_budget: int
+    dtype: str = ""  # the target's compute dtype (what --dtype auto chose)
     accepted_lengths: list[int] = field(default_factory=list)
     draft_ms: list[float] = field(default_factory=list)  # drafter time of each iteration (propose + observe)
     target_ms: list[float] = field(default_factory=list)  # verify forward + acceptance of each iteration
@@ -100,7 +105,9 @@ class GenerationResult:
         return asdict(self)
 
     @classmethod
-    def from_stats(cls, stats: DecodeStats, token_ids: list[int], text: str, method: str, budget: int) -> "GenerationResult":
+    def from_stats(
+        cls, stats: DecodeStats, token_ids: list[int], text: str, method: str, budget: int, dtype: str = ""
+    ) -> "GenerationResult":
         iters = max(len(stats.target_s), 1)
         decode_s = stats.wall_s - stats.prefill_s
         return cls(
@@ -121,6 +128,7 @@ class GenerationResult:
             stop_reason=stats.stop_reason,
             method=method,
             node_budget=budget,
+            dtype=dtype,
             accepted_lengths=stats.accepted_lengths,
             draft_ms=[round(1000 * t, 3) for t in stats.draft_s],
             target_ms=[round(1000 * t, 3) for t in stats.target_s],
@@ -140,8 +148,11 @@ class GenerationStream:
     cancels an unfinished one, which then raises if iterated further.
     """
 
-    def __init__(self, steps: Iterator[list[int]], tokenizer: ChatTokenizer, method: str, budget: int) -> None:
+    def __init__(
+        self, steps: Iterator[list[int]], tokenizer: ChatTokenizer, method: str, budget: int, dtype: str = ""
+    ) -> None:
         self._steps = steps
+        self._dtype = dtype
         self._tokenizer = tokenizer
         self._method = method
         self._budget = budget
@@ -158,7 +169,9 @@ class GenerationStream:
                 new = next(self._steps)
             except StopIteration as stop:
                 text = self._tokenizer.decode(self._generated)
-                self.result = GenerationResult.from_stats(stop.value, self._generated, text, self._method, self._budget)
+                self.result = GenerationResult.from_stats(
+                    stop.value, self._generated, text, self._method, self._budget, self._dtype
+                )
                 if len(text) > len(self._emitted):
                     yield TextChunk([], text[len(self._emitted) :])
                 return
@@ -197,7 +210,7 @@ class SpecGenerator:
         target: str | Path = DEFAULT_TARGET,
         method: str = "lookup",
         *,
-        dtype: str = "float32",
+        dtype: str = "auto",
         device: str = "cpu",
         node_budget: int | str | None = None,
         draft_model: str | Path | None = None,
@@ -210,7 +223,8 @@ class SpecGenerator:
         EAGLE-3 checkpoint directory (default: the shipped one for the target, if any).
         """
         _check_method(method)  # before the (slow) model load
-        torch_dtype, device = parse_dtype(dtype), parse_device(device)
+        device = parse_device(device)
+        torch_dtype = parse_dtype(dtype, device)
         model_dir = resolve_model(target, report=report)
         model = Transformer.load(model_dir, torch_dtype, device)
         tokenizer = ChatTokenizer.load(model_dir)
@@ -272,7 +286,8 @@ class SpecGenerator:
         if self._active is not None and self._active.result is None:
             self._active.cancelled = True
         steps = speculative_decode(self.runner, self.drafter, list(ids), settings, self.tokenizer.decode)
-        self._active = GenerationStream(steps, self.tokenizer, self.method, self.node_budget)
+        dtype = str(self.target.dtype).removeprefix("torch.")
+        self._active = GenerationStream(steps, self.tokenizer, self.method, self.node_budget, dtype)
         return self._active
 
     def generate(self, prompt: str | None = None, **kwargs) -> GenerationResult:
@@ -306,7 +321,7 @@ def load_trained_drafter(method: str, target: Transformer, target_name: str | Pa
     path = Path(drafter_dir)
     if not path.is_dir():
         raise InvalidSettingError(f"drafter directory {path} does not exist")
-    model = load_drafter(path, target.cfg, target.embed.float().cpu(), method=method)
+    model = load_drafter(path, target.cfg, target.embed, method=method).to(target.device)
     config = read_config(path)
     if method == "specblock":  # a checkpoint may carry drafting-time ablation switches (design §9)
         drafting = config.get("drafting", {})

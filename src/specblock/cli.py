@@ -77,7 +77,7 @@ def generate(
     drafter: Annotated[
         Path | None, typer.Option(help="Trained drafter checkpoint for --method specblock / eagle3 (default: shipped).")
     ] = None,
-    dtype: Annotated[str, typer.Option(help="float32 | bfloat16 | float16")] = "float32",
+    dtype: Annotated[str, typer.Option(help="auto (bf16 where the CPU has AMX or AVX512-BF16, and on CUDA; else float32) | float32 | bfloat16 | float16")] = "auto",
     device: Annotated[str, typer.Option(help="cpu | cuda | cuda:N | auto")] = "cpu",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with the text and stats.")] = False,
     adapt: Annotated[bool, typer.Option(help="Adapt the specblock / eagle3 drafter online while generating.")] = False,
@@ -126,7 +126,7 @@ def generate(
         return
     sys.stdout.write("\n")
     err.print(
-        f"[bold]{r.method}[/bold]: {r.new_tokens} tokens in {r.wall_s:.2f} s = {r.tokens_per_s:.1f} tokens/s "
+        f"[bold]{r.method}[/bold] ({r.dtype}): {r.new_tokens} tokens in {r.wall_s:.2f} s = {r.tokens_per_s:.1f} tokens/s "
         f"(decode {r.decode_tokens_per_s:.1f}); tau {r.tau:.2f} "
         f"(= new tokens / target forwards incl. prefill: {r.new_tokens}/{r.iterations}); "
         f"drafter forwards {r.drafter_forwards}; stop: {r.stop_reason}",

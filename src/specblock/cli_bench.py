@@ -35,7 +35,7 @@ def bench(
     compare: Annotated[
         str | None, typer.Option(help="Methods for the paired test, A,B (default: specblock vs eagle3 when both ran).")
     ] = None,
-    dtype: Annotated[str, typer.Option(help="float32 | bfloat16 | float16")] = "float32",
+    dtype: Annotated[str, typer.Option(help="auto (bf16 where the CPU has AMX or AVX512-BF16, and on CUDA; else float32) | float32 | bfloat16 | float16")] = "auto",
     device: Annotated[str, typer.Option(help="cpu | cuda | cuda:N | auto")] = "cpu",
     adapt: Annotated[
         bool, typer.Option(help="Adapt the specblock / eagle3 drafters online across the benchmark's requests.")

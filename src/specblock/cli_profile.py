@@ -24,7 +24,7 @@ def profile(
         help="Drafters to time: 'shipped' (those shipped for the target), 'none', or a comma list of "
         "METHOD or METHOD=DIR (METHOD: specblock | eagle3)."
     )] = "shipped",
-    dtype: Annotated[str, typer.Option(help="float32 | bfloat16 | float16")] = "float32",
+    dtype: Annotated[str, typer.Option(help="auto (bf16 where the CPU has AMX or AVX512-BF16, and on CUDA; else float32) | float32 | bfloat16 | float16")] = "auto",
     device: Annotated[str, typer.Option(help="cpu | cuda | cuda:N | auto")] = "cpu",
     out: Annotated[Path | None, typer.Option(help="Also write profile.json and profile.png here.")] = None,
 ) -> None:  # fmt: skip

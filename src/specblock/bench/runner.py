@@ -80,7 +80,7 @@ def run_bench(
     drafters: dict[str, str] | str | None = None,
     report: Reporter | None = None,
     *,
-    dtype: str = "float32",
+    dtype: str = "auto",
     device: str = "cpu",
     command: str = "",
     adapt: bool = False,

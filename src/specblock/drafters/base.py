@@ -70,7 +70,8 @@ class PendingPositions:
 
     Position j pairs the target feature after token j with token j+1 (the training pairing);
     the last pending position pairs the last committed feature with the root token, whose own
-    feature arrives with the next verification. Features move to the CPU, where drafters run.
+    feature arrives with the next verification. Features stay where the target made them (its
+    device and dtype, which the drafter shares), in the chunks they arrived in.
     """
 
     def __init__(self) -> None:
@@ -81,15 +82,19 @@ class PendingPositions:
         return len(self.tokens)
 
     def start(self, prefill: PrefillFeedback) -> None:
-        self.features = list(prefill.features.float().cpu())
+        self.features = [prefill.features]
         self.tokens = list(prefill.prompt[1:]) + [prefill.first_token]
 
     def extend(self, feedback: VerifyFeedback) -> None:
-        self.features += list(feedback.features.float().cpu())
+        self.features.append(feedback.features)
         self.tokens += list(feedback.tokens[1:]) + [feedback.next_token]
 
-    def take(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """[1, n, F] features and [1, n] tokens of every pending position; empties the list."""
-        features, tokens = torch.stack(self.features)[None], torch.tensor(self.tokens)[None]
+    def take(self, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """[1, n, F] features (in `dtype` if given) and [1, n] tokens of every pending position,
+        on the features' device; empties the list."""
+        features = self.features[0] if len(self.features) == 1 else torch.cat(self.features)
+        if dtype is not None:
+            features = features.to(dtype)
+        tokens = torch.tensor(self.tokens, device=features.device)
         self.features, self.tokens = [], []
-        return features, tokens
+        return features[None], tokens[None]

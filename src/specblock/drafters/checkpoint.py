@@ -106,7 +106,7 @@ def load_drafter(path: Path, target_cfg, embed: torch.Tensor, method: str | None
     except Exception as exc:  # missing, truncated or corrupt file
         raise SpecBlockError(f"cannot read {path}/model.safetensors: {exc}") from None
     load_weights(model, weights, str(path))
-    model.embed_tokens = embed.detach().float()
+    model.embed_tokens = embed.detach()  # the target's own table: its dtype and device, no copy
     model.eval()
     return model
 

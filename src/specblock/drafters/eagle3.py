@@ -38,6 +38,7 @@ class Eagle3Drafter(Drafter):
     needs_features = True
 
     def __init__(self, model: Eagle3Model, top_k: int | None = None, depth: int | None = None) -> None:
+        """Computes in the dtype and on the device of the target's features, like SpecBlock."""
         super().__init__()
         self.model = model.eval()
         self.top_k, self.depth = top_k, depth
@@ -47,9 +48,11 @@ class Eagle3Drafter(Drafter):
 
     def begin(self, prefill: PrefillFeedback) -> None:
         c = self.model.cfg
-        rows = prefill.max_length + 2
-        if self.cache is None or self.cache.capacity < rows:
-            self.cache = KVCache(1, c.num_key_value_heads, c.head_dim, rows, torch.float32, "cpu")
+        rows = prefill.max_length + 2 + 10 * 7  # the context, then at most top_k x depth tree rows
+        dtype, device = prefill.features.dtype, prefill.features.device
+        cache = self.cache
+        if cache is None or cache.capacity < rows or cache.keys.dtype != dtype or cache.keys.device != device:
+            self.cache = KVCache(1, c.num_key_value_heads, c.head_dim, rows, dtype, device)
         self.cache.length = 0
         self.positions = 0
         self.pending.start(prefill)
@@ -57,68 +60,68 @@ class Eagle3Drafter(Drafter):
     def observe(self, feedback: VerifyFeedback) -> None:
         self.pending.extend(feedback)
 
-    def _topk_tokens(self, hidden: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _shape(self, budget: int) -> tuple[int, int]:
+        scaled = scaled_shape(budget)
+        return self.top_k or scaled[0], self.depth or scaled[1]
+
+    def _topk(self, hidden: torch.Tensor, k: int) -> list:
+        """Top-k target ids and log-probs of each row of `hidden` [f, H], as one host list [f][2k]."""
         logp = torch.log_softmax(self.model.logits(hidden).float(), -1)
         top = logp.topk(k, dim=-1)
-        return top.indices + self.model.d2t[top.indices], top.values
+        ids = top.indices + self.model.d2t[top.indices]
+        return torch.cat([ids.double(), top.values.double()], dim=-1).cpu().tolist()
 
     @torch.inference_mode()
     def propose(self, sequence: list[int], budget: int) -> DraftTree:
         if budget <= 0 or not self.pending:
             return DraftTree()
-        scaled = scaled_shape(budget)
-        top_k = self.top_k or scaled[0]
-        depth = self.depth or scaled[1]
+        top_k, depth = self._shape(budget)
         # forward 1: the accepted positions (step 0 of training: features h_i with x_{i+1})
         n = len(self.pending)
-        features, tokens = self.pending.take()
+        features, tokens = self.pending.take(self.cache.keys.dtype)
+        device = features.device
         cached = self.cache.length
-        mask = torch.cat([torch.ones(n, cached, dtype=torch.bool), torch.ones(n, n, dtype=torch.bool).tril()], 1)[None]
-        positions = torch.arange(self.positions + 1, self.positions + 1 + n)[None]
-        out, (key, value) = self.model.step(features, tokens, positions, mask, self.cache.view(0, cached))
-        self.cache.write(0, cached, key[0], value[0])
+        mask = torch.ones(n, cached + n, dtype=torch.bool, device=device).tril(cached)[None]
+        positions = torch.arange(self.positions + 1, self.positions + 1 + n, device=device)[None]
+        out, _ = self.model.step(features, tokens, positions, mask, cache=self.cache, cache_start=cached)
         self.cache.length = context = cached + n
         root_position = self.positions + n  # RoPE position of the drafting row
         self.positions += n
         self.forwards += 1
 
+        # Tree rows: row r's output hidden is outs[r + 1] (outs[0] = the drafting row's output);
+        # ancestors[r] marks row r's ancestors among the tree rows, itself included.
+        max_rows = top_k * depth
+        outs = out.new_empty(max_rows + 1, out.shape[-1])
+        outs[0] = out[0, -1]
+        ancestors = torch.zeros(max_rows, max_rows, dtype=torch.bool, device=device)
         pool = CandidatePool()
-        ids, vals = self._topk_tokens(out[0, -1], top_k)
-        frontier = [pool.add(t, ROOT, v) for t, v in zip(ids.tolist(), vals.tolist())]
-        parent_hidden = {node: out[0, -1] for node in frontier}  # hidden a node's row takes as input
-        tree_keys: list[torch.Tensor] = []
-        tree_values: list[torch.Tensor] = []
-        row_of: dict[int, int] = {}  # pool node -> its row among this iteration's tree rows
+        source: dict[int, int] = {}  # pool node -> row of `outs` its input hidden comes from
+        row_of: dict[int, int] = {}  # pool node -> its tree row
+        row = self._topk(outs[:1], top_k)[0]
+        frontier = [pool.add(int(t), ROOT, v) for t, v in zip(row[:top_k], row[top_k:])]
+        source.update({node: 0 for node in frontier})
         for _ in range(depth):
-            rows = len(row_of)
-            f = len(frontier)
-            mask = torch.zeros(f, context + rows + f, dtype=torch.bool)
-            mask[:, :context] = True
-            for r, node in enumerate(frontier):
-                ancestor = pool.parents[node]
-                while ancestor != ROOT:
-                    mask[r, context + row_of[ancestor]] = True
-                    ancestor = pool.parents[ancestor]
-                mask[r, context + rows + r] = True
-            past_k, past_v = self.cache.view(0, context)
-            if tree_keys:
-                past_k = torch.cat([past_k, *tree_keys], 2)
-                past_v = torch.cat([past_v, *tree_values], 2)
-            hidden_in = torch.stack([parent_hidden[node] for node in frontier])[None]
-            tokens = torch.tensor([pool.tokens[node] for node in frontier])[None]
-            pos = torch.tensor([root_position + pool.depths[node] for node in frontier])[None]
-            out, (key, value) = self.model.step(hidden_in, tokens, pos, mask[None], (past_k, past_v), fused=True)
+            rows, f = len(row_of), len(frontier)
+            new_rows = torch.arange(rows, rows + f, device=device)
+            parent_rows = torch.tensor([row_of.get(pool.parents[node], -1) for node in frontier], device=device)
+            tree = ancestors[parent_rows.clamp(min=0)] & (parent_rows >= 0)[:, None]
+            tree[torch.arange(f, device=device), new_rows] = True
+            ancestors[rows : rows + f] = tree
+            mask = torch.cat([torch.ones(f, context, dtype=torch.bool, device=device), tree[:, : rows + f]], dim=1)
+            hidden_in = outs[torch.tensor([source[node] for node in frontier], device=device)][None]
+            tokens = torch.tensor([pool.tokens[node] for node in frontier], device=device)[None]
+            pos = torch.tensor([root_position + pool.depths[node] for node in frontier], device=device)[None]
+            out, _ = self.model.step(hidden_in, tokens, pos, mask[None], fused=True, cache=self.cache, cache_start=context + rows)
             self.forwards += 1
-            tree_keys.append(key)
-            tree_values.append(value)
+            outs[rows + 1 : rows + 1 + f] = out[0]
             for r, node in enumerate(frontier):
                 row_of[node] = rows + r
-            ids, vals = self._topk_tokens(out[0], top_k)
             candidates = []
-            for r, node in enumerate(frontier):
-                for t, v in zip(ids[r].tolist(), vals[r].tolist()):
-                    child = pool.add(t, node, pool.scores[node] + v)
-                    parent_hidden[child] = out[0, r]
+            for r, (node, top) in enumerate(zip(frontier, self._topk(out[0], top_k))):
+                for t, v in zip(top[:top_k], top[top_k:]):
+                    child = pool.add(int(t), node, pool.scores[node] + v)
+                    source[child] = rows + r + 1
                     candidates.append(child)
             candidates = sorted(set(candidates), key=lambda c: -pool.scores[c])
             frontier = candidates[:top_k]

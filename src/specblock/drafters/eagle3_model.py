@@ -17,7 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from specblock.drafters.layers import KV, MLP, Attention, RMSNorm, rope_tables, target_shaped
+from specblock.target.kv_cache import KVCache
+
+from specblock.drafters.layers import KV, MLP, Attention, CacheSlot, DrafterRotary, RMSNorm, drafting_linear, target_shaped
 
 
 @dataclass
@@ -57,9 +59,9 @@ class Eagle3Layer(nn.Module):
         self.post_attention_layernorm = RMSNorm(h, c.rms_norm_eps)
         self.mlp = MLP(h, c.intermediate_size)
 
-    def forward(self, embeds, hidden, cos, sin, mask, past: KV | None = None) -> tuple[torch.Tensor, KV]:
-        x = torch.cat([self.input_layernorm(embeds), self.hidden_norm(hidden)], dim=-1)
-        attn, kv = self.self_attn(x, cos, sin, mask, past)
+    def forward(self, embeds, hidden, cos, sin, mask, past: KV | None = None, cache: CacheSlot | None = None) -> tuple[torch.Tensor, KV]:
+        x = torch.cat([self.input_layernorm(embeds.to(hidden.dtype)), self.hidden_norm(hidden)], dim=-1)
+        attn, kv = self.self_attn(x, cos, sin, mask, past, cache)
         h = hidden + attn
         return h + self.mlp(self.post_attention_layernorm(h)), kv
 
@@ -75,6 +77,7 @@ class Eagle3Model(nn.Module):
         self.register_buffer("embed_tokens", torch.zeros(0, cfg.hidden_size), persistent=False)
         self.register_buffer("d2t", torch.zeros(cfg.draft_vocab_size, dtype=torch.long))
         self.register_buffer("t2d", torch.zeros(cfg.target_vocab_size, dtype=torch.bool))
+        self.rotary = DrafterRotary(cfg.head_dim, cfg.rope_theta)
 
     def step(
         self,
@@ -84,11 +87,18 @@ class Eagle3Model(nn.Module):
         mask: torch.Tensor,  # [B or 1, n, past + n] bool
         past: KV | None = None,
         fused: bool = False,
+        cache: KVCache | None = None,
+        cache_start: int = 0,
     ) -> tuple[torch.Tensor, KV]:
-        """One drafter pass: returns the pre-norm outputs [B, n, H] and this pass's K/V."""
-        h = hidden if fused else self.fc(hidden)
-        cos, sin = rope_tables(positions, self.cfg.head_dim, self.cfg.rope_theta)
-        return self.midlayer(F.embedding(tokens, self.embed_tokens), h, cos, sin, mask, past)
+        """One drafter pass: returns the pre-norm outputs [B, n, H] and this pass's K/V.
+
+        Training passes earlier keys/values as `past`; drafting passes its `cache`, into which
+        this pass's keys/values are written from slot `cache_start` (the mask then covers cache
+        slots [0, cache_start + n))."""
+        h = hidden if fused else drafting_linear(self, "fc", self.fc, hidden)
+        cos, sin = self.rotary.lookup(positions, h.dtype)
+        slot = None if cache is None else CacheSlot(cache, 0, cache_start)
+        return self.midlayer(F.embedding(tokens, self.embed_tokens), h, cos, sin, mask, past, slot)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(self.norm(hidden))
+        return drafting_linear(self, "lm_head", self.lm_head, self.norm(hidden))

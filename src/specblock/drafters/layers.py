@@ -1,46 +1,30 @@
 """Trainable Llama-style building blocks shared by the SpecBlock and EAGLE-3 drafters.
 
-Parameter names follow Hugging Face Llama (`self_attn.q_proj`, `mlp.gate_proj`, ...), so
-checkpoints keep the key names other engines expect. Attention takes an explicit boolean
-mask and optional keys/values computed earlier (a cache or an earlier training block),
-because both drafters attend in patterns a causal mask cannot express.
+The math is `target/primitives.py`'s, the same the target runs. Parameter names follow
+Hugging Face Llama (`self_attn.q_proj`, `mlp.gate_proj`, ...), so checkpoints keep the key
+names other engines expect. Attention takes an explicit boolean mask, because both drafters
+attend in patterns a causal mask cannot express, and either earlier keys/values (training:
+an earlier block's) or a preallocated cache the new keys/values are written into in place
+(drafting).
+
+Drafting runs without gradients in the target's dtype: `InferenceWeights` keeps fused copies
+(q|k|v, gate|up) of the trainable fp32 weights in that dtype, rebuilt only when a weight
+changed (an online-adaptation update), so a drafting call never converts a weight.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-
-class RMSNorm(nn.Module):
-    def __init__(self, size: int, eps: float) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(size))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
-
-
-def rope_tables(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin of shape [..., head_dim] for integer positions of any shape."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=positions.device) / head_dim))
-    freqs = positions.float()[..., None] * inv_freq
-    emb = torch.cat((freqs, freqs), dim=-1)
-    return emb.cos(), emb.sin()
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
-
+from specblock.target.kernels import Linear
+from specblock.target.kv_cache import KVCache
+from specblock.target.primitives import RMSNorm, RotaryTable, apply_rope, attend, gated_mlp, inverse_frequencies
 
 KV = tuple[torch.Tensor, torch.Tensor]
+
+__all__ = ["KV", "RMSNorm", "Attention", "MLP", "DecoderLayer", "CacheSlot", "DrafterRotary", "InferenceWeights",
+           "drafting_linear", "target_shaped"]
 
 
 def target_shaped(target_cfg, draft_vocab_size: int) -> dict:
@@ -58,6 +42,38 @@ def target_shaped(target_cfg, draft_vocab_size: int) -> dict:
     }
 
 
+class InferenceWeights:
+    """Fused, dtype-cast copies of some nn.Linear weights for drafting, refreshed when the
+    source parameters change (their in-place version counters move on every optimizer step
+    and every state-dict load)."""
+
+    def __init__(self) -> None:
+        self._made: dict[str, tuple[tuple, Linear]] = {}
+
+    def get(self, name: str, linears: list[nn.Linear], dtype: torch.dtype) -> Linear:
+        weights = [lin.weight for lin in linears]
+        stamp = (dtype, weights[0].device, *(id(w) for w in weights), *(w._version for w in weights))
+        made = self._made.get(name)
+        if made is None or made[0] != stamp:
+            fused = torch.cat([w.detach() for w in weights]).to(dtype)
+            made = (stamp, Linear(fused))
+            self._made[name] = made
+        return made[1]
+
+
+def _drafting(x: torch.Tensor) -> bool:
+    """No gradient wanted: use the fused inference weights in the input's dtype."""
+    return not torch.is_grad_enabled()
+
+
+class CacheSlot:
+    """Where a drafting call writes its keys/values: one layer of a KVCache, from slot `start`;
+    the call then attends over cache slots [0, start + n)."""
+
+    def __init__(self, cache: KVCache, layer: int, start: int) -> None:
+        self.cache, self.layer, self.start = cache, layer, start
+
+
 class Attention(nn.Module):
     """Grouped-query attention over [past keys ; own keys] with a boolean mask (True = attend)."""
 
@@ -68,6 +84,18 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(in_size, kv_heads * head_dim, bias=False)
         self.v_proj = nn.Linear(in_size, kv_heads * head_dim, bias=False)
         self.o_proj = nn.Linear(heads * head_dim, hidden, bias=False)
+        self.inference = InferenceWeights()
+
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if _drafting(x):
+            qkv = self.inference.get("qkv", [self.q_proj, self.k_proj, self.v_proj], x.dtype)(x)
+            q_size, kv_size = self.heads * self.head_dim, self.kv_heads * self.head_dim
+            return qkv.split([q_size, kv_size, kv_size], dim=-1)
+        x = x.to(self.q_proj.weight.dtype)
+        return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+
+    def _out(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inference.get("o", [self.o_proj], x.dtype)(x) if _drafting(x) else self.o_proj(x.to(self.o_proj.weight.dtype))
 
     def forward(
         self,
@@ -75,18 +103,24 @@ class Attention(nn.Module):
         cos: torch.Tensor,  # [B or 1, n, head_dim]
         sin: torch.Tensor,
         mask: torch.Tensor,  # [B or 1, n, past + n] bool
-        past: KV | None = None,  # ([B, kv_heads, past, d], same)
+        past: KV | None = None,  # ([B, kv_heads, past, d], same) in training
+        cache: CacheSlot | None = None,  # drafting (B = 1): write own K/V there, attend over the cache
     ) -> tuple[torch.Tensor, KV]:
         """Returns the attention output and this call's own (roped) keys and values."""
         b, n, _ = x.shape
-        q = self.q_proj(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
-        q = apply_rope(q, cos[:, None], sin[:, None])
-        k = apply_rope(k, cos[:, None], sin[:, None])
-        keys, values = (k, v) if past is None else (torch.cat([past[0], k], 2), torch.cat([past[1], v], 2))
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask[:, None], enable_gqa=True)
-        return self.o_proj(out.transpose(1, 2).reshape(b, n, -1)), (k, v)
+        q, k, v = self._qkv(x)
+        q = apply_rope(q.view(b, n, self.heads, self.head_dim).transpose(1, 2), cos[:, None], sin[:, None])
+        k = apply_rope(k.view(b, n, self.kv_heads, self.head_dim).transpose(1, 2), cos[:, None], sin[:, None])
+        v = v.view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
+        if cache is not None:
+            cache.cache.write(cache.layer, cache.start, k[0], v[0])
+            keys, values = cache.cache.view(cache.layer, cache.start + n)
+        elif past is None:
+            keys, values = k, v
+        else:
+            keys, values = torch.cat([past[0], k], 2), torch.cat([past[1], v], 2)
+        out = attend(q, keys, values, mask[:, None])
+        return self._out(out.transpose(1, 2).reshape(b, n, -1)), (k, v)
 
 
 class MLP(nn.Module):
@@ -95,9 +129,27 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
         self.up_proj = nn.Linear(hidden, intermediate, bias=False)
         self.down_proj = nn.Linear(intermediate, hidden, bias=False)
+        self.inference = InferenceWeights()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if _drafting(x):
+            gate_up = self.inference.get("gate_up", [self.gate_proj, self.up_proj], x.dtype)
+            return gated_mlp(x, gate_up, self.inference.get("down", [self.down_proj], x.dtype))
+        return gated_mlp(x, lambda h: torch.cat([self.gate_proj(h), self.up_proj(h)], dim=-1), self.down_proj)
+
+
+class DrafterRotary:
+    """A drafter's RoPE table per (dtype, device), built once and grown as positions grow."""
+
+    def __init__(self, head_dim: int, theta: float) -> None:
+        self.inv_freq = inverse_frequencies(head_dim, theta)
+        self._tables: dict[tuple, RotaryTable] = {}
+
+    def lookup(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (dtype, positions.device)
+        if key not in self._tables:
+            self._tables[key] = RotaryTable(self.inv_freq, dtype, positions.device)
+        return self._tables[key].lookup(positions)
 
 
 class DecoderLayer(nn.Module):
@@ -110,7 +162,13 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(hidden, eps)
         self.mlp = MLP(hidden, intermediate)
 
-    def forward(self, x, cos, sin, mask, past: KV | None = None) -> tuple[torch.Tensor, KV]:
-        attn, kv = self.self_attn(self.input_layernorm(x), cos, sin, mask, past)
+    def forward(self, x, cos, sin, mask, past: KV | None = None, cache: CacheSlot | None = None) -> tuple[torch.Tensor, KV]:
+        attn, kv = self.self_attn(self.input_layernorm(x), cos, sin, mask, past, cache)
         x = x + attn
         return x + self.mlp(self.post_attention_layernorm(x)), kv
+
+
+def drafting_linear(module: nn.Module, name: str, linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """A single nn.Linear applied through its inference copy when drafting (lm_head, fc, fuse, ...)."""
+    store = module.__dict__.setdefault("_inference_weights", InferenceWeights())
+    return store.get(name, [linear], x.dtype)(x) if _drafting(x) else linear(x.to(linear.weight.dtype))

@@ -17,6 +17,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from specblock.drafters.base import Drafter, PendingPositions, PrefillFeedback, VerifyFeedback
@@ -47,6 +49,9 @@ def slot_width(slot: int, top1_prob: float, rank_cls: int, slot0_topk: int = 10,
     return width
 
 
+SEED_ROWS = 32  # block-2 seeds one iteration can have: at most 10 + 3 x 6 nodes from block 1 (28)
+
+
 class SpecBlockDrafter(Drafter):
     name = "specblock"
     needs_features = True
@@ -54,7 +59,10 @@ class SpecBlockDrafter(Drafter):
     def __init__(self, model: SpecBlockModel, fixed_topk: int | None = None, blocks: int = 2) -> None:
         """The ablations of design §9: `fixed_topk` replaces the rank head by a fixed width at
         slots k >= 1 (the top-1 probability caps and the slot-0 rule still apply); `blocks=1`
-        drafts without inheritance (block 1 only, M = 1)."""
+        drafts without inheritance (block 1 only, M = 1).
+
+        The drafter computes in the dtype and on the device of the features it receives (the
+        target's); its cache lives there too and is allocated once per request."""
         super().__init__()
         if blocks not in (1, 2):
             raise ValueError("SpecBlock drafts with 1 or 2 blocks per iteration")
@@ -62,16 +70,20 @@ class SpecBlockDrafter(Drafter):
         self.k = model.cfg.block_size
         self.fixed_topk = fixed_topk
         self.blocks = blocks
+        self.max_width = max(10, fixed_topk or 0, *RANK_TOPK)
         self.cache: KVCache | None = None
         self.positions = 0  # context positions whose K slots sit in the cache
         self.pending = PendingPositions()
+        self._masks: dict[tuple[str, int], torch.Tensor] = {}
 
     # -- state --------------------------------------------------------------------------
     def begin(self, prefill: PrefillFeedback) -> None:
         c = self.model.cfg
-        rows = (prefill.max_length + 2) * self.k
-        if self.cache is None or self.cache.capacity < rows:
-            self.cache = KVCache(c.num_hidden_layers, c.num_key_value_heads, c.head_dim, rows, torch.float32, "cpu")
+        rows = (prefill.max_length + 2 + SEED_ROWS) * self.k
+        dtype, device = prefill.features.dtype, prefill.features.device
+        cache = self.cache
+        if cache is None or cache.capacity < rows or cache.keys.dtype != dtype or cache.keys.device != device:
+            self.cache = KVCache(c.num_hidden_layers, c.num_key_value_heads, c.head_dim, rows, dtype, device)
         self.cache.length = 0
         self.positions = 0
         self.pending.start(prefill)
@@ -86,7 +98,7 @@ class SpecBlockDrafter(Drafter):
             return DraftTree()
         hidden, logp, ranks = self._block_one()
         pool = CandidatePool()
-        seeds = self._grow(pool, ROOT, 0.0, logp, ranks)
+        seeds = self._grow(pool, [ROOT], logp[None], None if ranks is None else ranks[None])
         if self.blocks == 2:
             reachable = set(pool.best(budget))
             seeds = [(node, slot) for node, slot in seeds if node in reachable]
@@ -94,18 +106,30 @@ class SpecBlockDrafter(Drafter):
                 self._block_two(pool, seeds, hidden)
         return pool.to_tree(budget)
 
-    def _block_one(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _mask(self, kind: str, size: int) -> torch.Tensor:
+        """Block-shaped masks, built once per size: 'block' = block_mask(size, K); 'seeds' = the
+        block-1 rule inside each of `size` seeds, nothing across seeds."""
+        key = (kind, size)
+        if key not in self._masks:
+            k = self.k
+            mask = block_mask(size, k)
+            if kind == "seeds":
+                rows = torch.arange(size * k)
+                mask = block_mask(1, k).repeat(size, size) & (rows[:, None] // k == rows[None, :] // k)
+            self._masks[key] = mask.to(self.cache.keys.device)
+        return self._masks[key]
+
+    def _block_one(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Run the pending positions; cache all their slots; return the drafting position's
-        pre-norm hiddens [K, H], log-probs [K, V] and rank classes [K]."""
+        pre-norm hiddens [K, H], log-probs [K, V] and rank classes [K] (None without the rank head)."""
         k = self.k
         n = len(self.pending)
         cached = self.cache.length
-        cond, tokens = self.pending.take()
-        positions = torch.arange(self.positions, self.positions + n)[None]
-        mask = torch.cat([torch.ones(n * k, cached, dtype=torch.bool), block_mask(n, k)], dim=1)[None]
-        out = self.model.blocks(cond, tokens, positions, mask, self._past(cached))
-        for layer, (key, value) in enumerate(out.kv):
-            self.cache.write(layer, cached, key[0], value[0])
+        cond, tokens = self.pending.take(self.cache.keys.dtype)
+        device = cond.device
+        positions = torch.arange(self.positions, self.positions + n, device=device)[None]
+        mask = torch.cat([torch.ones(n * k, cached, dtype=torch.bool, device=device), self._mask("block", n)], dim=1)[None]
+        out = self.model.blocks(cond, tokens, positions, mask, cache=self.cache, cache_start=cached)
         self.cache.length = cached + n * k
         self.positions += n
         self.forwards += 1
@@ -118,54 +142,56 @@ class SpecBlockDrafter(Drafter):
             return None  # the ablation does not consult the rank head
         return self.model.rank_logits(hidden, logits).argmax(-1)
 
-    def _past(self, length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        return [self.cache.view(layer, length) for layer in range(self.model.cfg.num_hidden_layers)]
-
     def _grow(
-        self, pool: CandidatePool, parent: int, score: float, logp: torch.Tensor, ranks: torch.Tensor | None
+        self, pool: CandidatePool, parents: list[int], logp: torch.Tensor, ranks: torch.Tensor | None
     ) -> list[tuple[int, int]]:
-        """Add one block's chain and alternatives under `parent`; return the seeds
-        (node, slot) that inherit: alternatives, chain nodes that branched, the chain end."""
+        """Add each block's chain and alternatives under its parent node (block b of `logp`
+        [B, K, V] hangs under parents[b]); return the seeds (node, slot) that inherit:
+        alternatives, chain nodes that branched, the chain end. Blocks grow in order, each from
+        its parent's score at that moment (an earlier block may have merged into that parent).
+
+        One top-k over all slots of all blocks and one transfer to the host; the per-slot
+        widths are then plain Python on small lists."""
+        top = logp.topk(self.max_width, dim=-1)  # [B, K, W]
+        ids = top.indices + self.model.d2t[top.indices]
+        rank = torch.zeros_like(ids[..., :1]) if ranks is None else ranks[..., None]
+        packed = torch.cat([top.values.double(), ids.double(), rank.double()], dim=-1).cpu().tolist()
+        w = self.max_width
         seeds: list[tuple[int, int]] = []
-        d2t = self.model.d2t
-        chain_parent = parent
-        for slot in range(self.k):
-            row = logp[slot]
-            p1 = float(row.max().exp())
-            width = slot_width(slot, p1, 0 if ranks is None else int(ranks[slot]), fixed=self.fixed_topk)
-            top = row.topk(width)
-            ids = (top.indices + d2t[top.indices]).tolist()
-            vals = top.values.tolist()
-            chain_node = pool.add(ids[0], chain_parent, score + vals[0])
-            for tok, val in zip(ids[1:], vals[1:]):
-                seeds.append((pool.add(tok, chain_parent, score + val), slot))
-            if width > 1 or slot == self.k - 1:
-                seeds.append((chain_node, slot))
-            score += vals[0]
-            chain_parent = chain_node
+        for parent, block in zip(parents, packed):
+            score = 0.0 if parent == ROOT else pool.scores[parent]
+            chain_parent = parent
+            for slot, row in enumerate(block):
+                vals, toks = row[:w], row[w : 2 * w]
+                width = slot_width(slot, math.exp(vals[0]), int(row[-1]), fixed=self.fixed_topk)
+                chain_node = pool.add(int(toks[0]), chain_parent, score + vals[0])
+                for tok, val in zip(toks[1:width], vals[1:width]):
+                    seeds.append((pool.add(int(tok), chain_parent, score + val), slot))
+                if width > 1 or slot == self.k - 1:
+                    seeds.append((chain_node, slot))
+                score += vals[0]
+                chain_parent = chain_node
         return seeds
 
     def _block_two(self, pool: CandidatePool, seeds: list[tuple[int, int]], hidden: torch.Tensor) -> None:
-        """One batched forward over every seed; its slots branch under the seed node."""
+        """One batched forward over every seed; its slots branch under the seed node. The
+        seeds' keys/values go to the cache after the context, where the next block 1 overwrites them."""
         k = self.k
         s = len(seeds)
         cached = self.cache.length
-        slots = torch.tensor([slot for _, slot in seeds])
+        device = hidden.device
+        slots = torch.tensor([slot for _, slot in seeds], device=device)
         cond = hidden[slots][None]  # [1, S, H] inherited pre-norm hiddens
-        tokens = torch.tensor([pool.tokens[node] for node, _ in seeds])[None]
+        tokens = torch.tensor([pool.tokens[node] for node, _ in seeds], device=device)[None]
         # the drafting position's K slots are the cache's last K rows: a seed from slot j sees 0..j
-        seen = torch.ones(s * k, cached, dtype=torch.bool)
-        last = torch.arange(k)
+        seen = torch.ones(s * k, cached, dtype=torch.bool, device=device)
+        last = torch.arange(k, device=device)
         seen[:, cached - k :] = last[None, :] <= slots.repeat_interleave(k)[:, None]
-        own = block_mask(1, k).repeat(s, s) & (torch.arange(s * k)[:, None] // k == torch.arange(s * k)[None, :] // k)
-        mask = torch.cat([seen, own], dim=1)[None]
-        drafting = self.positions - 1
-        positions = torch.full((1, s), drafting)
-        out = self.model.blocks(cond, tokens, positions, mask, self._past(cached), inherited=True)
+        mask = torch.cat([seen, self._mask("seeds", s)], dim=1)[None]
+        positions = torch.full((1, s), self.positions - 1, device=device)
+        out = self.model.blocks(cond, tokens, positions, mask, inherited=True, cache=self.cache, cache_start=cached)
         self.forwards += 1
         hid = out.hidden[0]  # [S, K, H]
         logits = self.model.logits(hid)
-        logp = torch.log_softmax(logits.float(), -1)
         ranks = self._rank_classes(hid, logits)
-        for i, (node, _) in enumerate(seeds):
-            self._grow(pool, node, pool.scores[node], logp[i], None if ranks is None else ranks[i])
+        self._grow(pool, [node for node, _ in seeds], torch.log_softmax(logits.float(), -1), ranks)

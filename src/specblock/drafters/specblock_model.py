@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from specblock.drafters.layers import KV, DecoderLayer, RMSNorm, rope_tables, target_shaped
+from specblock.drafters.layers import KV, CacheSlot, DecoderLayer, DrafterRotary, RMSNorm, drafting_linear, target_shaped
+from specblock.target.kv_cache import KVCache
 
 RANK_FEATURES = 15
 RANK_CLASSES = 4  # rank of the target's token in the drafter's logits: 1 | 2-4 | 5-10 | >10
@@ -69,13 +70,15 @@ class InputLayer(nn.Module):
 
         `inherited` conditions are drafter hiddens (already H wide): the projection is skipped.
         """
-        cond = self.condition_norm(condition if inherited else self.condition_proj(condition))
-        tok = self.token_norm(token_embeds)
-        query = self.query_norm(self.position_queries)  # [K, H]
+        if not inherited:
+            condition = drafting_linear(self, "condition_proj", self.condition_proj, condition)
+        cond = self.condition_norm(condition)
+        tok = self.token_norm(token_embeds.to(cond.dtype))
+        query = self.query_norm(self.position_queries.to(cond.dtype))  # [K, H]
         b, p, h = cond.shape
         k = query.shape[0]
         parts = (cond[:, :, None].expand(b, p, k, h), tok[:, :, None].expand(b, p, k, h), query.expand(b, p, k, h))
-        return self.fuse(torch.cat(parts, dim=-1))
+        return drafting_linear(self, "fuse", self.fuse, torch.cat(parts, dim=-1))
 
 
 def shift_slots(h: torch.Tensor) -> torch.Tensor:
@@ -112,6 +115,7 @@ class SpecBlockModel(nn.Module):
         self.register_buffer("embed_tokens", torch.zeros(0, c.hidden_size), persistent=False)
         self.register_buffer("d2t", torch.zeros(c.draft_vocab_size, dtype=torch.long))
         self.register_buffer("t2d", torch.zeros(c.target_vocab_size, dtype=torch.bool))
+        self.rotary = DrafterRotary(c.head_dim, c.rope_theta)
 
     def blocks(
         self,
@@ -121,31 +125,41 @@ class SpecBlockModel(nn.Module):
         mask: torch.Tensor,  # [B or 1, P*K, past + P*K] bool
         past: list[KV] | None = None,
         inherited: bool = False,
+        cache: KVCache | None = None,
+        cache_start: int = 0,
     ) -> BlockOutput:
-        """Run the decoder over P positions x K slots; returns pre-norm hiddens and the new K/V."""
+        """Run the decoder over P positions x K slots; returns pre-norm hiddens and the new K/V.
+
+        Training passes earlier blocks' keys/values as `past`; drafting passes its `cache`
+        instead: this call's keys/values are written there from slot `cache_start` and the
+        mask covers cache slots [0, cache_start + P*K).
+        """
         c = self.cfg
         b, p = tokens.shape
         k = c.block_size
         h = self.input_layer(condition, F.embedding(tokens, self.embed_tokens), inherited)
         slot_pos = (positions[:, :, None] + 1 + torch.arange(k, device=positions.device)).reshape(positions.shape[0], p * k)
-        cos, sin = rope_tables(slot_pos, c.head_dim, c.rope_theta)
+        cos, sin = self.rotary.lookup(slot_pos, h.dtype)
         kv: list[KV] = []
         for n, layer in enumerate(self.layers):
             if n > 0 and c.layer_shift:
-                h = self.shift_proj[n - 1](torch.cat([h, shift_slots(h)], dim=-1))
-            out, layer_kv = layer(h.reshape(b, p * k, -1), cos, sin, mask, None if past is None else past[n])
+                h = drafting_linear(self, f"shift{n}", self.shift_proj[n - 1], torch.cat([h, shift_slots(h)], dim=-1))
+            slot = None if cache is None else CacheSlot(cache, n, cache_start)
+            out, layer_kv = layer(h.reshape(b, p * k, -1), cos, sin, mask, None if past is None else past[n], slot)
             h = out.view(b, p, k, -1)
             kv.append(layer_kv)
         return BlockOutput(hidden=h, kv=kv)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Draft-vocabulary logits from pre-norm hiddens."""
-        return self.lm_head(self.norm(hidden))
+        return drafting_linear(self, "lm_head", self.lm_head, self.norm(hidden))
 
     def rank_logits(self, hidden: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """Rank-class logits from the detached normed hidden and the 15 logit features."""
-        x = torch.cat([self.norm(hidden).detach(), rank_features(logits.detach())], dim=-1)
-        return self.rank_head(x)
+        normed = self.norm(hidden).detach()
+        x = torch.cat([normed, rank_features(logits.detach()).to(normed.dtype)], dim=-1)
+        first, act, last = self.rank_head
+        return drafting_linear(self, "rank_out", last, act(drafting_linear(self, "rank_in", first, x)))
 
 
 def rank_features(logits: torch.Tensor) -> torch.Tensor:

@@ -1,9 +1,10 @@
 """A lean batch-1 decoder (Llama / Qwen2 / Qwen3) with tree attention and feature capture.
 
 Written for speed at batch size 1 in plain PyTorch: q/k/v and gate/up projections are
-fused into one matrix each, rotary tables are precomputed, and every forward writes its
-keys/values straight into a pre-allocated `KVCache`. The math follows the Hugging Face
-reference implementation (RMSNorm in float32, rotate-half RoPE), so logits agree with it.
+fused into one matrix each, rotary tables are precomputed, every product runs through the
+kernel this machine does fastest (`kernels.py`), and every forward writes its keys/values
+straight into a pre-allocated `KVCache`. The math is `primitives.py`'s, which follows the
+Hugging Face reference (RMSNorm in float32, rotate-half RoPE), so logits agree with it.
 """
 
 from __future__ import annotations
@@ -17,20 +18,9 @@ from safetensors import safe_open
 
 from specblock.errors import UnsupportedModelError
 from specblock.target.config import ModelConfig, rope_inverse_frequencies
+from specblock.target.kernels import KernelPlan, Linear, configure_threads, kernel_plan
 from specblock.target.kv_cache import KVCache
-from specblock.target.linear import Linear
-
-
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """RMSNorm computed in float32 and cast back, as the reference models do."""
-    xf = x.float()
-    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * xf.to(x.dtype)
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+from specblock.target.primitives import RotaryTable, apply_rope, attend, gated_mlp, rms_norm
 
 
 @dataclass
@@ -58,17 +48,19 @@ class Transformer:
         self.cfg = cfg
         self.dtype = dtype
         self.device = torch.device(device)
+        self.plan: KernelPlan = kernel_plan(self.device, dtype)
+        configure_threads(self.plan)
         self.embed = weights["model.embed_tokens.weight"]
         self.final_norm = weights["model.norm.weight"]
         if "lm_head.weight" not in weights and not cfg.tie_word_embeddings:
             raise UnsupportedModelError("checkpoint has no lm_head.weight and does not tie embeddings")
-        self.lm_head = Linear(self.embed if cfg.tie_word_embeddings else weights["lm_head.weight"])
+        self.lm_head = self._linear(self.embed if cfg.tie_word_embeddings else weights["lm_head.weight"])
         self.layers = [self._layer(weights, i) for i in range(cfg.num_layers)]
         self._capture_after = [idx - 1 for idx in cfg.feature_layers]  # may repeat or reorder in tiny models
-        self._blas_products = self.lm_head.uses_blas
-        self._inv_freq = rope_inverse_frequencies(cfg).to(self.device)
-        self._cos = torch.empty(0, cfg.head_dim, device=self.device)
-        self._sin = torch.empty(0, cfg.head_dim, device=self.device)
+        self.rotary = RotaryTable(rope_inverse_frequencies(cfg), dtype, self.device)
+
+    def _linear(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> Linear:
+        return Linear(weight, bias, self.plan)
 
     def _layer(self, w: dict[str, torch.Tensor], i: int) -> LayerWeights:
         p = f"model.layers.{i}."
@@ -80,13 +72,13 @@ class Transformer:
         gate_up = torch.cat([w[p + "mlp.gate_proj.weight"], w[p + "mlp.up_proj.weight"]])
         return LayerWeights(
             input_norm=w[p + "input_layernorm.weight"],
-            qkv=Linear(qkv, bias),
+            qkv=self._linear(qkv, bias),
             q_norm=w.get(a + "q_norm.weight"),
             k_norm=w.get(a + "k_norm.weight"),
-            o_proj=Linear(w[a + "o_proj.weight"]),
+            o_proj=self._linear(w[a + "o_proj.weight"]),
             post_norm=w[p + "post_attention_layernorm.weight"],
-            gate_up=Linear(gate_up),
-            down=Linear(w[p + "mlp.down_proj.weight"]),
+            gate_up=self._linear(gate_up),
+            down=self._linear(w[p + "mlp.down_proj.weight"]),
         )
 
     @classmethod
@@ -102,29 +94,8 @@ class Transformer:
         c = self.cfg
         return KVCache(c.num_layers, c.num_kv_heads, c.head_dim, capacity, self.dtype, self.device)
 
-    def _rope_tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        needed = int(positions.max()) + 1
-        if needed > self._cos.shape[0]:
-            size = max(needed, 2 * self._cos.shape[0], 256)
-            t = torch.arange(size, device=self.device, dtype=torch.float32)
-            freqs = t[:, None] * self._inv_freq[None, :]
-            emb = torch.cat((freqs, freqs), dim=-1)
-            self._cos, self._sin = emb.cos(), emb.sin()
-        return self._cos[positions].to(self.dtype), self._sin[positions].to(self.dtype)
-
-    def forward(self, *args, **kwargs) -> ForwardOutput:
-        """See `_forward`; runs PyTorch single-threaded while BLAS threads do the fp32 products."""
-        if not self._blas_products:
-            return self._forward(*args, **kwargs)
-        previous = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return self._forward(*args, **kwargs)
-        finally:
-            torch.set_num_threads(previous)
-
     @torch.inference_mode()
-    def _forward(
+    def forward(
         self,
         tokens: torch.Tensor,
         positions: torch.Tensor,
@@ -132,11 +103,13 @@ class Transformer:
         start: int,
         attn_mask: torch.Tensor | None = None,
         capture: bool = False,
+        max_position: int | None = None,
     ) -> ForwardOutput:
         """Run n tokens whose keys/values go to cache slots [start, start+n).
 
         `attn_mask` ([n, start+n] bool, True = may attend) is needed for a tree; without it
         the n tokens attend causally to each other and fully to slots [0, start).
+        `max_position` (the largest of `positions`, when the caller knows it) spares a sync.
         """
         c = self.cfg
         n = tokens.shape[0]
@@ -144,7 +117,7 @@ class Transformer:
         if attn_mask is None and n > 1:
             attn_mask = torch.ones(n, end, dtype=torch.bool, device=self.device).tril(diagonal=start)
         mask = None if attn_mask is None else attn_mask[None, None]
-        cos, sin = self._rope_tables(positions)
+        cos, sin = self.rotary.lookup(positions, max_position)
         cos, sin = cos[None], sin[None]  # broadcast over heads: [1, n, d]
         q_size = c.num_heads * c.head_dim
         kv_size = c.num_kv_heads * c.head_dim
@@ -159,15 +132,13 @@ class Transformer:
             if lw.q_norm is not None:
                 q = rms_norm(q, lw.q_norm, c.rms_norm_eps)
                 k = rms_norm(k, lw.k_norm, c.rms_norm_eps)
-            q = q * cos + rotate_half(q) * sin
-            k = k * cos + rotate_half(k) * sin
+            q = apply_rope(q, cos, sin)
+            k = apply_rope(k, cos, sin)
             cache.write(i, start, k, v)
             keys, values = cache.view(i, end)
-            attn = F.scaled_dot_product_attention(q[None], keys, values, attn_mask=mask, enable_gqa=True)
+            attn = attend(q[None], keys, values, mask)
             x = x + lw.o_proj(attn[0].transpose(0, 1).reshape(n, q_size))
-            h = rms_norm(x, lw.post_norm, c.rms_norm_eps)
-            gate, up = lw.gate_up(h).chunk(2, dim=-1)
-            x = x + lw.down(F.silu(gate) * up)
+            x = x + gated_mlp(rms_norm(x, lw.post_norm, c.rms_norm_eps), lw.gate_up, lw.down)
             if capture and i in self._capture_after:
                 captured[i] = x
         hidden = rms_norm(x, self.final_norm, c.rms_norm_eps)

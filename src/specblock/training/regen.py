@@ -125,7 +125,8 @@ class _EngineAnswerer:
     def __init__(self, settings: RegenSettings) -> None:
         from specblock.api import SpecGenerator
 
-        self.gen = SpecGenerator.load(settings.target, "lookup", device=settings.device)
+        # fp32: the answers are the target's exact greedy decoding, the same as HF's batched fp32 path
+        self.gen = SpecGenerator.load(settings.target, "lookup", device=settings.device, dtype="float32")
         self.tokenizer = self.gen.tokenizer
         self.context = self.gen.runner.context_limit
 

@@ -1,0 +1,236 @@
+"""Matrix products routed to what this machine does fastest, chosen once per machine.
+
+Decoding multiplies a few rows (one token, or a draft tree of n nodes) by large weights, and
+which kernel wins depends on the CPU, which varies between this project's machines:
+- AMD EPYC with AVX2 only: fp32 through NumPy's OpenBLAS reads weights at the memory's limit
+  where PyTorch's `F.linear` reaches half of it; bf16 products cost more per row.
+- AMD EPYC (Zen 5) with AVX512-BF16, no AMX: bf16 `F.linear` over 2-64 rows costs about what
+  one row does, but a single row takes a slower path (and rounds differently).
+- Intel Xeon with AMX: bf16 over 16-64 rows costs about one row.
+
+So at first use on a machine `measure_kernel_table` times the candidates on a few weight
+shapes and checks which row counts give bit-identical rows (batch invariance: a token's
+products must not depend on how many other rows share the call). The table is cached under
+the cache root, keyed by CPU model, thread count and torch version; `specblock profile`
+measures it again. A `Linear` then never converts weights per call: weights are stored once,
+in the layout and dtype of the chosen kernel.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+PAD_CANDIDATES = (1, 2, 4, 8, 16)  # pad fewer rows than this up to it (half precision, CPU)
+_SHAPES = ((1536, 576), (576, 1536), (8192, 576), (2048, 1536))  # (out, in) of typical products
+_CHECK_ROWS = (1, 2, 3, 4, 5, 8, 9, 16, 17, 33, 64)
+
+
+@dataclass(frozen=True)
+class CpuFeatures:
+    model: str
+    amx_bf16: bool
+    avx512_bf16: bool
+    avx512: bool
+    avx2: bool
+
+    @property
+    def fast_bf16(self) -> bool:
+        """Native bf16 dot products (AMX tiles or AVX512-BF16): bf16 beats fp32 here."""
+        return self.amx_bf16 or self.avx512_bf16
+
+    def describe(self) -> str:
+        isa = [name for name, on in (("AMX-BF16", self.amx_bf16), ("AVX512-BF16", self.avx512_bf16),
+                                     ("AVX-512", self.avx512), ("AVX2", self.avx2)) if on]  # fmt: skip
+        return f"{self.model} ({', '.join(isa) or 'no AVX2'})"
+
+
+@lru_cache(maxsize=1)
+def cpu_features() -> CpuFeatures:
+    """The CPU model and the instruction sets that decide the kernels (from /proc/cpuinfo)."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model in ("", platform.machine(), platform.processor()):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return CpuFeatures(model, "amx_bf16" in flags, "avx512_bf16" in flags, "avx512f" in flags, "avx2" in flags)
+
+
+def auto_dtype(device: str) -> torch.dtype:
+    """The fastest dtype here: bf16 on CUDA and on CPUs with AMX or AVX512-BF16, else fp32."""
+    if str(device).startswith("cuda"):
+        return torch.bfloat16
+    return torch.bfloat16 if cpu_features().fast_bf16 else torch.float32
+
+
+def compute_threads() -> int:
+    """Threads for compute: the cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass
+class KernelPlan:
+    """How products run for one (device, dtype): `backend` 'torch' (F.linear) or 'numpy'
+    (OpenBLAS on a transposed copy, fp32 CPU only); inputs with fewer than `min_rows` rows are
+    padded up to it. `invariant` says whether rows came out bit-identical for every row count
+    >= min_rows on this machine (the condition for exact bf16 speculative decoding)."""
+
+    device: str
+    dtype: str
+    backend: str = "torch"
+    min_rows: int = 1
+    invariant: bool = True
+    timings_us: dict = field(default_factory=dict)
+
+
+def _median_us(fn, repeats: int = 15) -> float:
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1e6 * sorted(times)[len(times) // 2]
+
+
+def _rows_invariant(product, weight: torch.Tensor, min_rows: int) -> bool:
+    """True if every row count >= min_rows gives the same first min_rows rows, bit for bit."""
+    x = torch.randn(max(_CHECK_ROWS), weight.shape[1], generator=torch.Generator().manual_seed(0)).to(weight.dtype)
+    ref = product(x[:min_rows])
+    return all(torch.equal(product(x[:m])[:min_rows], ref) for m in _CHECK_ROWS if m >= min_rows)
+
+
+def measure_kernel_table(dtypes=(torch.float32, torch.bfloat16, torch.float16)) -> dict[str, KernelPlan]:
+    """Time the candidate kernels of each CPU dtype on this machine and pick one each (a few seconds)."""
+    weights32 = [torch.randn(o, i, generator=torch.Generator().manual_seed(o + i)) / i**0.5 for o, i in _SHAPES]
+    plans: dict[str, KernelPlan] = {}
+    for dtype in dtypes:
+        name = str(dtype).removeprefix("torch.")
+        weights = [w.to(dtype) for w in weights32]
+        plan = KernelPlan("cpu", name)
+        if dtype == torch.float32:
+            cost = {"torch": 0.0, "numpy": 0.0}
+            for w in weights:
+                wt = w.t().contiguous().numpy()
+                for rows in (1, 16):
+                    x = torch.randn(rows, w.shape[1])
+                    cost["torch"] += _median_us(lambda: F.linear(x, w))
+                    cost["numpy"] += _median_us(lambda: np.matmul(x.numpy(), wt))
+            plan.backend = min(cost, key=cost.get)
+            plan.timings_us = {k: round(v, 1) for k, v in cost.items()}
+            plan.invariant = all(_rows_invariant(lambda x, w=w: F.linear(x, w), w, 1) for w in weights)
+        else:
+            cost: dict[int, float] = {}
+            invariant: dict[int, bool] = {}
+            for rows in PAD_CANDIDATES:
+                invariant[rows] = all(_rows_invariant(lambda x, w=w: F.linear(x, w), w, rows) for w in weights)
+                cost[rows] = sum(_median_us(lambda w=w: F.linear(torch.zeros(rows, w.shape[1], dtype=dtype), w)) for w in weights)
+            ok = [r for r in PAD_CANDIDATES if invariant[r]] or list(PAD_CANDIDATES)
+            plan.min_rows = min(ok, key=lambda r: (cost[r] > 1.1 * min(cost[q] for q in ok), r))
+            plan.invariant = invariant[plan.min_rows]
+            plan.timings_us = {f"rows_{r}": round(cost[r], 1) for r in PAD_CANDIDATES}
+        plans[name] = plan
+    return plans
+
+
+def _table_key() -> str:
+    return f"{cpu_features().model} | {torch.get_num_threads()} threads | torch {torch.__version__}"
+
+
+def table_path() -> Path:
+    from specblock.models.fetch import cache_root
+
+    return cache_root() / "profiles" / "kernels.json"
+
+
+_TABLE: dict[str, KernelPlan] | None = None
+
+
+def kernel_table(refresh: bool = False) -> dict[str, KernelPlan]:
+    """This machine's CPU kernel table: cached on disk, measured when missing or stale."""
+    global _TABLE
+    if _TABLE is not None and not refresh:
+        return _TABLE
+    path = table_path()
+    saved = json.loads(path.read_text()) if path.is_file() and not refresh else {}
+    if saved.get("key") == _table_key():
+        _TABLE = {name: KernelPlan(**plan) for name, plan in saved["plans"].items()}
+        return _TABLE
+    _TABLE = measure_kernel_table()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"key": _table_key(), "plans": {n: asdict(p) for n, p in _TABLE.items()}}, indent=2))
+    os.replace(tmp, path)
+    return _TABLE
+
+
+def kernel_plan(device: str | torch.device, dtype: torch.dtype) -> KernelPlan:
+    """The plan for products on `device` in `dtype` (GPUs: F.linear, no padding)."""
+    device = torch.device(device)
+    name = str(dtype).removeprefix("torch.")
+    if device.type != "cpu":
+        return KernelPlan(str(device), name)
+    return kernel_table()[name]
+
+
+_THREADS_SET = False
+
+
+def configure_threads(plan: KernelPlan) -> None:
+    """Set PyTorch's thread pool once per process, at the first model load: every core, or one
+    thread when fp32 products run in OpenBLAS, whose own threads then have the cores."""
+    global _THREADS_SET
+    if _THREADS_SET or plan.device != "cpu":
+        return
+    torch.set_num_threads(1 if plan.backend == "numpy" else compute_threads())
+    _THREADS_SET = True
+
+
+class Linear:
+    """y = x W^T + b for x of shape [M, in], through the plan's kernel; the weight is stored
+    once in that kernel's layout (a transposed array for NumPy)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, plan: KernelPlan | None = None) -> None:
+        plan = plan or kernel_plan(weight.device, weight.dtype)
+        self.bias = bias
+        self.min_rows = plan.min_rows
+        self.uses_numpy = plan.backend == "numpy" and weight.dtype == torch.float32 and weight.device.type == "cpu"
+        self.out_features = weight.shape[0]
+        if self.uses_numpy:
+            self.weight = None
+            self._weight_t = weight.t().contiguous().numpy()  # [in, out]
+        else:
+            self.weight = weight.contiguous()  # [out, in]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """x of shape [..., in] -> [..., out]; leading dimensions are flattened into rows."""
+        lead = x.shape[:-1]
+        x = x.reshape(-1, x.shape[-1])
+        rows = x.shape[0]
+        if self.uses_numpy:
+            y = torch.from_numpy(np.matmul(x.contiguous().numpy(), self._weight_t))
+            y = y if self.bias is None else y + self.bias
+        elif rows < self.min_rows:
+            padded = x.new_zeros(self.min_rows, x.shape[1])
+            padded[:rows] = x
+            y = F.linear(padded, self.weight, self.bias)[:rows]
+        else:
+            y = F.linear(x, self.weight, self.bias)
+        return y.reshape(*lead, self.out_features)
