@@ -1,13 +1,8 @@
-"""specblock: lossless speculative decoding with block-iterative dynamic-tree drafting."""
+"""specblock: lossless speculative decoding with block-iterative dynamic-tree drafting.
 
-import os
-
-# PyTorch's OpenMP workers spin after each op and starve the BLAS threads that run the
-# fp32 matrix products (target/linear.py); letting them sleep doubled fp32 decoding speed
-# on the 2-core reference machine. Must be set before torch loads; a user's value wins.
-if "OMP_WAIT_POLICY" not in os.environ:
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    os.environ["SPECBLOCK_SET_OMP_WAIT_POLICY"] = "1"  # lets tools tell our default from a user's choice
+Importing the package changes no process-wide setting: thread and kernel choices are made
+once, explicitly, when the first model loads (`specblock.target.kernels`).
+"""
 
 from specblock.api import GenerationResult, GenerationStream, SpecGenerator, TextChunk
 from specblock.errors import SpecBlockError

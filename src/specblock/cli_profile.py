@@ -40,7 +40,17 @@ def profile(
         wanted = _parse_drafters(drafters, str(target))  # bad settings fail before the model loads
         if drafters.strip() == "shipped" and not wanted:
             err.print(f"no drafter ships for {target!r}: timing the target only (give --drafters METHOD=DIR)")
+        from dataclasses import asdict
+
+        from specblock.target.kernels import cpu_features, kernel_table
+
+        err.print(f"CPU: {cpu_features().describe()}; measuring the kernel table...", highlight=False)
+        table = kernel_table(refresh=True)
+        for name, plan in table.items():
+            err.print(f"  {name}: backend {plan.backend}, rows padded to {plan.min_rows}, "
+                      f"row-invariant {plan.invariant}, {plan.timings_us}", highlight=False)  # fmt: skip
         gen = SpecGenerator.load(target, "vanilla", dtype=dtype, device=device)
+        err.print(f"dtype: {str(gen.target.dtype).removeprefix('torch.')}", highlight=False)
         err.print("measuring verify latency (a few seconds)...")
         latency = measure_verify_latency(TargetRunner(gen.target))
         one = latency[min(latency)]
@@ -76,7 +86,9 @@ def profile(
                 "target": str(target), "verify_s": latency, "drafters": list(measured.values()),
                 "command": "specblock " + " ".join(sys.argv[1:]),
                 "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                "machine": machine_description(str(gen.target.device)),
+                "machine": machine_description(str(gen.target.device)), "cpu": cpu_features().describe(),
+                "dtype": str(gen.target.dtype).removeprefix("torch."),
+                "kernel_table": {name: asdict(plan) for name, plan in table.items()},
             }  # fmt: skip
             (out / "profile.json").write_text(json.dumps(record, indent=2) + "\n")
             _plot(latency, list(measured.values()), out / "profile.png", str(target))

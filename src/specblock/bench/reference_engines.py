@@ -1,10 +1,9 @@
 """What users would run instead (Hugging Face `generate`, llama.cpp), each served from its own
-process so that it runs with default OpenMP settings (specblock sets OMP_WAIT_POLICY=PASSIVE,
-which suits its BLAS path but would slow PyTorch's own threads in `generate`).
+process so that it runs with its own default thread settings, untouched by specblock's.
 
 Protocol: the parent writes one JSON request per line ({"ids": [...], "max_new": N}); the
 child answers {"new_tokens": n, "wall_s": s}, timing only the generation itself.
-This module must not import specblock (importing it sets the OpenMP policy).
+It runs as a script in a child process and imports nothing from specblock.
 """
 
 from __future__ import annotations
@@ -17,14 +16,14 @@ import time
 
 
 class HFGenerate:
-    """Hugging Face transformers `generate`, greedy, fp32, on specblock's converted weights."""
+    """Hugging Face transformers `generate`, greedy, in the bench's dtype, on specblock's converted weights."""
 
-    def __init__(self, model_dir: str, eos_id: int) -> None:
+    def __init__(self, model_dir: str, eos_id: int, dtype: str = "float32") -> None:
         import torch
         from transformers import AutoModelForCausalLM
 
         self.torch = torch
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).eval()
         self.eos_id = eos_id
 
     def run(self, ids: list[int], max_new: int) -> dict:
@@ -57,11 +56,8 @@ class ReferenceProcess:
 
     def __init__(self, name: str, kind: str, *args: str) -> None:
         self.name = name
-        env = dict(os.environ)
-        if os.environ.get("SPECBLOCK_SET_OMP_WAIT_POLICY") == "1":
-            env.pop("OMP_WAIT_POLICY", None)  # only drop the value specblock itself put there
         self.proc = subprocess.Popen(
-            [sys.executable, __file__, kind, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+            [sys.executable, __file__, kind, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
         status = self.proc.stdout.readline().strip()
         if status != "ready":
@@ -83,7 +79,7 @@ def serve(kind: str, args: list[str]) -> None:
         print("no GGUF file for this target (only registry models keep theirs)", flush=True)
         return
     try:
-        engine = HFGenerate(args[0], int(args[1])) if kind == "hf" else LlamaCpp(args[0])
+        engine = HFGenerate(args[0], int(args[1]), *args[2:]) if kind == "hf" else LlamaCpp(args[0])
     except ImportError as exc:
         print(f"not installed ({exc})", flush=True)
         return

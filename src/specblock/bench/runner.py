@@ -165,7 +165,8 @@ def start_references(names: list[str], target: str, vanilla: SpecGenerator, sett
         local = Path(target).is_dir()  # a local HF directory has no GGUF file next to it
         if name == "hf-generate":
             hf_dir = Path(target) if local else model_dir(target)
-            args = ("hf", str(hf_dir), str(vanilla.tokenizer.eos_token_ids(vanilla.target.cfg)[0]))
+            dtype = str(vanilla.target.dtype).removeprefix("torch.")  # the same dtype as this engine's rows
+            args = ("hf", str(hf_dir), str(vanilla.tokenizer.eos_token_ids(vanilla.target.cfg)[0]), dtype)
         else:
             args = ("llama.cpp", "" if local else str(gguf_file(target)))
         try:

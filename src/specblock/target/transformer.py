@@ -9,7 +9,7 @@ Hugging Face reference (RMSNorm in float32, rotate-half RoPE), so logits agree w
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -50,6 +50,10 @@ class Transformer:
         self.device = torch.device(device)
         self.plan: KernelPlan = kernel_plan(self.device, dtype)
         configure_threads(self.plan)
+        if self.plan.backend == "numpy" and torch.get_num_threads() > 1:
+            # the pool was set for another model first: OpenBLAS threads beside PyTorch's
+            # spinning ones would starve each other, so products stay in PyTorch
+            self.plan = replace(self.plan, backend="torch")
         self.embed = weights["model.embed_tokens.weight"]
         self.final_norm = weights["model.norm.weight"]
         if "lm_head.weight" not in weights and not cfg.tie_word_embeddings:

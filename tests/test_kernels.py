@@ -1,0 +1,103 @@
+"""The machine-aware kernel choice (target/kernels.py): what is measured, cached and applied."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from specblock.target import kernels
+from specblock.target.kernels import CpuFeatures, KernelPlan, Linear, auto_dtype, kernel_table, measure_kernel_table
+from specblock.target.transformer import Transformer
+
+
+def test_the_table_names_a_kernel_for_each_cpu_dtype():
+    plans = measure_kernel_table()
+    assert set(plans) == {"float32", "bfloat16", "float16"}
+    assert plans["float32"].backend in ("torch", "numpy") and plans["float32"].min_rows == 1
+    for name in ("bfloat16", "float16"):
+        plan = plans[name]
+        assert plan.backend == "torch" and plan.min_rows in kernels.PAD_CANDIDATES
+        assert set(plan.timings_us) == {f"rows_{r}" for r in kernels.PAD_CANDIDATES}
+
+
+def test_the_table_is_cached_per_machine_and_remeasured_when_the_machine_differs(monkeypatch):
+    monkeypatch.setattr(kernels, "_TABLE", None)
+    first = kernel_table()
+    saved = json.loads(kernels.table_path().read_text())
+    assert saved["key"] == kernels._table_key() and set(saved["plans"]) == set(first)
+    # a table written on another machine is not used: its planted choice must be replaced
+    saved["key"] = "another CPU | 2 threads | torch 0"
+    saved["plans"]["bfloat16"]["min_rows"] = 99
+    kernels.table_path().write_text(json.dumps(saved))
+    monkeypatch.setattr(kernels, "_TABLE", None)
+    assert kernel_table()["bfloat16"].min_rows in kernels.PAD_CANDIDATES
+    # the same machine's table is read back as written
+    saved = json.loads(kernels.table_path().read_text())
+    saved["plans"]["bfloat16"]["min_rows"] = 8
+    kernels.table_path().write_text(json.dumps(saved))
+    monkeypatch.setattr(kernels, "_TABLE", None)
+    assert kernel_table()["bfloat16"].min_rows == 8
+
+
+def test_auto_dtype_follows_the_instruction_set(monkeypatch):
+    def cpu(**flags):
+        base = {"amx_bf16": False, "avx512_bf16": False, "avx512": True, "avx2": True}
+        return lambda: CpuFeatures("test CPU", **(base | flags))
+
+    monkeypatch.setattr(kernels, "cpu_features", cpu(amx_bf16=True))
+    assert auto_dtype("cpu") == torch.bfloat16
+    monkeypatch.setattr(kernels, "cpu_features", cpu(avx512_bf16=True))
+    assert auto_dtype("cpu") == torch.bfloat16
+    monkeypatch.setattr(kernels, "cpu_features", cpu())
+    assert auto_dtype("cpu") == torch.float32
+    assert auto_dtype("cuda") == torch.bfloat16
+
+
+def test_rows_below_the_plan_minimum_are_padded_and_weights_are_never_converted():
+    weight = torch.randn(48, 32).bfloat16()
+    x = torch.randn(3, 32).bfloat16()
+    lin = Linear(weight, plan=KernelPlan("cpu", "bfloat16", min_rows=8))
+    assert lin.weight.data_ptr() == weight.data_ptr()  # stored as given, in its dtype
+    padded = torch.zeros(8, 32, dtype=torch.bfloat16)
+    padded[:3] = x
+    assert torch.equal(lin(x), F.linear(padded, weight)[:3])
+    assert torch.equal(lin(x[None])[0], lin(x))  # leading dimensions are rows too
+
+
+def test_fp32_numpy_backend_stores_one_transposed_copy():
+    weight = torch.randn(16, 8)
+    lin = Linear(weight, torch.randn(16), plan=KernelPlan("cpu", "float32", backend="numpy"))
+    assert lin.weight is None and lin._weight_t.shape == (8, 16)
+    x = torch.randn(5, 8)
+    torch.testing.assert_close(lin(x), F.linear(x, weight, lin.bias), atol=1e-5, rtol=1e-5)
+
+
+def test_bf16_rows_are_identical_alone_and_in_a_batch_with_the_measured_plan():
+    plan = kernel_table()["bfloat16"]
+    if not plan.invariant:
+        pytest.skip(f"no row count gives bit-identical bf16 rows on this CPU ({kernels.cpu_features().describe()})")
+    weight = (torch.randn(1536, 576) / 24).bfloat16()
+    lin = Linear(weight, plan=plan)
+    x = torch.randn(40, 576).bfloat16()
+    batch = lin(x)
+    for i in range(40):
+        assert torch.equal(lin(x[i : i + 1])[0], batch[i])
+
+
+def test_one_row_bf16_decoding_matches_transformers_in_bf16(tiny_llama):
+    from transformers import AutoModelForCausalLM
+
+    ids = torch.randint(3, 128, (12,), generator=torch.Generator().manual_seed(6))
+    hf = AutoModelForCausalLM.from_pretrained(str(tiny_llama), dtype=torch.bfloat16).eval()
+    with torch.no_grad():
+        want = hf(ids[None]).logits[0].float()
+    model = Transformer.load(tiny_llama, dtype=torch.bfloat16)
+    cache = model.new_cache(16)
+    got = []
+    for i in range(12):  # one row per forward: the plain decoding path
+        got.append(model.logits(model.forward(ids[i : i + 1], torch.tensor([i]), cache, i).hidden)[0])
+    got = torch.stack(got)
+    assert got.dtype == torch.float32
+    assert (got - want).abs().max() < 0.03 * want.abs().max()
+    assert (got.argmax(-1) == want.argmax(-1)).float().mean() >= 0.9
