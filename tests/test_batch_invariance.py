@@ -21,11 +21,6 @@ def plain_logits(model: Transformer, prompt: list[int], continuation: list[int])
     return torch.stack(rows[1:])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap (issue 14, item 5): products are row-invariant, but SDPA's reduction over keys still "
-    "depends on the tree layout; an attention reduction fixed by logical position is not built yet",
-)
 @pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_qwen2"])
 def test_a_chain_inside_a_bushy_tree_has_the_logits_of_plain_decoding(fixture, request):
     if not kernel_table()["bfloat16"].invariant:

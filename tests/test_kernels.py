@@ -13,12 +13,24 @@ from specblock.target.transformer import Transformer
 
 def test_the_table_names_a_kernel_for_each_cpu_dtype():
     plans = measure_kernel_table()
-    assert set(plans) == {"float32", "bfloat16", "float16"}
-    assert plans["float32"].backend in ("torch", "numpy") and plans["float32"].min_rows == 1
-    for name in ("bfloat16", "float16"):
-        plan = plans[name]
-        assert plan.backend == "torch" and plan.min_rows in kernels.PAD_CANDIDATES
-        assert set(plan.timings_us) == {f"rows_{r}" for r in kernels.PAD_CANDIDATES}
+    assert set(plans) == {"float32", "bfloat16", "float16", "int8"}
+    for name, plan in plans.items():
+        assert (plan.backend, plan.min_rows) in kernels._candidates(getattr(torch, name))
+        assert f"{plan.backend}_rows{plan.min_rows}" in plan.timings_us  # it was timed, not assumed
+        chosen = plan.timings_us[f"{plan.backend}_rows{plan.min_rows}"]
+        if name == "float32":  # the fastest (within the 10% that prefers nothing)
+            assert chosen <= 1.1 * min(plan.timings_us.values())
+
+
+def test_packed_onednn_products_equal_f_linear_bit_for_bit():
+    weight = (torch.randn(96, 64) / 8).bfloat16()
+    x = torch.randn(5, 64).bfloat16()
+    try:
+        lin = Linear(weight, plan=KernelPlan("cpu", "bfloat16", backend="onednn"))
+    except (RuntimeError, NotImplementedError):
+        pytest.skip("this torch build has no oneDNN packed linear")
+    assert lin.weight is not weight  # packed once at construction, into oneDNN's own layout
+    assert torch.equal(lin(x), F.linear(x, weight))
 
 
 def test_the_table_is_cached_per_machine_and_remeasured_when_the_machine_differs(monkeypatch):

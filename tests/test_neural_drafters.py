@@ -82,9 +82,9 @@ def test_specblock_incremental_cache_equals_full_recompute(tiny_llama):
     original = drafter._block_one
 
     def spy():
-        hidden, logp, ranks = original()
+        hidden, heads = original()
         captured.append(hidden.clone())
-        return hidden, logp, ranks
+        return hidden, heads
 
     drafter._block_one = spy
     prompt = prompts(1, seed=5)[0]

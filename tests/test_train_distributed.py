@@ -132,6 +132,7 @@ def count_and_allreduce(reduced: list[int], bucket):
 
 
 TORCHRUN_SCRIPT = """
+import os
 import sys
 import torch
 import torch.distributed as dist
@@ -145,7 +146,12 @@ torch.set_num_threads(1)
 grads = step_gradients(Path(sys.argv[1]), Path(sys.argv[2]), ["specblock", "eagle3"])
 if dist.get_rank() == 0:
     save_file(grads, sys.argv[3])
+dist.barrier()
 dist.destroy_process_group()
+# Skip interpreter teardown: Gloo's worker threads can still hold tensors there and abort the
+# process (seen on a loaded 2-core machine, "terminate called without an active exception").
+sys.stdout.flush()
+os._exit(0)
 """
 
 

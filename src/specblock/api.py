@@ -49,6 +49,7 @@ DTYPES = {
     "float32": torch.float32, "fp32": torch.float32,
     "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
     "float16": torch.float16, "fp16": torch.float16,
+    "int8": torch.int8,  # int8 weights (per channel), bf16 or fp32 activations: see target/kernels.py
 }  # fmt: skip
 
 
@@ -57,7 +58,7 @@ def parse_dtype(name: str, device: str = "cpu") -> torch.dtype:
     if name == "auto":
         return auto_dtype(device)
     if name not in DTYPES:
-        raise InvalidSettingError(f"unknown dtype {name!r}; use one of auto, float32, bfloat16, float16")
+        raise InvalidSettingError(f"unknown dtype {name!r}; use one of auto, float32, bfloat16, float16, int8")
     return DTYPES[name]
 
 
@@ -286,8 +287,7 @@ class SpecGenerator:
         if self._active is not None and self._active.result is None:
             self._active.cancelled = True
         steps = speculative_decode(self.runner, self.drafter, list(ids), settings, self.tokenizer.decode)
-        dtype = str(self.target.dtype).removeprefix("torch.")
-        self._active = GenerationStream(steps, self.tokenizer, self.method, self.node_budget, dtype)
+        self._active = GenerationStream(steps, self.tokenizer, self.method, self.node_budget, self.target.dtype_name)
         return self._active
 
     def generate(self, prompt: str | None = None, **kwargs) -> GenerationResult:

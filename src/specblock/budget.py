@@ -45,7 +45,8 @@ def machine_key() -> str:
     return f"{cpu} x{os.cpu_count()}"
 
 
-def profile_path(target_name: str, dtype: torch.dtype, device: str) -> Path:
+def profile_path(target_name: str, dtype: torch.dtype | str, device: str) -> Path:
+    """Where T(n) is cached for a target in `dtype` (a torch dtype or a name such as 'int8')."""
     safe = str(target_name).strip("/").replace("/", "_") or "target"
     return cache_root() / "profiles" / f"{safe}-{str(dtype).removeprefix('torch.')}-{device.replace(':', '')}.json"
 
@@ -80,7 +81,7 @@ def _synchronize(device: torch.device) -> None:
 def load_or_measure(runner: TargetRunner, target_name: str, refresh: bool = False) -> dict[int, float]:
     """The cached profile for this target/dtype/device/machine, measuring it if missing."""
     model = runner.model
-    path = profile_path(target_name, model.dtype, str(model.device))
+    path = profile_path(target_name, model.weights_key, str(model.device))
     if path.exists() and not refresh:
         saved = json.loads(path.read_text())
         if saved.get("machine") == machine_key():
@@ -126,7 +127,7 @@ def _read_drafter_latencies(path: Path) -> dict[str, dict[int, float]]:
 def load_draft_latency(runner: TargetRunner, target_name: str, key: str) -> dict[int, float] | None:
     """The drafter's D(n) that `specblock profile` measured on this machine, if it did."""
     model = runner.model
-    return _read_drafter_latencies(profile_path(target_name, model.dtype, str(model.device))).get(key)
+    return _read_drafter_latencies(profile_path(target_name, model.weights_key, str(model.device))).get(key)
 
 
 def interpolate(points: dict[int, float], n: int) -> float:

@@ -77,7 +77,7 @@ def generate(
     drafter: Annotated[
         Path | None, typer.Option(help="Trained drafter checkpoint for --method specblock / eagle3 (default: shipped).")
     ] = None,
-    dtype: Annotated[str, typer.Option(help="auto (bf16 where the CPU has AMX or AVX512-BF16, and on CUDA; else float32) | float32 | bfloat16 | float16")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto (bf16 where the CPU has AMX or AVX512-BF16, and on CUDA; else float32) | float32 | bfloat16 | float16 | int8 (int8 weights, CPU)")] = "auto",
     device: Annotated[str, typer.Option(help="cpu | cuda | cuda:N | auto")] = "cpu",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with the text and stats.")] = False,
     adapt: Annotated[bool, typer.Option(help="Adapt the specblock / eagle3 drafter online while generating.")] = False,

@@ -35,13 +35,14 @@ def bench(
     compare: Annotated[
         str | None, typer.Option(help="Methods for the paired test, A,B (default: specblock vs eagle3 when both ran).")
     ] = None,
-    dtype: Annotated[str, typer.Option(help="auto (bf16 where the CPU has AMX or AVX512-BF16, and on CUDA; else float32) | float32 | bfloat16 | float16")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto (bf16 where the CPU has AMX or AVX512-BF16, and on CUDA; else float32) | float32 | bfloat16 | float16 | int8 (int8 weights, CPU)")] = "auto",
     device: Annotated[str, typer.Option(help="cpu | cuda | cuda:N | auto")] = "cpu",
     adapt: Annotated[
         bool, typer.Option(help="Adapt the specblock / eagle3 drafters online across the benchmark's requests.")
     ] = False,
     references: Annotated[
-        str, typer.Option(help="Reference engines timed on the same prompts (run 1): hf-generate,llama.cpp.")
+        str, typer.Option(help="Reference engines timed on the same prompts (run 1): hf-generate, llama.cpp (the Python "
+                 "binding), llama.cpp-server (scripts/build_llama_cpp.sh's llama-server, over HTTP).")
     ] = "",
 ) -> None:
     """Run every method on the same prompts, interleaved and resumable; write a report with tables and plots."""

@@ -24,7 +24,7 @@ def profile(
         help="Drafters to time: 'shipped' (those shipped for the target), 'none', or a comma list of "
         "METHOD or METHOD=DIR (METHOD: specblock | eagle3)."
     )] = "shipped",
-    dtype: Annotated[str, typer.Option(help="auto (bf16 where the CPU has AMX or AVX512-BF16, and on CUDA; else float32) | float32 | bfloat16 | float16")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto (bf16 where the CPU has AMX or AVX512-BF16, and on CUDA; else float32) | float32 | bfloat16 | float16 | int8 (int8 weights, CPU)")] = "auto",
     device: Annotated[str, typer.Option(help="cpu | cuda | cuda:N | auto")] = "cpu",
     out: Annotated[Path | None, typer.Option(help="Also write profile.json and profile.png here.")] = None,
 ) -> None:  # fmt: skip
@@ -50,13 +50,13 @@ def profile(
             err.print(f"  {name}: backend {plan.backend}, rows padded to {plan.min_rows}, "
                       f"row-invariant {plan.invariant}, {plan.timings_us}", highlight=False)  # fmt: skip
         gen = SpecGenerator.load(target, "vanilla", dtype=dtype, device=device)
-        err.print(f"dtype: {str(gen.target.dtype).removeprefix('torch.')}", highlight=False)
+        err.print(f"dtype: {gen.target.dtype_name}", highlight=False)
         err.print("measuring verify latency (a few seconds)...")
         latency = measure_verify_latency(TargetRunner(gen.target))
         one = latency[min(latency)]
         for n, t in latency.items():
             err.print(f"n={n:4d}: {1000 * t:7.1f} ms ({t / one:4.2f}x a one-token forward)", highlight=False)
-        path = profile_path(str(target), gen.target.dtype, str(gen.target.device))
+        path = profile_path(str(target), gen.target.weights_key, str(gen.target.device))
         save_profile(path, str(target), latency)  # kept even if a drafter's timing fails below
         measured: dict[str, dict] = {}
         for method, directory in wanted:
@@ -87,7 +87,7 @@ def profile(
                 "command": "specblock " + " ".join(sys.argv[1:]),
                 "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "machine": machine_description(str(gen.target.device)), "cpu": cpu_features().describe(),
-                "dtype": str(gen.target.dtype).removeprefix("torch."),
+                "dtype": gen.target.dtype_name,
                 "kernel_table": {name: asdict(plan) for name, plan in table.items()},
             }  # fmt: skip
             (out / "profile.json").write_text(json.dumps(record, indent=2) + "\n")

@@ -90,6 +90,16 @@ def verify_layout(tree: DraftTree, device: torch.device | str = "cpu") -> tuple[
     return mask.to(device), torch.tensor(depth, dtype=torch.long, device=device)
 
 
+def verify_paths(tree: DraftTree, device: torch.device | str = "cpu") -> torch.Tensor:
+    """[n+1, D] verify indices of each verify row's ancestors by depth (the root at depth 0,
+    the row itself at its own depth), -1 past the row's depth; D = the tree's depth + 1."""
+    rows: list[list[int]] = [[0]]
+    for i, p in enumerate(tree.parents, start=1):
+        rows.append(rows[p + 1] + [i])
+    depth = max(len(r) for r in rows)
+    return torch.tensor([r + [-1] * (depth - len(r)) for r in rows], dtype=torch.long, device=device)
+
+
 class TrieBuilder:
     """Builds a tree by inserting token paths, merging shared prefixes (used by n-gram drafters)."""
 

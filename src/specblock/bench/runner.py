@@ -25,7 +25,7 @@ from specblock.errors import InvalidSettingError
 Reporter = Callable[[str, int, int], None]
 WARMUP_PROMPT = "Say hello."
 PROGRESS_STAGE = "measuring (question x turn x method x run)"
-REFERENCES = ("hf-generate", "llama.cpp")  # what users would run instead: speed rows, run 1 only
+REFERENCES = ("hf-generate", "llama.cpp", "llama.cpp-server")  # what users would run instead: speed rows, run 1 only
 
 
 def request_seed(seed: int, question_id: object, run: int, turn: int) -> int:
@@ -153,6 +153,15 @@ def run_bench(
     return settings
 
 
+def llama_server_binary() -> Path:
+    """Where scripts/build_llama_cpp.sh puts llama-server (SPECBLOCK_LLAMA_SERVER overrides it)."""
+    import os
+
+    from specblock.models.fetch import cache_root
+
+    return Path(os.environ.get("SPECBLOCK_LLAMA_SERVER", cache_root() / "llama.cpp" / "build" / "bin" / "llama-server"))
+
+
 def start_references(names: list[str], target: str, vanilla: SpecGenerator, settings: dict) -> dict:
     """The reference engines that can run here; the others are listed in the settings."""
     from specblock.bench.reference_engines import ReferenceProcess
@@ -167,6 +176,8 @@ def start_references(names: list[str], target: str, vanilla: SpecGenerator, sett
             hf_dir = Path(target) if local else model_dir(target)
             dtype = str(vanilla.target.dtype).removeprefix("torch.")  # the same dtype as this engine's rows
             args = ("hf", str(hf_dir), str(vanilla.tokenizer.eos_token_ids(vanilla.target.cfg)[0]), dtype)
+        elif name == "llama.cpp-server":
+            args = ("llama-server", "" if local else str(gguf_file(target)), str(llama_server_binary()))
         else:
             args = ("llama.cpp", "" if local else str(gguf_file(target)))
         try:

@@ -66,10 +66,11 @@ class Eagle3Drafter(Drafter):
 
     def _topk(self, hidden: torch.Tensor, k: int) -> list:
         """Top-k target ids and log-probs of each row of `hidden` [f, H], as one host list [f][2k]."""
-        logp = torch.log_softmax(self.model.logits(hidden).float(), -1)
-        top = logp.topk(k, dim=-1)
+        logits = self.model.logits(hidden).float()
+        top = logits.topk(k, dim=-1)
         ids = top.indices + self.model.d2t[top.indices]
-        return torch.cat([ids.double(), top.values.double()], dim=-1).cpu().tolist()
+        logp = top.values - logits.logsumexp(-1, keepdim=True)
+        return torch.cat([ids.double(), logp.double()], dim=-1).cpu().tolist()
 
     @torch.inference_mode()
     def propose(self, sequence: list[int], budget: int) -> DraftTree:

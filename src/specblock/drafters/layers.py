@@ -62,8 +62,9 @@ class InferenceWeights:
 
 
 def _drafting(x: torch.Tensor) -> bool:
-    """No gradient wanted: use the fused inference weights in the input's dtype."""
-    return not torch.is_grad_enabled()
+    """Drafting (which runs under inference mode) uses the fused inference weights in the input's
+    dtype; training and its no-grad evaluations use the trainable weights themselves."""
+    return torch.is_inference_mode_enabled()
 
 
 class CacheSlot:

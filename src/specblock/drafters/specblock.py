@@ -96,9 +96,9 @@ class SpecBlockDrafter(Drafter):
     def propose(self, sequence: list[int], budget: int) -> DraftTree:
         if budget <= 0 or not self.pending:
             return DraftTree()
-        hidden, logp, ranks = self._block_one()
+        hidden, heads = self._block_one()
         pool = CandidatePool()
-        seeds = self._grow(pool, [ROOT], logp[None], None if ranks is None else ranks[None])
+        seeds = self._grow(pool, [ROOT], *(None if h is None else h[None] for h in heads))
         if self.blocks == 2:
             reachable = set(pool.best(budget))
             seeds = [(node, slot) for node, slot in seeds if node in reachable]
@@ -119,9 +119,9 @@ class SpecBlockDrafter(Drafter):
             self._masks[key] = mask.to(self.cache.keys.device)
         return self._masks[key]
 
-    def _block_one(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def _block_one(self) -> tuple[torch.Tensor, tuple]:
         """Run the pending positions; cache all their slots; return the drafting position's
-        pre-norm hiddens [K, H], log-probs [K, V] and rank classes [K] (None without the rank head)."""
+        pre-norm hiddens [K, H] and its slots' `_heads`."""
         k = self.k
         n = len(self.pending)
         cached = self.cache.length
@@ -134,29 +134,36 @@ class SpecBlockDrafter(Drafter):
         self.positions += n
         self.forwards += 1
         hidden = out.hidden[0, -1]
-        logits = self.model.logits(hidden)
-        return hidden, torch.log_softmax(logits.float(), -1), self._rank_classes(hidden, logits)
+        return hidden, self._heads(hidden)
 
-    def _rank_classes(self, hidden: torch.Tensor, logits: torch.Tensor) -> torch.Tensor | None:
-        if self.fixed_topk:
-            return None  # the ablation does not consult the rank head
-        return self.model.rank_logits(hidden, logits).argmax(-1)
+    def _heads(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Per slot of `hidden` [..., H]: the `max_width` best draft ids and their log-probs, and
+        the rank class (None when the fixed-width ablation ignores the rank head). One top-k
+        and one logsumexp serve the tree and the rank head's features."""
+        logits = self.model.logits(hidden).float()
+        top = logits.topk(min(max(self.max_width, 20), logits.shape[-1]), dim=-1)
+        vocab_lse = logits.logsumexp(-1, keepdim=True)
+        ranks = None
+        if not self.fixed_topk:
+            ranks = self.model.rank_logits(hidden, logits, top.values[..., :20], vocab_lse).argmax(-1)
+        w = self.max_width
+        return top.indices[..., :w], top.values[..., :w] - vocab_lse, ranks
 
     def _grow(
-        self, pool: CandidatePool, parents: list[int], logp: torch.Tensor, ranks: torch.Tensor | None
-    ) -> list[tuple[int, int]]:
-        """Add each block's chain and alternatives under its parent node (block b of `logp`
-        [B, K, V] hangs under parents[b]); return the seeds (node, slot) that inherit:
+        self, pool: CandidatePool, parents: list[int], top_ids: torch.Tensor, top_logp: torch.Tensor,
+        ranks: torch.Tensor | None,
+    ) -> list[tuple[int, int]]:  # fmt: skip
+        """Add each block's chain and alternatives under its parent node (block b of the heads
+        [B, K, W] hangs under parents[b]); return the seeds (node, slot) that inherit:
         alternatives, chain nodes that branched, the chain end. Blocks grow in order, each from
         its parent's score at that moment (an earlier block may have merged into that parent).
 
-        One top-k over all slots of all blocks and one transfer to the host; the per-slot
-        widths are then plain Python on small lists."""
-        top = logp.topk(self.max_width, dim=-1)  # [B, K, W]
-        ids = top.indices + self.model.d2t[top.indices]
+        One transfer to the host for all slots of all blocks; the per-slot widths are then
+        plain Python on small lists."""
+        ids = top_ids + self.model.d2t[top_ids]
         rank = torch.zeros_like(ids[..., :1]) if ranks is None else ranks[..., None]
-        packed = torch.cat([top.values.double(), ids.double(), rank.double()], dim=-1).cpu().tolist()
-        w = self.max_width
+        packed = torch.cat([top_logp.double(), ids.double(), rank.double()], dim=-1).cpu().tolist()
+        w = ids.shape[-1]  # max_width, or the whole vocabulary of a tiny test drafter
         seeds: list[tuple[int, int]] = []
         for parent, block in zip(parents, packed):
             score = 0.0 if parent == ROOT else pool.scores[parent]
@@ -191,7 +198,4 @@ class SpecBlockDrafter(Drafter):
         positions = torch.full((1, s), self.positions - 1, device=device)
         out = self.model.blocks(cond, tokens, positions, mask, inherited=True, cache=self.cache, cache_start=cached)
         self.forwards += 1
-        hid = out.hidden[0]  # [S, K, H]
-        logits = self.model.logits(hid)
-        ranks = self._rank_classes(hid, logits)
-        self._grow(pool, [node for node, _ in seeds], torch.log_softmax(logits.float(), -1), ranks)
+        self._grow(pool, [node for node, _ in seeds], *self._heads(out.hidden[0]))  # hiddens [S, K, H]

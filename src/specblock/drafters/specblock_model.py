@@ -154,26 +154,37 @@ class SpecBlockModel(nn.Module):
         """Draft-vocabulary logits from pre-norm hiddens."""
         return drafting_linear(self, "lm_head", self.lm_head, self.norm(hidden))
 
-    def rank_logits(self, hidden: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """Rank-class logits from the detached normed hidden and the 15 logit features."""
+    def rank_logits(
+        self, hidden: torch.Tensor, logits: torch.Tensor, top: torch.Tensor | None = None,
+        vocab_lse: torch.Tensor | None = None,
+    ) -> torch.Tensor:  # fmt: skip
+        """Rank-class logits from the detached normed hidden and the 15 logit features (`top`,
+        `vocab_lse`: see `rank_features`; drafting has them already)."""
         normed = self.norm(hidden).detach()
-        x = torch.cat([normed, rank_features(logits.detach()).to(normed.dtype)], dim=-1)
+        x = torch.cat([normed, rank_features(logits.detach(), top, vocab_lse).to(normed.dtype)], dim=-1)
         first, act, last = self.rank_head
         return drafting_linear(self, "rank_out", last, act(drafting_linear(self, "rank_in", first, x)))
 
 
-def rank_features(logits: torch.Tensor) -> torch.Tensor:
+def rank_features(
+    logits: torch.Tensor, top: torch.Tensor | None = None, vocab_lse: torch.Tensor | None = None
+) -> torch.Tensor:
     """The rank head's 15 features of draft logits [..., V] (design §4), computed over the top 20
     in training and drafting alike: 10 top log-probs normalised by the top-20 logsumexp, the
-    gaps top1-top2 / top1-top3 / top1-top5, the top-1 probability and the top-20 entropy."""
+    gaps top1-top2 / top1-top3 / top1-top5, the top-1 probability and the top-20 entropy.
+    `top` (the float32 top-20 logits, descending) and `vocab_lse` (the logsumexp over the whole
+    draft vocabulary, keepdim) may be passed in when the caller computed them anyway."""
     logits = logits.float()
-    top = logits.topk(min(20, logits.shape[-1]), dim=-1).values
+    if top is None:
+        top = logits.topk(min(20, logits.shape[-1]), dim=-1).values
+    if vocab_lse is None:
+        vocab_lse = logits.logsumexp(-1, keepdim=True)
     if top.shape[-1] < 20:  # tiny test vocabularies: pad with very low logits
         top = torch.cat([top, top.new_full((*top.shape[:-1], 20 - top.shape[-1]), -1e4)], dim=-1)
     lse = top.logsumexp(-1, keepdim=True)
     top_logp = top - lse
     gaps = torch.stack([top[..., 0] - top[..., 1], top[..., 0] - top[..., 2], top[..., 0] - top[..., 4]], dim=-1)
-    p1 = (logits.max(-1).values - logits.logsumexp(-1))[..., None].exp()
+    p1 = (top[..., :1] - vocab_lse).exp()
     entropy = -(top_logp.exp() * top_logp).sum(-1, keepdim=True)
     return torch.cat([top_logp[..., :10], gaps, p1, entropy], dim=-1)
 

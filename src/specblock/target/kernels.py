@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 PAD_CANDIDATES = (1, 2, 4, 8, 16)  # pad fewer rows than this up to it (half precision, CPU)
+PACK_ROWS_HINT = 16  # the row count oneDNN's packed layout is tuned for (trees; one row costs about the same)
 _SHAPES = ((1536, 576), (576, 1536), (8192, 576), (2048, 1536))  # (out, in) of typical products
 _CHECK_ROWS = (1, 2, 3, 4, 5, 8, 9, 16, 17, 33, 64)
 
@@ -86,9 +87,10 @@ def compute_threads() -> int:
 
 @dataclass
 class KernelPlan:
-    """How products run for one (device, dtype): `backend` 'torch' (F.linear) or 'numpy'
-    (OpenBLAS on a transposed copy, fp32 CPU only); inputs with fewer than `min_rows` rows are
-    padded up to it. `invariant` says whether rows came out bit-identical for every row count
+    """How products run for one (device, dtype): `backend` 'torch' (F.linear), 'onednn' (oneDNN
+    on a weight packed once into its blocked layout), 'numpy' (OpenBLAS on a transposed copy,
+    fp32 only) or 'int8' (weights quantized once per output channel, PyTorch's weight-only int8
+    kernel; the dtype 'int8' names the weights, activations are `int8_activation_dtype`); inputs with fewer than `min_rows` rows are padded up to it. `invariant` says whether rows came out bit-identical for every row count
     >= min_rows on this machine (the condition for exact bf16 speculative decoding)."""
 
     device: str
@@ -110,51 +112,71 @@ def _median_us(fn, repeats: int = 15) -> float:
     return 1e6 * sorted(times)[len(times) // 2]
 
 
-def _rows_invariant(product, weight: torch.Tensor, min_rows: int) -> bool:
-    """True if each row comes out bit for bit the same in a call of min_rows rows (padded with
-    zeros) as inside any larger call: checked for 64 different rows, so that a rounding
-    difference, rare per element, shows."""
-    x = torch.randn(64, weight.shape[1], generator=torch.Generator().manual_seed(0)).to(weight.dtype)
-    full = {m: product(x[:m]) for m in _CHECK_ROWS if m >= min_rows}
-    padded = x.new_zeros(min_rows, x.shape[1])
+def _rows_invariant(product, weight: torch.Tensor) -> bool:
+    """True if each row comes out bit for bit the same alone as inside any larger call: checked
+    for 32 different rows, so that a rounding difference, rare per element, shows."""
+    x = torch.randn(32, weight.shape[1], generator=torch.Generator().manual_seed(0)).to(weight.dtype)
+    full = {m: product(x[:m]) for m in _CHECK_ROWS if m <= x.shape[0]}
     for i in range(x.shape[0]):
-        padded[0] = x[i]
-        alone = product(padded)[0]
-        if not torch.equal(alone, full[64][i]) or any(not torch.equal(y[i], alone) for m, y in full.items() if i < m):
+        alone = product(x[i : i + 1])[0]
+        if any(not torch.equal(y[i], alone) for m, y in full.items() if i < m):
             return False
     return True
 
 
-def measure_kernel_table(dtypes=(torch.float32, torch.bfloat16, torch.float16)) -> dict[str, KernelPlan]:
-    """Time the candidate kernels of each CPU dtype on this machine and pick one each (a few seconds)."""
+def int8_activation_dtype() -> torch.dtype:
+    """Activations of an int8-weight CPU target: bf16 where the CPU has native bf16, else fp32."""
+    return torch.bfloat16 if cpu_features().fast_bf16 else torch.float32
+
+
+def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-output-channel int8: weight ~ q * scale[:, None], q in [-127, 127]."""
+    w = weight.float()
+    scale = (w.abs().amax(1) / 127).clamp(min=1e-12)
+    return (w / scale[:, None]).round().clamp(-127, 127).to(torch.int8), scale
+
+
+def _candidates(dtype: torch.dtype) -> list[tuple[str, int]]:
+    """(backend, min_rows) pairs worth timing for a CPU dtype (int8: the weights' dtype)."""
+    if dtype == torch.float32:
+        return [("torch", 1), ("numpy", 1), ("onednn", 1)]
+    if dtype == torch.int8:
+        return [("int8", 1), ("int8", 2)]
+    return [("torch", r) for r in PAD_CANDIDATES] + [("onednn", r) for r in (1, 2, 16)]
+
+
+def measure_kernel_table(dtypes=(torch.float32, torch.bfloat16, torch.float16, torch.int8)) -> dict[str, KernelPlan]:
+    """Time the candidate kernels of each CPU dtype on this machine and pick one each (a few seconds).
+
+    Each candidate is timed through `Linear` itself at one row and at 16 rows (decoding and a
+    tree) on four weight shapes, and checked for row invariance. Half precision takes the
+    fastest row-invariant candidate (exact bf16 speculative decoding needs it); fp32 the fastest.
+    """
     weights32 = [torch.randn(o, i, generator=torch.Generator().manual_seed(o + i)) / i**0.5 for o, i in _SHAPES]
     plans: dict[str, KernelPlan] = {}
     for dtype in dtypes:
         name = str(dtype).removeprefix("torch.")
-        weights = [w.to(dtype) for w in weights32]
-        plan = KernelPlan("cpu", name)
-        if dtype == torch.float32:
-            cost = {"torch": 0.0, "numpy": 0.0}
-            for w in weights:
-                wt = w.t().contiguous().numpy()
-                for rows in (1, 16):
-                    x = torch.randn(rows, w.shape[1])
-                    cost["torch"] += _median_us(lambda: F.linear(x, w))
-                    cost["numpy"] += _median_us(lambda: np.matmul(x.numpy(), wt))
-            plan.backend = min(cost, key=cost.get)
-            plan.timings_us = {k: round(v, 1) for k, v in cost.items()}
-            plan.invariant = all(_rows_invariant(lambda x, w=w: F.linear(x, w), w, 1) for w in weights)
-        else:
-            cost: dict[int, float] = {}
-            invariant: dict[int, bool] = {}
-            for rows in PAD_CANDIDATES:
-                invariant[rows] = all(_rows_invariant(lambda x, w=w: F.linear(x, w), w, rows) for w in weights)
-                cost[rows] = sum(_median_us(lambda w=w: F.linear(torch.zeros(rows, w.shape[1], dtype=dtype), w)) for w in weights)
-            ok = [r for r in PAD_CANDIDATES if invariant[r]] or list(PAD_CANDIDATES)
-            plan.min_rows = min(ok, key=lambda r: (cost[r] > 1.1 * min(cost[q] for q in ok), r))
-            plan.invariant = invariant[plan.min_rows]
-            plan.timings_us = {f"rows_{r}": round(cost[r], 1) for r in PAD_CANDIDATES}
-        plans[name] = plan
+        activation = int8_activation_dtype() if dtype == torch.int8 else dtype  # int8 plans quantize these
+        weights = [w.to(activation) for w in weights32]
+        cost: dict[tuple[str, int], float] = {}
+        invariant: dict[tuple[str, int], bool] = {}
+        for backend, rows in _candidates(dtype):
+            try:
+                products = [Linear(w, plan=KernelPlan("cpu", name, backend, rows)) for w in weights]
+                total = 0.0
+                for lin, w in zip(products, weights):
+                    for m in (1, 16):
+                        x = torch.randn(m, w.shape[1]).to(activation)
+                        total += _median_us(lambda: lin(x))
+                invariant[(backend, rows)] = all(_rows_invariant(lin, w) for lin, w in zip(products, weights))
+                cost[(backend, rows)] = total
+            except (RuntimeError, NotImplementedError):  # a backend this torch build or CPU lacks
+                continue
+        ok = [c for c in cost if invariant[c]] or list(cost)
+        best = min(cost[c] for c in ok)
+        backend, rows = min(ok, key=lambda c: (cost[c] > 1.1 * best, cost[c]))
+        plans[name] = KernelPlan("cpu", name, backend, rows, invariant[(backend, rows)],
+                                 {f"{b}_rows{r}": round(t, 1) for (b, r), t in cost.items()})  # fmt: skip
     return plans
 
 
@@ -219,11 +241,19 @@ class Linear:
         plan = plan or kernel_plan(weight.device, weight.dtype)
         self.bias = bias
         self.min_rows = plan.min_rows
-        self.uses_numpy = plan.backend == "numpy" and weight.dtype == torch.float32 and weight.device.type == "cpu"
+        on_cpu = weight.device.type == "cpu"
+        self.uses_numpy = plan.backend == "numpy" and weight.dtype == torch.float32 and on_cpu
+        self.packed = plan.backend == "onednn" and on_cpu
+        self.int8 = plan.backend == "int8"
         self.out_features = weight.shape[0]
-        if self.uses_numpy:
-            self.weight = None
+        self.weight = self._weight_t = None
+        if self.int8:  # PyTorch's weight-only int8 kernel: int8 weights, scales in the activations' dtype
+            self.weight, scale = quantize_int8(weight)
+            self.scale = scale.to(weight.dtype)
+        elif self.uses_numpy:
             self._weight_t = weight.t().contiguous().numpy()  # [in, out]
+        elif self.packed:  # oneDNN's own blocked layout, made once (what inductor's freezing does)
+            self.weight = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), PACK_ROWS_HINT)
         else:
             self.weight = weight.contiguous()  # [out, in]
 
@@ -238,7 +268,15 @@ class Linear:
         elif rows < self.min_rows:
             padded = x.new_zeros(self.min_rows, x.shape[1])
             padded[:rows] = x
-            y = F.linear(padded, self.weight, self.bias)[:rows]
+            y = self._product(padded)[:rows]
         else:
-            y = F.linear(x, self.weight, self.bias)
+            y = self._product(x)
         return y.reshape(*lead, self.out_features)
+
+    def _product(self, x: torch.Tensor) -> torch.Tensor:
+        if self.int8:
+            y = torch.ops.aten._weight_int8pack_mm(x.contiguous(), self.weight, self.scale)
+            return y if self.bias is None else y + self.bias
+        if self.packed:
+            return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.weight, self.bias, "none", [], "")
+        return F.linear(x, self.weight, self.bias)

@@ -13,7 +13,7 @@ import torch
 from specblock.errors import ContextLengthError
 from specblock.target.kv_cache import KVCache
 from specblock.target.transformer import Transformer
-from specblock.tree import DraftTree, verify_layout
+from specblock.tree import DraftTree, verify_layout, verify_paths
 
 
 @dataclass
@@ -69,7 +69,8 @@ class TargetRunner:
             positions = start + depth
         else:
             mask, positions = None, torch.tensor([start], device=device)
-        out = self.model.forward(tokens, positions, cache, start, attn_mask=mask, capture=capture)
+        paths = verify_paths(tree, device) if self.model.batch_invariant else None
+        out = self.model.forward(tokens, positions, cache, start, attn_mask=mask, capture=capture, paths=paths)
         self.forwards += 1
         return TargetStep(logits=self.model.logits(out.hidden), features=out.features)
 

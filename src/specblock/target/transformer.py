@@ -18,9 +18,17 @@ from safetensors import safe_open
 
 from specblock.errors import UnsupportedModelError
 from specblock.target.config import ModelConfig, rope_inverse_frequencies
-from specblock.target.kernels import KernelPlan, Linear, configure_threads, kernel_plan
+from specblock.target.kernels import KernelPlan, Linear, configure_threads, int8_activation_dtype, kernel_plan
 from specblock.target.kv_cache import KVCache
-from specblock.target.primitives import RotaryTable, apply_rope, attend, gated_mlp, rms_norm
+from specblock.target.primitives import (
+    RotaryTable,
+    apply_rope,
+    attend,
+    gated_mlp,
+    TreeLayout,
+    layout_invariant_attention,
+    rms_norm,
+)
 
 
 @dataclass
@@ -45,9 +53,14 @@ class Transformer:
     """Weights plus a forward pass over n new tokens that extends a KV cache."""
 
     def __init__(self, cfg: ModelConfig, weights: dict[str, torch.Tensor], dtype: torch.dtype, device: str) -> None:
+        """`dtype` torch.int8 means int8 weights (per-channel, quantized here) with activations
+        in `int8_activation_dtype`, in which `weights` must then be given."""
         self.cfg = cfg
-        self.dtype = dtype
         self.device = torch.device(device)
+        self.int8_weights = dtype == torch.int8
+        if self.int8_weights and self.device.type != "cpu":
+            raise UnsupportedModelError("int8 weights run on the CPU only (PyTorch's weight-only int8 CPU kernel)")
+        self.dtype = int8_activation_dtype() if self.int8_weights else dtype  # the compute dtype
         self.plan: KernelPlan = kernel_plan(self.device, dtype)
         configure_threads(self.plan)
         if self.plan.backend == "numpy" and torch.get_num_threads() > 1:
@@ -61,7 +74,22 @@ class Transformer:
         self.lm_head = self._linear(self.embed if cfg.tie_word_embeddings else weights["lm_head.weight"])
         self.layers = [self._layer(weights, i) for i in range(cfg.num_layers)]
         self._capture_after = [idx - 1 for idx in cfg.feature_layers]  # may repeat or reorder in tiny models
-        self.rotary = RotaryTable(rope_inverse_frequencies(cfg), dtype, self.device)
+        self.rotary = RotaryTable(rope_inverse_frequencies(cfg), self.dtype, self.device)
+        # half precision on a CPU whose products are row-invariant: verify forwards use the
+        # layout-invariant attention, so bf16 speculative decoding equals plain bf16 decoding
+        half = self.dtype in (torch.bfloat16, torch.float16)
+        self.batch_invariant = half and self.device.type == "cpu" and self.plan.invariant
+
+    @property
+    def weights_key(self) -> str:
+        """The dtype that names this model's speed profile: 'int8' or the compute dtype."""
+        return "int8" if self.int8_weights else str(self.dtype).removeprefix("torch.")
+
+    @property
+    def dtype_name(self) -> str:
+        """What the output reports: 'bfloat16', or 'int8 weights, bfloat16 activations'."""
+        name = str(self.dtype).removeprefix("torch.")
+        return f"int8 weights, {name} activations" if self.int8_weights else name
 
     def _linear(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> Linear:
         return Linear(weight, bias, self.plan)
@@ -88,7 +116,7 @@ class Transformer:
     @classmethod
     def load(cls, model_dir: Path, dtype: torch.dtype = torch.float32, device: str = "cpu") -> "Transformer":
         cfg = ModelConfig.from_dir(model_dir)
-        weights = load_safetensors_dir(Path(model_dir), dtype, device)
+        weights = load_safetensors_dir(Path(model_dir), int8_activation_dtype() if dtype == torch.int8 else dtype, device)
         missing = _missing_weights(cfg, weights)
         if missing:
             raise UnsupportedModelError(f"{model_dir}: checkpoint lacks {len(missing)} tensors, e.g. {missing[0]}")
@@ -108,12 +136,15 @@ class Transformer:
         attn_mask: torch.Tensor | None = None,
         capture: bool = False,
         max_position: int | None = None,
+        paths: torch.Tensor | None = None,
     ) -> ForwardOutput:
         """Run n tokens whose keys/values go to cache slots [start, start+n).
 
         `attn_mask` ([n, start+n] bool, True = may attend) is needed for a tree; without it
         the n tokens attend causally to each other and fully to slots [0, start).
         `max_position` (the largest of `positions`, when the caller knows it) spares a sync.
+        `paths` ([n, D], each row's ancestors by depth: `tree.verify_paths`) marks a verify
+        forward; a batch-invariant model then attends with `layout_invariant_attention`.
         """
         c = self.cfg
         n = tokens.shape[0]
@@ -125,6 +156,7 @@ class Transformer:
         cos, sin = cos[None], sin[None]  # broadcast over heads: [1, n, d]
         q_size = c.num_heads * c.head_dim
         kv_size = c.num_kv_heads * c.head_dim
+        layout = TreeLayout.build(start, paths) if paths is not None and self.batch_invariant else None
         x = F.embedding(tokens, self.embed)
         captured: dict[int, torch.Tensor] = {-1: x}  # HF hidden-state index 0 = embedding output
         for i, lw in enumerate(self.layers):
@@ -140,7 +172,10 @@ class Transformer:
             k = apply_rope(k, cos, sin)
             cache.write(i, start, k, v)
             keys, values = cache.view(i, end)
-            attn = attend(q[None], keys, values, mask)
+            if paths is not None and self.batch_invariant:
+                attn = layout_invariant_attention(q, keys[0], values[0], layout, self.plan.min_rows)[None]
+            else:
+                attn = attend(q[None], keys, values, mask)
             x = x + lw.o_proj(attn[0].transpose(0, 1).reshape(n, q_size))
             x = x + gated_mlp(rms_norm(x, lw.post_norm, c.rms_norm_eps), lw.gate_up, lw.down)
             if capture and i in self._capture_after:

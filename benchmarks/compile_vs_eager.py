@@ -1,0 +1,98 @@
+"""torch.compile (inductor, CPU) against eager for the target's verify forward (issue 14, item 2).
+
+One forward over n rows (the root plus n-1 tree nodes, a chain) after a fixed context, in the
+engine's dtype, timed eager and compiled with several inductor settings. Shapes are static
+(fixed context and n), the most favourable case for compilation: if compiling does not win
+here, it does not win with the shape buckets a real run would need. Not a test.
+
+    python benchmarks/compile_vs_eager.py --dtype bfloat16 --rows 1,17 --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from specblock.api import SpecGenerator
+from specblock.bench.machine import machine_description
+from specblock.target.kernels import cpu_features
+from specblock.tree import DraftTree, verify_layout, verify_paths
+
+SETTINGS = {
+    "default": {},
+    "freezing": {"freezing": True},
+    "freezing+cpp_wrapper": {"freezing": True, "cpp_wrapper": True},
+    "max-autotune": {"max_autotune": True},
+}
+
+
+def median_ms(fn, repeats: int = 20) -> float:
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1000 * sorted(times)[repeats // 2]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--target", default="smollm2-135m")
+    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--rows", default="1,17")
+    ap.add_argument("--context", type=int, default=256)
+    ap.add_argument("--settings", default=",".join(SETTINGS))
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args()
+    model = SpecGenerator.load(args.target, "vanilla", dtype=args.dtype).target
+    vocab = model.cfg.vocab_size
+    results = []
+    for n in map(int, args.rows.split(",")):
+        cache = model.new_cache(args.context + n + 2)
+        prompt = torch.tensor([(17 * i + 3) % vocab for i in range(args.context)])
+        model.forward(prompt, torch.arange(args.context), cache, 0)
+        tree = DraftTree()
+        for i in range(n - 1):
+            tree.add((5 * i + 11) % vocab, i - 1)
+        tree_mask, depth = verify_layout(tree)
+        mask = torch.cat([torch.ones(n, args.context, dtype=torch.bool), tree_mask], dim=1)
+        paths = verify_paths(tree) if model.batch_invariant else None
+        tokens, positions = torch.tensor([1, *tree.tokens]), args.context + depth
+
+        def forward():
+            return model.forward(tokens, positions, cache, args.context, attn_mask=mask, paths=paths).hidden
+
+        row = {"rows": n, "eager_ms": round(median_ms(forward), 2)}
+        for name in args.settings.split(","):
+            torch._dynamo.reset()
+            with torch._inductor.config.patch(SETTINGS[name]):
+                compiled = torch.compile(forward)
+                t0 = time.perf_counter()
+                try:
+                    compiled()
+                except Exception as exc:  # an inductor failure is a result too
+                    row[name] = f"failed: {type(exc).__name__}: {str(exc)[:120]}"
+                    continue
+                row[f"{name}_compile_s"] = round(time.perf_counter() - t0, 1)
+                row[f"{name}_ms"] = round(median_ms(compiled), 2)
+        print(json.dumps(row), flush=True)
+        results.append(row)
+    record = {
+        "command": "python " + " ".join(sys.argv), "target": args.target, "dtype": model.dtype_name,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_description(), "cpu": cpu_features().describe(), "results": results,
+    }  # fmt: skip
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "compile_vs_eager.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
