@@ -21,5 +21,5 @@ if [ -x "$llama_bench" ] && [ ! -f "$out/llama_bench.md" ]; then
     || echo "llama-bench failed (see $out/llama_bench.log; a crash in batched evaluation means an AMX build: rebuild with scripts/build_llama_cpp.sh)"
 fi
 $sb bench --target smollm2-135m --data ../shared/data/eval/spec_bench_question.jsonl --per-category 5 \
-  --max-new-tokens 256 --methods vanilla,lookup,eagle3@16,specblock@16,specblock@auto --temperature 0 \
-  --references hf-generate --out "$out/bench" --runs "${RUNS:-3}"
+  --max-new-tokens 256 --methods vanilla,lookup,eagle3@16,specblock@16,eagle3@auto,specblock@auto --temperature 0 \
+  --references hf-generate,llama.cpp-server --out "$out/bench" --runs "${RUNS:-3}"
