@@ -15,13 +15,16 @@ import datetime
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from specblock.api import SpecGenerator
 from specblock.bench.machine import machine_description
-from specblock.target.kernels import cpu_features
+from specblock.target.kernels import cpu_features, median_us
+from specblock.models.resolve import resolve_model
+from specblock.target.transformer import Transformer, load_safetensors_dir
 from specblock.tree import DraftTree, verify_layout, verify_paths
 
 SETTINGS = {
@@ -32,15 +35,8 @@ SETTINGS = {
 }
 
 
-def median_ms(fn, repeats: int = 20) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1000 * sorted(times)[repeats // 2]
+def median_ms(fn) -> float:
+    return median_us(fn, repeats=20) / 1000
 
 
 def main() -> None:
@@ -53,12 +49,19 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     model = SpecGenerator.load(args.target, "vanilla", dtype=args.dtype).target
+    # inductor cannot take oneDNN's pre-packed weights (it packs its own when freezing): the
+    # compiled model gets the same weights in F.linear's layout, padded the same way
+    weights = load_safetensors_dir(resolve_model(args.target), model.dtype, "cpu")
+    for_compile = Transformer(model.cfg, weights, model.dtype, "cpu", plan=replace(model.plan, backend="torch"))
     vocab = model.cfg.vocab_size
     results = []
     for n in map(int, args.rows.split(",")):
-        cache = model.new_cache(args.context + n + 2)
+        with torch.no_grad():  # a normal tensor, not an inference one, so that compiled code may write it
+            cache = model.new_cache(args.context + n + 2)
         prompt = torch.tensor([(17 * i + 3) % vocab for i in range(args.context)])
-        model.forward(prompt, torch.arange(args.context), cache, 0)
+        with torch.no_grad():
+            plain_prefill = Transformer.forward.__wrapped__
+            plain_prefill(model, prompt, torch.arange(args.context), cache, 0)
         tree = DraftTree()
         for i in range(n - 1):
             tree.add((5 * i + 11) % vocab, i - 1)
@@ -66,15 +69,23 @@ def main() -> None:
         mask = torch.cat([torch.ones(n, args.context, dtype=torch.bool), tree_mask], dim=1)
         paths = verify_paths(tree) if model.batch_invariant else None
         tokens, positions = torch.tensor([1, *tree.tokens]), args.context + depth
+        top = int(positions.max())  # given, so that the graph has no data-dependent branch
 
         def forward():
-            return model.forward(tokens, positions, cache, args.context, attn_mask=mask, paths=paths).hidden
+            return model.forward(tokens, positions, cache, args.context, attn_mask=mask, paths=paths, max_position=top).hidden
 
-        row = {"rows": n, "eager_ms": round(median_ms(forward), 2)}
+        plain = Transformer.forward.__wrapped__  # without inference mode, whose tensors inductor cannot trace into
+
+        def traced():
+            with torch.no_grad():
+                return plain(for_compile, tokens, positions, cache, args.context, attn_mask=mask, paths=paths,
+                             max_position=top).hidden  # fmt: skip
+
+        row = {"rows": n, "eager_ms": round(median_ms(forward), 2), "eager_f_linear_ms": round(median_ms(traced), 2)}
         for name in args.settings.split(","):
             torch._dynamo.reset()
             with torch._inductor.config.patch(SETTINGS[name]):
-                compiled = torch.compile(forward)
+                compiled = torch.compile(traced)
                 t0 = time.perf_counter()
                 try:
                     compiled()

@@ -3,9 +3,8 @@
 Committed verbatim as run (from /tmp/t/lookup_xp.py); output in results/lookup_ngram_sizes.txt.
 Run from the repository root: .venv/bin/python benchmarks/lookup_ngram_sizes.py
 """
-import sys, json
+import sys
 sys.path.insert(0, '/work/main/benchmarks')
-import specblock
 from specblock import SpecGenerator
 from specblock.drafters.lookup import LookupDrafter
 from engine_speed import load_prompts

@@ -1,4 +1,5 @@
-"""Bandwidth of candidate matrix-product kernels at decoding shapes (why target/linear.py is as it is).
+"""Bandwidth of candidate matrix-product kernels at decoding shapes (measured on the AVX2 EPYC for
+the engine before issue 14; `target/kernels.py` now times its candidates on each machine).
 
     .venv/bin/python benchmarks/matmul_kernels.py
 
@@ -13,7 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-import specblock  # noqa: F401  (sets OMP_WAIT_POLICY before torch loads)
 import numpy as np
 import torch
 import torch.nn.functional as F

@@ -14,19 +14,22 @@ from specblock.tree import DraftTree
 def plain_logits(model: Transformer, prompt: list[int], continuation: list[int]) -> torch.Tensor:
     """Logits after the prompt and after each continuation token, decoding one token a forward."""
     runner = TargetRunner(model)
-    rows = [runner.prefill(prompt[:-1], 64, capture=False).logits[0]]
+    rows = [runner.prefill(prompt[:-1], 128, capture=False).logits[0]]
     for token in [prompt[-1], *continuation]:
         rows.append(runner.verify(token, DraftTree(), capture=False).logits[0])
         runner.commit([0])
     return torch.stack(rows[1:])
 
 
+# 9 tokens: the whole context is one row-by-row tail; 62: a shared chunk of context too, and the
+# chain crosses the attention's chunk boundary at position 64 (target/primitives.py)
+@pytest.mark.parametrize("prompt_length", [9, 62])
 @pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_qwen2"])
-def test_a_chain_inside_a_bushy_tree_has_the_logits_of_plain_decoding(fixture, request):
+def test_a_chain_inside_a_bushy_tree_has_the_logits_of_plain_decoding(fixture, prompt_length, request):
     if not kernel_table()["bfloat16"].invariant:
         pytest.skip("this CPU gives no row-invariant bf16 product (see the kernel table)")
     model = Transformer.load(request.getfixturevalue(fixture), dtype=torch.bfloat16)
-    prompt = [5, 17, 33, 9, 41, 12, 7, 28, 30]
+    prompt = [(7 * i + 5) % 60 + 3 for i in range(prompt_length)]
     chain = [44, 13, 60, 21]
     want = plain_logits(model, prompt, chain)  # rows: after the root, then after each chain token
     tree = DraftTree()
@@ -39,10 +42,25 @@ def test_a_chain_inside_a_bushy_tree_has_the_logits_of_plain_decoding(fixture, r
             tree.add(3, tree.add(2, node))  # a side branch below a chain node
         parent = node
     runner = TargetRunner(model)
-    runner.prefill(prompt[:-1], 64, capture=False)
+    runner.prefill(prompt[:-1], 128, capture=False)
     got = runner.verify(prompt[-1], tree, capture=False).logits
     chain_rows = [0] + [1 + i for i, (t, p) in enumerate(zip(tree.tokens, tree.parents)) if t in chain and
                         (p == -1 or tree.tokens[p] in chain)]  # fmt: skip
     assert len(chain_rows) == len(chain) + 1
     for row, expected in zip(chain_rows, want):
         assert torch.equal(got[row], expected)
+
+
+def test_the_attention_probe_fails_when_the_layout_leaks_into_the_result(monkeypatch):
+    """The kernel table's probe must notice an attention whose rows depend on the tree layout."""
+    from specblock.target import primitives
+
+    plan = kernel_table()["bfloat16"]
+    if plan.invariant:  # the table ran the probe and it passed
+        assert primitives.attention_is_layout_invariant(torch.bfloat16, plan.min_rows)
+
+    def leaky(q, keys, values, layout, min_rows=2):  # depends on how many rows share the call
+        return primitives.attend(q[None], keys[None], values[None], None)[0] + q.shape[1] * 1e-2
+
+    monkeypatch.setattr(primitives, "layout_invariant_attention", leaky)
+    assert not primitives.attention_is_layout_invariant(torch.bfloat16, 2)

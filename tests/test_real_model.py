@@ -14,20 +14,23 @@ pytestmark = pytest.mark.real_model
 REAL_CACHE = os.environ.get("SPECBLOCK_CACHE")
 
 
-@pytest.fixture(scope="module")
-def real_generators():
+def load_real(method: str, dtype: str) -> SpecGenerator:
+    """The real model from the user's cache (the tests' own cache is a fresh temporary one)."""
     saved = os.environ.get("SPECBLOCK_CACHE")
     if REAL_CACHE is None:
         os.environ.pop("SPECBLOCK_CACHE", None)
     else:
         os.environ["SPECBLOCK_CACHE"] = REAL_CACHE
     try:
-        vanilla = SpecGenerator.load("smollm2-135m", method="vanilla", dtype="float32")
-        lookup = SpecGenerator.load("smollm2-135m", method="lookup", dtype="float32")
+        return SpecGenerator.load("smollm2-135m", method=method, dtype=dtype)
     finally:
         if saved is not None:
             os.environ["SPECBLOCK_CACHE"] = saved
-    return vanilla, lookup
+
+
+@pytest.fixture(scope="module")
+def real_generators():
+    return load_real("vanilla", "float32"), load_real("lookup", "float32")
 
 
 PROMPTS = [
@@ -73,3 +76,36 @@ def test_shipped_drafters_equal_vanilla_and_speculate(real_generators, method, b
         total_new += b.new_tokens
         total_iters += b.iterations
     assert total_new / total_iters > 1.3  # trained drafters speculate for real (measured in the model cards)
+
+
+SPEC_BENCH = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "eval", "spec_bench_question.jsonl")
+
+
+def spec_bench_prompts(per_category: int = 1) -> list[str]:
+    """First-turn questions of Spec-Bench, one per reported category (the fixed prompts without the data)."""
+    if not os.path.isfile(SPEC_BENCH):
+        return PROMPTS
+    from pathlib import Path
+
+    from specblock.bench.prompts import load_prompts
+
+    return [p.turns[0] for p in load_prompts(Path(SPEC_BENCH), per_category)]
+
+
+def test_bf16_speculation_equals_plain_bf16_decoding():
+    """Batch-invariant bf16 verification: lookup and both shipped drafters give plain bf16
+    decoding's tokens exactly, over Spec-Bench questions (design §11a, issue 14 item 5)."""
+    from specblock.target.kernels import kernel_table
+
+    if not kernel_table()["bfloat16"].invariant:
+        pytest.skip("this CPU gives no row-invariant bf16 product, so bf16 verification is not exact here")
+    base = load_real("vanilla", "bfloat16")
+    methods = [base.with_method(m, node_budget=16, target_name="smollm2-135m") for m in ("lookup", "specblock", "eagle3")]
+    drafted = 0
+    for prompt in spec_bench_prompts():
+        want = base.generate(prompt, max_new_tokens=40)
+        for gen in methods:
+            got = gen.generate(prompt, max_new_tokens=40)
+            assert got.token_ids == want.token_ids, (gen.method, prompt[:40])
+            drafted += sum(got.accepted_lengths)
+    assert drafted > 0  # drafts were accepted, so trees were really verified

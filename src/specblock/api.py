@@ -57,6 +57,8 @@ def parse_dtype(name: str, device: str = "cpu") -> torch.dtype:
     """A dtype by name; 'auto' is the fastest on this machine (`kernels.auto_dtype`)."""
     if name == "auto":
         return auto_dtype(device)
+    if name == "int8" and not device.startswith("cpu"):
+        raise InvalidSettingError("--dtype int8 runs on the CPU only (PyTorch's weight-only int8 CPU kernel)")
     if name not in DTYPES:
         raise InvalidSettingError(f"unknown dtype {name!r}; use one of auto, float32, bfloat16, float16, int8")
     return DTYPES[name]

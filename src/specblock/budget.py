@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -34,15 +33,10 @@ PARITY_BUDGET = 59
 
 
 def machine_key() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu} x{os.cpu_count()}"
+    """The CPU model and core count a profile was measured on."""
+    from specblock.target.kernels import cpu_features
+
+    return f"{cpu_features().model} x{os.cpu_count()}"
 
 
 def profile_path(target_name: str, dtype: torch.dtype | str, device: str) -> Path:

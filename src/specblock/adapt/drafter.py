@@ -107,6 +107,7 @@ class AdaptiveDrafter(Drafter):
         self._reset_window()
         self._pending: PendingUpdate | None = None
         self._max_length = 0
+        self._features_like: torch.Tensor | None = None
         self._last = time.perf_counter()
 
     @property
@@ -126,6 +127,7 @@ class AdaptiveDrafter(Drafter):
         t0 = time.perf_counter()
         self.buffer.start_request(prefill)
         self._max_length = prefill.max_length
+        self._features_like = prefill.features  # the target's dtype and device, for rebuilds
         self.bookkeeping_s += time.perf_counter() - t0
         self.inner.begin(prefill)
         self._last = time.perf_counter()
@@ -246,7 +248,8 @@ class AdaptiveDrafter(Drafter):
         """Recompute the wrapped drafter's cache with the new weights from the buffered request."""
         seg = self.buffer.current
         prompt = list(seg.tokens)
-        features = torch.stack(seg.features).float()
+        like = self._features_like
+        features = torch.stack(seg.features).to(dtype=like.dtype, device=like.device)
         self.inner.begin(PrefillFeedback(prompt, features, root, self._max_length))
 
     def summary(self) -> dict:

@@ -81,6 +81,7 @@ class OnlineUpdater:
         self.updates = 0
 
     def _loss(self, batch, keep: bool = False) -> LossReport:
+        batch = batch.to(self.model.lm_head.weight.device)
         if isinstance(self.model, Eagle3Model):
             return eagle3_loss(self.model, batch, steps=REACH_DEPTH if keep else None, keep_outputs=keep)
         blocks = 1 if keep else self.s.blocks

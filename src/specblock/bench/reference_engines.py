@@ -64,7 +64,9 @@ class LlamaServer:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
-        self.log = open(os.path.join(os.path.dirname(binary), f"llama-server-{self.port}.log"), "w")
+        import tempfile
+
+        self.log = tempfile.NamedTemporaryFile("w", prefix="llama-server-", suffix=".log", delete=False)
         cmd = [binary, "-m", gguf_path, "-t", "2", "-tb", "2", "-np", "1", "-c", "4096", "--host", "127.0.0.1",
                "--port", str(self.port)]  # fmt: skip
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
@@ -78,7 +80,8 @@ class LlamaServer:
             except OSError:
                 pass
             time.sleep(0.5)
-        raise RuntimeError("llama-server did not become healthy within 120 s")
+        self.close()
+        raise RuntimeError(f"llama-server did not become healthy within 120 s ({self.log.name})")
 
     def _get(self, path: str) -> dict:
         from urllib.request import urlopen

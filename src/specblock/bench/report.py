@@ -29,7 +29,7 @@ def settings_lines(s: dict) -> list[str]:
         f"- date: {s.get('date', '-')}",
         *[f"- resumed {r.get('date')}: `{r.get('command') or '-'}`" for r in s.get("resumed", [])],
         f"- machine: {s.get('machine', '-')}",
-        f"- target: {s.get('target', '-')} ({s.get('dtype', '-')}, {s.get('device', '-')}), batch 1, "
+        f"- target: {s.get('target', '-')} ({s.get('dtype_resolved') or s.get('dtype', '-')}, {s.get('device', '-')}), batch 1, "
         + (
             "greedy (T=0)"
             if temp == 0

@@ -104,6 +104,7 @@ def run_bench(
     check_settings(out, settings)  # before the slow model load
     gens = build_generators(target, specs, drafters, dtype, device, report)
     settings["node_budgets"] = {spec: g.node_budget for spec, g in gens.items()}
+    settings["dtype_resolved"] = gens["vanilla"].target.dtype_name  # what `auto` chose on this machine
     if adapt:  # every trained drafter keeps learning across the requests (its update time counts)
         for s in specs:
             if s.name in NEURAL_METHODS:

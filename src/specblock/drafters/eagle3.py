@@ -48,7 +48,8 @@ class Eagle3Drafter(Drafter):
 
     def begin(self, prefill: PrefillFeedback) -> None:
         c = self.model.cfg
-        rows = prefill.max_length + 2 + 10 * 7  # the context, then at most top_k x depth tree rows
+        # the context, then at most top_k x depth tree rows (10 x 7 at the largest scaled shape)
+        rows = prefill.max_length + 2 + (self.top_k or 10) * (self.depth or 7)
         dtype, device = prefill.features.dtype, prefill.features.device
         cache = self.cache
         if cache is None or cache.capacity < rows or cache.keys.dtype != dtype or cache.keys.device != device:

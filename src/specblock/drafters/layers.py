@@ -7,9 +7,10 @@ attend in patterns a causal mask cannot express, and either earlier keys/values 
 an earlier block's) or a preallocated cache the new keys/values are written into in place
 (drafting).
 
-Drafting runs without gradients in the target's dtype: `InferenceWeights` keeps fused copies
-(q|k|v, gate|up) of the trainable fp32 weights in that dtype, rebuilt only when a weight
-changed (an online-adaptation update), so a drafting call never converts a weight.
+Drafting runs under inference mode in the target's dtype: `InferenceWeights` keeps fused copies
+(q|k|v, gate|up) of the trainable fp32 matrices in that dtype, in the kernel's layout, rebuilt
+only when a weight changed (an online-adaptation update), so a drafting call never converts a
+matrix (the small norm and query vectors are cast as they are used).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class InferenceWeights:
         self._made: dict[str, tuple[tuple, Linear]] = {}
 
     def get(self, name: str, linears: list[nn.Linear], dtype: torch.dtype) -> Linear:
+        assert all(lin.bias is None for lin in linears), "drafter projections have no biases"
         weights = [lin.weight for lin in linears]
         stamp = (dtype, weights[0].device, *(id(w) for w in weights), *(w._version for w in weights))
         made = self._made.get(name)
@@ -61,7 +63,7 @@ class InferenceWeights:
         return made[1]
 
 
-def _drafting(x: torch.Tensor) -> bool:
+def _drafting() -> bool:
     """Drafting (which runs under inference mode) uses the fused inference weights in the input's
     dtype; training and its no-grad evaluations use the trainable weights themselves."""
     return torch.is_inference_mode_enabled()
@@ -88,7 +90,7 @@ class Attention(nn.Module):
         self.inference = InferenceWeights()
 
     def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if _drafting(x):
+        if _drafting():
             qkv = self.inference.get("qkv", [self.q_proj, self.k_proj, self.v_proj], x.dtype)(x)
             q_size, kv_size = self.heads * self.head_dim, self.kv_heads * self.head_dim
             return qkv.split([q_size, kv_size, kv_size], dim=-1)
@@ -96,7 +98,7 @@ class Attention(nn.Module):
         return self.q_proj(x), self.k_proj(x), self.v_proj(x)
 
     def _out(self, x: torch.Tensor) -> torch.Tensor:
-        return self.inference.get("o", [self.o_proj], x.dtype)(x) if _drafting(x) else self.o_proj(x.to(self.o_proj.weight.dtype))
+        return self.inference.get("o", [self.o_proj], x.dtype)(x) if _drafting() else self.o_proj(x.to(self.o_proj.weight.dtype))
 
     def forward(
         self,
@@ -133,7 +135,7 @@ class MLP(nn.Module):
         self.inference = InferenceWeights()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _drafting(x):
+        if _drafting():
             gate_up = self.inference.get("gate_up", [self.gate_proj, self.up_proj], x.dtype)
             return gated_mlp(x, gate_up, self.inference.get("down", [self.down_proj], x.dtype))
         return gated_mlp(x, lambda h: torch.cat([self.gate_proj(h), self.up_proj(h)], dim=-1), self.down_proj)
@@ -172,4 +174,4 @@ class DecoderLayer(nn.Module):
 def drafting_linear(module: nn.Module, name: str, linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """A single nn.Linear applied through its inference copy when drafting (lm_head, fc, fuse, ...)."""
     store = module.__dict__.setdefault("_inference_weights", InferenceWeights())
-    return store.get(name, [linear], x.dtype)(x) if _drafting(x) else linear(x.to(linear.weight.dtype))
+    return store.get(name, [linear], x.dtype)(x) if _drafting() else linear(x.to(linear.weight.dtype))

@@ -49,8 +49,6 @@ def slot_width(slot: int, top1_prob: float, rank_cls: int, slot0_topk: int = 10,
     return width
 
 
-SEED_ROWS = 32  # block-2 seeds one iteration can have: at most 10 + 3 x 6 nodes from block 1 (28)
-
 
 class SpecBlockDrafter(Drafter):
     name = "specblock"
@@ -71,6 +69,7 @@ class SpecBlockDrafter(Drafter):
         self.fixed_topk = fixed_topk
         self.blocks = blocks
         self.max_width = max(10, fixed_topk or 0, *RANK_TOPK)
+        self.max_seeds = 10 + (self.k - 1) * self.max_width  # block-1 nodes that can seed block 2
         self.cache: KVCache | None = None
         self.positions = 0  # context positions whose K slots sit in the cache
         self.pending = PendingPositions()
@@ -79,11 +78,12 @@ class SpecBlockDrafter(Drafter):
     # -- state --------------------------------------------------------------------------
     def begin(self, prefill: PrefillFeedback) -> None:
         c = self.model.cfg
-        rows = (prefill.max_length + 2 + SEED_ROWS) * self.k
+        rows = (prefill.max_length + 2 + self.max_seeds) * self.k
         dtype, device = prefill.features.dtype, prefill.features.device
         cache = self.cache
         if cache is None or cache.capacity < rows or cache.keys.dtype != dtype or cache.keys.device != device:
             self.cache = KVCache(c.num_hidden_layers, c.num_key_value_heads, c.head_dim, rows, dtype, device)
+            self._masks.clear()  # they live on the cache's device
         self.cache.length = 0
         self.positions = 0
         self.pending.start(prefill)

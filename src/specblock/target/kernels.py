@@ -30,6 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from specblock.target.primitives import attention_is_layout_invariant
+
 PAD_CANDIDATES = (1, 2, 4, 8, 16)  # pad fewer rows than this up to it (half precision, CPU)
 PACK_ROWS_HINT = 16  # the row count oneDNN's packed layout is tuned for (trees; one row costs about the same)
 _SHAPES = ((1536, 576), (576, 1536), (8192, 576), (2048, 1536))  # (out, in) of typical products
@@ -78,7 +80,12 @@ def auto_dtype(device: str) -> torch.dtype:
 
 
 def compute_threads() -> int:
-    """Threads for compute: the cores this process may run on."""
+    """Threads for compute: OMP_NUM_THREADS when the user set it, else the CPUs this process may
+    run on. The kernel table is measured with this many and the pool is set to it."""
+    try:
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    except (KeyError, ValueError):
+        pass
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
@@ -101,7 +108,8 @@ class KernelPlan:
     timings_us: dict = field(default_factory=dict)
 
 
-def _median_us(fn, repeats: int = 15) -> float:
+def median_us(fn, repeats: int = 15) -> float:
+    """Median microseconds of `fn()` over `repeats` calls, after 3 warm-up calls."""
     for _ in range(3):
         fn()
     times = []
@@ -167,21 +175,31 @@ def measure_kernel_table(dtypes=(torch.float32, torch.bfloat16, torch.float16, t
                 for lin, w in zip(products, weights):
                     for m in (1, 16):
                         x = torch.randn(m, w.shape[1]).to(activation)
-                        total += _median_us(lambda: lin(x))
+                        total += median_us(lambda: lin(x))
                 invariant[(backend, rows)] = all(_rows_invariant(lin, w) for lin, w in zip(products, weights))
                 cost[(backend, rows)] = total
-            except (RuntimeError, NotImplementedError):  # a backend this torch build or CPU lacks
+            except (RuntimeError, NotImplementedError, AttributeError):  # a kernel this torch build or CPU lacks
                 continue
+        if not cost:
+            plans[name] = KernelPlan("cpu", name, "torch", 1, False)
+            continue
         ok = [c for c in cost if invariant[c]] or list(cost)
         best = min(cost[c] for c in ok)
-        backend, rows = min(ok, key=lambda c: (cost[c] > 1.1 * best, cost[c]))
-        plans[name] = KernelPlan("cpu", name, backend, rows, invariant[(backend, rows)],
-                                 {f"{b}_rows{r}": round(t, 1) for (b, r), t in cost.items()})  # fmt: skip
+        # within 10% of the fastest, pad the fewest rows (less work on machines where a row costs)
+        backend, rows = min(ok, key=lambda c: (cost[c] > 1.1 * best, c[1], cost[c]))
+        plan = KernelPlan("cpu", name, backend, rows, invariant[(backend, rows)],
+                          {f"{b}_rows{r}": round(t, 1) for (b, r), t in cost.items()})  # fmt: skip
+        if activation in (torch.bfloat16, torch.float16) and plan.invariant:
+            plan.invariant = attention_is_layout_invariant(activation, rows)  # the verify attention too
+        plans[name] = plan
     return plans
 
 
+TABLE_FORMAT = 2  # bump when KernelPlan or the candidates change: older tables are measured again
+
+
 def _table_key() -> str:
-    return f"{cpu_features().model} | {torch.get_num_threads()} threads | torch {torch.__version__}"
+    return f"format {TABLE_FORMAT} | {cpu_features().model} | {compute_threads()} threads | torch {torch.__version__}"
 
 
 def table_path() -> Path:
@@ -198,17 +216,32 @@ def kernel_table(refresh: bool = False) -> dict[str, KernelPlan]:
     global _TABLE
     if _TABLE is not None and not refresh:
         return _TABLE
-    path = table_path()
-    saved = json.loads(path.read_text()) if path.is_file() and not refresh else {}
-    if saved.get("key") == _table_key():
-        _TABLE = {name: KernelPlan(**plan) for name, plan in saved["plans"].items()}
-        return _TABLE
+    path, key = table_path(), _table_key()
+    tables = _read_tables(path)
+    if key in tables and not refresh:
+        try:
+            _TABLE = {name: KernelPlan(**plan) for name, plan in tables[key].items()}
+            if all(str(d).removeprefix("torch.") in _TABLE for d in (torch.float32, torch.bfloat16, torch.float16, torch.int8)):
+                return _TABLE
+        except TypeError:  # written by another version: measure again
+            pass
+    torch.set_num_threads(compute_threads())  # measure with the pool the engine will use
     _TABLE = measure_kernel_table()
+    tables[key] = {n: asdict(p) for n, p in _TABLE.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")  # processes started together (torchrun) each write their own
-    tmp.write_text(json.dumps({"key": _table_key(), "plans": {n: asdict(p) for n, p in _TABLE.items()}}, indent=2))
+    tmp.write_text(json.dumps({"tables": tables}, indent=2))
     os.replace(tmp, path)
     return _TABLE
+
+
+def _read_tables(path: Path) -> dict[str, dict]:
+    """Every machine key's table in the cache file; a missing, corrupt or old-format file is empty."""
+    try:
+        tables = json.loads(path.read_text()).get("tables", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return tables if isinstance(tables, dict) else {}
 
 
 def kernel_plan(device: str | torch.device, dtype: torch.dtype) -> KernelPlan:
@@ -229,7 +262,7 @@ def configure_threads(plan: KernelPlan) -> None:
     global _THREADS_SET
     if _THREADS_SET or plan.device != "cpu":
         return
-    torch.set_num_threads(1 if plan.backend == "numpy" else compute_threads())
+    torch.set_num_threads(1 if plan.backend == "numpy" else compute_threads())  # the table measured at this count
     _THREADS_SET = True
 
 

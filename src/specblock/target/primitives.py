@@ -174,3 +174,35 @@ def layout_invariant_attention(
         parts = torch.cat([out_shared, parts], dim=3)
     out = parts.float().cumsum(3)[..., -1, :] / norm  # chunks summed in order: [kv, n, g, d]
     return out.to(q.dtype).transpose(1, 2).reshape(heads, n, d)
+
+
+def attention_is_layout_invariant(dtype: torch.dtype, min_rows: int) -> bool:
+    """Whether `layout_invariant_attention` gives each row of a branching tree exactly what plain
+    decoding of that row's token gives, on this machine, in `dtype` (the kernel table's probe).
+
+    The tree has a chain with a sibling at every depth, starting after 58 context positions so
+    that the chain crosses a chunk boundary (64) and both the shared and the per-row paths run.
+    """
+    gen = torch.Generator().manual_seed(0)
+    kv_heads, group, d, start, depth = 2, 3, 64, 58, 10
+    parents, chain = [-1], [0]  # verify rows: root, then (sibling, chain node) per depth
+    for _ in range(depth - 1):
+        parents += [chain[-1], chain[-1]]
+        chain.append(len(parents) - 1)
+    n = len(parents)
+    ancestry: list[list[int]] = []
+    for row, parent in enumerate(parents):
+        ancestry.append(([] if parent < 0 else ancestry[parent]) + [row])
+    paths = torch.tensor([a + [-1] * (depth - len(a)) for a in ancestry])
+    keys = torch.randn(kv_heads, start + n, d, generator=gen).to(dtype)
+    values = torch.randn(kv_heads, start + n, d, generator=gen).to(dtype)
+    q = torch.randn(kv_heads * group, n, d, generator=gen).to(dtype)
+    tree = layout_invariant_attention(q, keys, values, TreeLayout.build(start, paths), min_rows)
+    for t, row in enumerate(chain):
+        slots = torch.cat([torch.arange(start), start + torch.tensor(chain[: t + 1])])
+        alone = layout_invariant_attention(
+            q[:, row : row + 1], keys[:, slots], values[:, slots], TreeLayout.build(start + t, torch.tensor([[0]])), min_rows
+        )
+        if not torch.equal(alone[:, 0], tree[:, row]):
+            return False
+    return True

@@ -52,16 +52,20 @@ class ForwardOutput:
 class Transformer:
     """Weights plus a forward pass over n new tokens that extends a KV cache."""
 
-    def __init__(self, cfg: ModelConfig, weights: dict[str, torch.Tensor], dtype: torch.dtype, device: str) -> None:
+    def __init__(
+        self, cfg: ModelConfig, weights: dict[str, torch.Tensor], dtype: torch.dtype, device: str,
+        plan: KernelPlan | None = None,
+    ) -> None:  # fmt: skip
         """`dtype` torch.int8 means int8 weights (per-channel, quantized here) with activations
-        in `int8_activation_dtype`, in which `weights` must then be given."""
+        in `int8_activation_dtype`, in which `weights` must then be given. `plan` overrides the
+        kernel table's choice (benchmarks compare kernels with it)."""
         self.cfg = cfg
         self.device = torch.device(device)
         self.int8_weights = dtype == torch.int8
         if self.int8_weights and self.device.type != "cpu":
             raise UnsupportedModelError("int8 weights run on the CPU only (PyTorch's weight-only int8 CPU kernel)")
         self.dtype = int8_activation_dtype() if self.int8_weights else dtype  # the compute dtype
-        self.plan: KernelPlan = kernel_plan(self.device, dtype)
+        self.plan: KernelPlan = plan or kernel_plan(self.device, dtype)
         configure_threads(self.plan)
         if self.plan.backend == "numpy" and torch.get_num_threads() > 1:
             # the pool was set for another model first: OpenBLAS threads beside PyTorch's
@@ -78,7 +82,9 @@ class Transformer:
         # half precision on a CPU whose products are row-invariant: verify forwards use the
         # layout-invariant attention, so bf16 speculative decoding equals plain bf16 decoding
         half = self.dtype in (torch.bfloat16, torch.float16)
-        self.batch_invariant = half and self.device.type == "cpu" and self.plan.invariant
+        # the attention's products run in the compute dtype: their plan sets its padding
+        self.attention_plan = kernel_plan(self.device, self.dtype) if self.int8_weights else self.plan
+        self.batch_invariant = half and self.device.type == "cpu" and self.plan.invariant and self.attention_plan.invariant
 
     @property
     def weights_key(self) -> str:
@@ -173,7 +179,7 @@ class Transformer:
             cache.write(i, start, k, v)
             keys, values = cache.view(i, end)
             if paths is not None and self.batch_invariant:
-                attn = layout_invariant_attention(q, keys[0], values[0], layout, self.plan.min_rows)[None]
+                attn = layout_invariant_attention(q, keys[0], values[0], layout, self.attention_plan.min_rows)[None]
             else:
                 attn = attend(q[None], keys, values, mask)
             x = x + lw.o_proj(attn[0].transpose(0, 1).reshape(n, q_size))

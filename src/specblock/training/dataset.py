@@ -8,7 +8,7 @@ is an answer token and the target's argmax at j lies in the draft vocabulary (de
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -40,6 +40,10 @@ class Batch:
     @property
     def answer_positions(self) -> int:
         return int(self.loss_mask.sum())
+
+    def to(self, device: torch.device | str) -> "Batch":
+        """The same batch on `device` (online adaptation trains the drafter where it drafts)."""
+        return Batch(*(getattr(self, f.name).to(device) for f in fields(self)))
 
 
 def load_manifest(data_dir: Path) -> dict:
