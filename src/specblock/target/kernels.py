@@ -189,8 +189,8 @@ def measure_kernel_table(dtypes=(torch.float32, torch.bfloat16, torch.float16, t
         backend, rows = min(ok, key=lambda c: (cost[c] > 1.1 * best, c[1], cost[c]))
         plan = KernelPlan("cpu", name, backend, rows, invariant[(backend, rows)],
                           {f"{b}_rows{r}": round(t, 1) for (b, r), t in cost.items()})  # fmt: skip
-        if activation in (torch.bfloat16, torch.float16) and plan.invariant:
-            plan.invariant = attention_is_layout_invariant(activation, rows)  # the verify attention too
+        if dtype in (torch.bfloat16, torch.float16) and plan.invariant:  # (int8 models attend with these plans)
+            plan.invariant = attention_is_layout_invariant(dtype, rows)  # the verify attention too
         plans[name] = plan
     return plans
 
