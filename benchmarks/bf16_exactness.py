@@ -11,16 +11,14 @@ common prefix) gives its top-2 logit gap. Writes a JSON and a Markdown table (no
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import sys
 from pathlib import Path
 
+from benchmarks_common import run_header
 
 from specblock.api import SpecGenerator
-from specblock.bench.machine import machine_description
 from specblock.bench.prompts import load_prompts
-from specblock.target.kernels import cpu_features, kernel_table
+from specblock.target.kernels import kernel_table
 from specblock.target.runner import TargetRunner
 
 
@@ -68,9 +66,7 @@ def main() -> None:
         summary[spec] = {"equal": sum(r["equal"] for r in mine), "prompts": len(mine),
                          "gaps": [r["top2_gap"] for r in mine if not r["equal"]]}  # fmt: skip
     record = {
-        "command": "python " + " ".join(sys.argv),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine_description(), "cpu": cpu_features().describe(),
+        **run_header(),
         "bf16_kernel_plan": vars(kernel_table()["bfloat16"]), "summary": summary, "rows": rows,
     }  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)

@@ -11,18 +11,16 @@ here, it does not win with the shape buckets a real run would need. Not a test.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
+from benchmarks_common import run_header
 
 from specblock.api import SpecGenerator
-from specblock.bench.machine import machine_description
-from specblock.target.kernels import cpu_features, median_us
+from specblock.target.kernels import median_us
 from specblock.models.resolve import resolve_model
 from specblock.target.transformer import Transformer, load_safetensors_dir
 from specblock.tree import DraftTree, verify_layout, verify_paths
@@ -97,9 +95,7 @@ def main() -> None:
         print(json.dumps(row), flush=True)
         results.append(row)
     record = {
-        "command": "python " + " ".join(sys.argv), "target": args.target, "dtype": model.dtype_name,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine_description(), "cpu": cpu_features().describe(), "results": results,
+        **run_header(), "target": args.target, "dtype": model.dtype_name, "results": results,
     }  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "compile_vs_eager.json").write_text(json.dumps(record, indent=2) + "\n")

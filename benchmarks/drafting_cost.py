@@ -14,23 +14,20 @@ positions. Not a test.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
+from benchmarks_common import run_header
 
 from specblock.api import SpecGenerator
 from specblock.bench.drafter_latency import measure_draft_latency
-from specblock.bench.machine import machine_description
 from specblock.budget import measure_verify_latency
 from specblock.drafters.checkpoint import save_drafter
 from specblock.drafters.eagle3_model import Eagle3Config, Eagle3Model
 from specblock.drafters.shipped import shipped_drafter
 from specblock.drafters.specblock_model import SpecBlockConfig, SpecBlockModel
-from specblock.target.kernels import cpu_features
 from specblock.target.runner import TargetRunner
 from specblock.training.draft_vocab import DraftVocab
 
@@ -72,9 +69,7 @@ def main() -> None:
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     record = {
-        "command": "python " + " ".join(sys.argv), "target": args.target, "dtype": base.target.dtype_name,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine_description(), "cpu": cpu_features().describe(), "t0_ms": round(1000 * t0, 2), "rows": rows,
+        **run_header(), "target": args.target, "dtype": base.target.dtype_name, "t0_ms": round(1000 * t0, 2), "rows": rows,
     }  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"drafting_cost_{args.target}.json").write_text(json.dumps(record, indent=2) + "\n")

@@ -12,18 +12,15 @@ Not a test.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
+from benchmarks_common import run_header
 
 from specblock.api import SpecGenerator
-from specblock.bench.machine import machine_description
 from specblock.budget import measure_verify_latency
-from specblock.target.kernels import cpu_features
 from specblock.target.runner import TargetRunner
 
 
@@ -62,9 +59,7 @@ def main() -> None:
     bound_ms = 1000 * weights / (bandwidth * 1e9)
     latency = measure_verify_latency(TargetRunner(gen.target), sizes=(0, 1, 4, 8, 16, 32, 59, 64))
     record = {
-        "command": "python " + " ".join(sys.argv), "target": args.target, "dtype": gen.target.dtype_name,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine_description(), "cpu": cpu_features().describe(),
+        **run_header(), "target": args.target, "dtype": gen.target.dtype_name,
         "read_bandwidth_gbs": round(bandwidth, 1), "product_weight_bytes": weights,
         "bound_ms": round(bound_ms, 2), "verify_ms": {n: round(1000 * t, 2) for n, t in latency.items()},
         "t0_over_bound": round(1000 * latency[0] / bound_ms, 2),

@@ -20,7 +20,7 @@ from torch import nn
 
 from specblock.target.kernels import Linear
 from specblock.target.kv_cache import KVCache
-from specblock.target.primitives import RMSNorm, RotaryTable, apply_rope, attend, gated_mlp, inverse_frequencies
+from specblock.target.primitives import RMSNorm, RotaryTable, apply_rope, attend, gated_mlp, inverse_frequencies, swiglu
 
 KV = tuple[torch.Tensor, torch.Tensor]
 
@@ -97,9 +97,6 @@ class Attention(nn.Module):
         x = x.to(self.q_proj.weight.dtype)
         return self.q_proj(x), self.k_proj(x), self.v_proj(x)
 
-    def _out(self, x: torch.Tensor) -> torch.Tensor:
-        return self.inference.get("o", [self.o_proj], x.dtype)(x) if _drafting() else self.o_proj(x.to(self.o_proj.weight.dtype))
-
     def forward(
         self,
         x: torch.Tensor,  # [B, n, in]
@@ -123,7 +120,7 @@ class Attention(nn.Module):
         else:
             keys, values = torch.cat([past[0], k], 2), torch.cat([past[1], v], 2)
         out = attend(q, keys, values, mask[:, None])
-        return self._out(out.transpose(1, 2).reshape(b, n, -1)), (k, v)
+        return drafting_linear(self, "o", self.o_proj, out.transpose(1, 2).reshape(b, n, -1)), (k, v)
 
 
 class MLP(nn.Module):
@@ -138,7 +135,7 @@ class MLP(nn.Module):
         if _drafting():
             gate_up = self.inference.get("gate_up", [self.gate_proj, self.up_proj], x.dtype)
             return gated_mlp(x, gate_up, self.inference.get("down", [self.down_proj], x.dtype))
-        return gated_mlp(x, lambda h: torch.cat([self.gate_proj(h), self.up_proj(h)], dim=-1), self.down_proj)
+        return self.down_proj(swiglu(self.gate_proj(x), self.up_proj(x)))  # training: no fused copy to make
 
 
 class DrafterRotary:

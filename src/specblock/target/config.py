@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from specblock.errors import UnsupportedModelError
+from specblock.target.primitives import inverse_frequencies
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
 
@@ -125,8 +126,7 @@ def rope_inverse_frequencies(cfg: ModelConfig) -> torch.Tensor:
 
     Computed in float32 the way Hugging Face does, so positions rotate identically.
     """
-    dim = cfg.head_dim
-    inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    inv = inverse_frequencies(cfg.head_dim, cfg.rope_theta)
     scaling = cfg.rope_scaling
     if scaling is None:
         return inv

@@ -35,7 +35,7 @@ from specblock.target.primitives import attention_is_layout_invariant
 PAD_CANDIDATES = (1, 2, 4, 8, 16)  # pad fewer rows than this up to it (half precision, CPU)
 PACK_ROWS_HINT = 16  # the row count oneDNN's packed layout is tuned for (trees; one row costs about the same)
 _SHAPES = ((1536, 576), (576, 1536), (8192, 576), (2048, 1536))  # (out, in) of typical products
-_CHECK_ROWS = (1, 2, 3, 4, 5, 8, 9, 16, 17, 33, 64)
+_CHECK_ROWS = (1, 2, 3, 4, 5, 8, 9, 16, 17)  # call sizes each of the 32 checked rows is compared in
 
 
 @dataclass(frozen=True)
@@ -97,8 +97,11 @@ class KernelPlan:
     """How products run for one (device, dtype): `backend` 'torch' (F.linear), 'onednn' (oneDNN
     on a weight packed once into its blocked layout), 'numpy' (OpenBLAS on a transposed copy,
     fp32 only) or 'int8' (weights quantized once per output channel, PyTorch's weight-only int8
-    kernel; the dtype 'int8' names the weights, activations are `int8_activation_dtype`); inputs with fewer than `min_rows` rows are padded up to it. `invariant` says whether rows came out bit-identical for every row count
-    >= min_rows on this machine (the condition for exact bf16 speculative decoding)."""
+    kernel; the dtype 'int8' names the weights, activations are `int8_activation_dtype`).
+    Inputs with fewer than `min_rows` rows are padded up to it. `invariant` says whether rows
+    came out bit-identical for every row count >= min_rows on this machine (and, for half
+    precision, the verify attention passed its probe): the condition for exact bf16
+    speculative decoding."""
 
     device: str
     dtype: str
@@ -124,7 +127,7 @@ def _rows_invariant(product, weight: torch.Tensor) -> bool:
     """True if each row comes out bit for bit the same alone as inside any larger call: checked
     for 32 different rows, so that a rounding difference, rare per element, shows."""
     x = torch.randn(32, weight.shape[1], generator=torch.Generator().manual_seed(0)).to(weight.dtype)
-    full = {m: product(x[:m]) for m in _CHECK_ROWS if m <= x.shape[0]}
+    full = {m: product(x[:m]) for m in _CHECK_ROWS}
     for i in range(x.shape[0]):
         alone = product(x[i : i + 1])[0]
         if any(not torch.equal(y[i], alone) for m, y in full.items() if i < m):
@@ -133,8 +136,8 @@ def _rows_invariant(product, weight: torch.Tensor) -> bool:
 
 
 def int8_activation_dtype() -> torch.dtype:
-    """Activations of an int8-weight CPU target: bf16 where the CPU has native bf16, else fp32."""
-    return torch.bfloat16 if cpu_features().fast_bf16 else torch.float32
+    """Activations of an int8-weight CPU target: the CPU's `auto` dtype (bf16 with native bf16)."""
+    return auto_dtype("cpu")
 
 
 def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -153,7 +156,10 @@ def _candidates(dtype: torch.dtype) -> list[tuple[str, int]]:
     return [("torch", r) for r in PAD_CANDIDATES] + [("onednn", r) for r in (1, 2, 16)]
 
 
-def measure_kernel_table(dtypes=(torch.float32, torch.bfloat16, torch.float16, torch.int8)) -> dict[str, KernelPlan]:
+TABLE_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.int8)  # int8: the weights' dtype
+
+
+def measure_kernel_table(dtypes=TABLE_DTYPES) -> dict[str, KernelPlan]:
     """Time the candidate kernels of each CPU dtype on this machine and pick one each (a few seconds).
 
     Each candidate is timed through `Linear` itself at one row and at 16 rows (decoding and a
@@ -221,7 +227,7 @@ def kernel_table(refresh: bool = False) -> dict[str, KernelPlan]:
     if key in tables and not refresh:
         try:
             _TABLE = {name: KernelPlan(**plan) for name, plan in tables[key].items()}
-            if all(str(d).removeprefix("torch.") in _TABLE for d in (torch.float32, torch.bfloat16, torch.float16, torch.int8)):
+            if all(str(d).removeprefix("torch.") in _TABLE for d in TABLE_DTYPES):
                 return _TABLE
         except TypeError:  # written by another version: measure again
             pass

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from specblock.tree import DraftTree, verify_paths
+
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm over the last dimension, normalised in float32, weighted in x's dtype."""
@@ -81,10 +83,15 @@ def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torc
     return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=q.shape[1] != keys.shape[1])
 
 
+def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """The gated MLP's activation, SiLU(gate) * up."""
+    return F.silu(gate) * up
+
+
 def gated_mlp(x: torch.Tensor, gate_up, down) -> torch.Tensor:
     """down(SiLU(gate) * up) with gate and up fused in one product (`gate_up` returns both halves)."""
     gate, up = gate_up(x).chunk(2, dim=-1)
-    return down(F.silu(gate) * up)
+    return down(swiglu(gate, up))
 
 
 ATTENTION_CHUNK = 32  # keys per reduction chunk, on a grid from logical position 0
@@ -185,24 +192,21 @@ def attention_is_layout_invariant(dtype: torch.dtype, min_rows: int) -> bool:
     """
     gen = torch.Generator().manual_seed(0)
     kv_heads, group, d, start, depth = 2, 3, 64, 58, 10
-    parents, chain = [-1], [0]  # verify rows: root, then (sibling, chain node) per depth
+    tree, chain = DraftTree(), [0]  # chain: verify rows of the root and the chain nodes
     for _ in range(depth - 1):
-        parents += [chain[-1], chain[-1]]
-        chain.append(len(parents) - 1)
-    n = len(parents)
-    ancestry: list[list[int]] = []
-    for row, parent in enumerate(parents):
-        ancestry.append(([] if parent < 0 else ancestry[parent]) + [row])
-    paths = torch.tensor([a + [-1] * (depth - len(a)) for a in ancestry])
+        tree.add(1, chain[-1] - 1)  # a sibling, then the chain node (draft node i is verify row i + 1)
+        chain.append(tree.add(2, chain[-1] - 1) + 1)
+    paths = verify_paths(tree)
+    n = len(tree) + 1
     keys = torch.randn(kv_heads, start + n, d, generator=gen).to(dtype)
     values = torch.randn(kv_heads, start + n, d, generator=gen).to(dtype)
     q = torch.randn(kv_heads * group, n, d, generator=gen).to(dtype)
-    tree = layout_invariant_attention(q, keys, values, TreeLayout.build(start, paths), min_rows)
+    together = layout_invariant_attention(q, keys, values, TreeLayout.build(start, paths), min_rows)
     for t, row in enumerate(chain):
         slots = torch.cat([torch.arange(start), start + torch.tensor(chain[: t + 1])])
         alone = layout_invariant_attention(
             q[:, row : row + 1], keys[:, slots], values[:, slots], TreeLayout.build(start + t, torch.tensor([[0]])), min_rows
         )
-        if not torch.equal(alone[:, 0], tree[:, row]):
+        if not torch.equal(alone[:, 0], together[:, row]):
             return False
     return True
