@@ -30,6 +30,9 @@ class FixedTreeDrafter(Drafter):
         self.tree = tree
         self.feedback: list[VerifyFeedback] = []
 
+    def fork(self) -> "FixedTreeDrafter":
+        return FixedTreeDrafter(self.tree)
+
     def begin(self, prefill: PrefillFeedback) -> None:
         self.feedback = []
 

@@ -80,6 +80,125 @@ class StopChecker:
         return None
 
 
+@dataclass
+class DraftedStep:
+    """What one iteration sends to the target: the root (newest committed token) and the tree."""
+
+    root: int
+    tree: DraftTree
+
+
+class RequestDecoder:
+    """One request's decoding state, advanced one iteration at a time.
+
+    The same steps serve a request alone (`speculative_decode`) and many requests whose trees
+    are verified together in one target forward (`serving.scheduler`): `draft` proposes, the
+    caller verifies, `accept` keeps a path and reports the new tokens. So a request's tokens
+    never depend on which other requests it ran beside.
+    """
+
+    def __init__(
+        self,
+        runner: TargetRunner,
+        drafter: Drafter,
+        prompt: list[int],
+        settings: DecodeSettings,
+        decode: Callable[[list[int]], str] | None = None,
+    ) -> None:
+        self.runner = runner
+        self.drafter = drafter
+        self.prompt = prompt
+        self.settings = settings
+        self.stats = DecodeStats(prompt_tokens=len(prompt))
+        self.stopper = StopChecker(settings, decode)
+        self.generator = None if settings.sampling.greedy else settings.sampling.generator()
+        self.generated: list[int] = []
+        self.sequence = list(prompt)
+        self.stop: str | None = None
+        self._drafter_forwards_before = drafter.forwards
+        self._t_start = 0.0
+        self._pending: tuple[DraftedStep, float, float] | None = None  # the step in flight, its times
+
+    @property
+    def done(self) -> bool:
+        return self.stop is not None
+
+    def prefill(self) -> list[int]:
+        """Run the prompt, sample the first token, start the drafter; returns [first token]."""
+        s = self.settings
+        # committed tokens never exceed the context; a verify adds the root and up to `budget` nodes
+        capacity = min(len(self.prompt) + s.max_new_tokens, self.runner.context_limit) + s.node_budget + 2
+        self._t_start = time.perf_counter()
+        pre = self.runner.prefill(self.prompt, capacity, capture=self.drafter.needs_features)
+        first = sample_token(pre.logits[0], s.sampling, self.generator)
+        self.stats.prefill_s = time.perf_counter() - self._t_start
+        self.generated.append(first)
+        self.sequence.append(first)
+        self.stop = self.stopper.reason(self.generated)
+        self.drafter.begin(PrefillFeedback(self.prompt, pre.features, first, capacity))
+        return [first]
+
+    def draft(self) -> DraftedStep | None:
+        """The next tree to verify, or None when generation has ended (`stop` says why)."""
+        if self.stop is not None:
+            return None
+        s, context = self.settings, self.runner.context_limit
+        if len(self.sequence) >= context:
+            self.stop = "context"
+            return None
+        # A deeper node could only produce tokens past max-new-tokens or the context window.
+        max_depth = min(s.max_new_tokens - len(self.generated) - 1, context - len(self.sequence) - 1)
+        t0 = time.perf_counter()
+        budget = s.node_budget
+        tree = self.drafter.propose(self.sequence, budget) if budget > 0 and max_depth > 0 else DraftTree()
+        tree.validate(budget)
+        tree = tree.truncated_to_depth(max_depth)
+        step = DraftedStep(self.sequence[-1], tree)
+        self._pending = (step, t0, time.perf_counter())
+        return step
+
+    def accept(self, verified: TargetStep) -> list[int]:
+        """Apply the acceptance rule to the target's verification of the drafted step, commit the
+        kept path, tell the drafter; returns the new tokens (cut where generation stops)."""
+        (drafted, t0, t1), self._pending = self._pending, None
+        tree, root, sampling = drafted.tree, drafted.root, self.settings.sampling
+        if sampling.greedy:
+            acc = accept_greedy(tree, verified.logits)
+        else:
+            acc = accept_sampling(tree, verified.logits, sampling, self.generator)
+        start = self.runner.length
+        self.runner.commit(acc.path)
+        t2 = time.perf_counter()
+        accepted = [tree.tokens[i - 1] for i in acc.path[1:]]
+        new = []
+        for tok in accepted + [acc.next_token]:
+            self.generated.append(tok)
+            self.sequence.append(tok)
+            new.append(tok)
+            self.stop = self.stopper.reason(self.generated)
+            if self.stop is not None:
+                break
+        stats = self.stats
+        stats.accepted_lengths.append(min(len(acc.path) - 1, len(new)))  # draft tokens kept in the output
+        stats.tree_sizes.append(len(tree))
+        stats.target_s.append(t2 - t1)
+        t3 = time.perf_counter()
+        if self.stop is None:
+            self.drafter.observe(_feedback(tree, acc.path, root, acc.next_token, verified, start))
+        stats.draft_s.append((t1 - t0) + (time.perf_counter() - t3))  # propose + observe
+        return new
+
+    def finish(self) -> DecodeStats:
+        """Close the request's counters (call once generation has ended)."""
+        stats = self.stats
+        stats.stop_reason = self.stop or "cancelled"
+        stats.new_tokens = len(self.generated)
+        stats.target_forwards = self.runner.forwards
+        stats.drafter_forwards = self.drafter.forwards - self._drafter_forwards_before
+        stats.wall_s = time.perf_counter() - self._t_start
+        return stats
+
+
 def speculative_decode(
     runner: TargetRunner,
     drafter: Drafter,
@@ -88,70 +207,12 @@ def speculative_decode(
     decode: Callable[[list[int]], str] | None = None,
 ) -> Iterator[list[int]]:
     """Yield accepted tokens chunk by chunk; the generator's return value is the DecodeStats."""
-    stats = DecodeStats(prompt_tokens=len(prompt))
-    stopper = StopChecker(settings, decode)
-    sampling = settings.sampling
-    generator = None if sampling.greedy else sampling.generator()
-    budget = settings.node_budget
-    # committed tokens never exceed the context; a verify adds the root and up to `budget` nodes
-    capacity = min(len(prompt) + settings.max_new_tokens, runner.context_limit) + budget + 2
-    drafter_forwards_before = drafter.forwards
-    t_start = time.perf_counter()
-
-    pre = runner.prefill(prompt, capacity, capture=drafter.needs_features)
-    first = sample_token(pre.logits[0], sampling, generator)
-    stats.prefill_s = time.perf_counter() - t_start
-    generated = [first]
-    sequence = prompt + [first]
-    stop = stopper.reason(generated)
-    drafter.begin(PrefillFeedback(prompt, pre.features, first, capacity))
-    yield [first]
-
-    while stop is None:
-        if len(sequence) >= runner.context_limit:
-            stop = "context"
-            break
-        # A deeper node could only produce tokens past max-new-tokens or the context window.
-        max_depth = min(settings.max_new_tokens - len(generated) - 1, runner.context_limit - len(sequence) - 1)
-        t0 = time.perf_counter()
-        tree = drafter.propose(sequence, budget) if budget > 0 and max_depth > 0 else DraftTree()
-        tree.validate(budget)
-        tree = tree.truncated_to_depth(max_depth)
-        t1 = time.perf_counter()
-        root = sequence[-1]
-        step = runner.verify(root, tree, capture=drafter.needs_features)
-        if sampling.greedy:
-            acc = accept_greedy(tree, step.logits)
-        else:
-            acc = accept_sampling(tree, step.logits, sampling, generator)
-        start = runner.length
-        runner.commit(acc.path)
-        t2 = time.perf_counter()
-
-        accepted = [tree.tokens[i - 1] for i in acc.path[1:]]
-        new = []
-        for tok in accepted + [acc.next_token]:
-            generated.append(tok)
-            sequence.append(tok)
-            new.append(tok)
-            stop = stopper.reason(generated)
-            if stop is not None:
-                break
-        stats.accepted_lengths.append(min(len(acc.path) - 1, len(new)))  # draft tokens kept in the output
-        stats.tree_sizes.append(len(tree))
-        stats.target_s.append(t2 - t1)
-        t3 = time.perf_counter()
-        if stop is None:
-            drafter.observe(_feedback(tree, acc.path, root, acc.next_token, step, start))
-        stats.draft_s.append((t1 - t0) + (time.perf_counter() - t3))  # propose + observe
-        yield new
-
-    stats.stop_reason = stop
-    stats.new_tokens = len(generated)
-    stats.target_forwards = runner.forwards
-    stats.drafter_forwards = drafter.forwards - drafter_forwards_before
-    stats.wall_s = time.perf_counter() - t_start
-    return stats
+    request = RequestDecoder(runner, drafter, prompt, settings, decode)
+    yield request.prefill()
+    while (drafted := request.draft()) is not None:
+        verified = runner.verify(drafted.root, drafted.tree, capture=drafter.needs_features)
+        yield request.accept(verified)
+    return request.finish()
 
 
 def _feedback(tree: DraftTree, path: list[int], root: int, next_token: int, step: TargetStep, start: int) -> VerifyFeedback:

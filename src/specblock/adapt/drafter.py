@@ -123,6 +123,11 @@ class AdaptiveDrafter(Drafter):
         self._seconds = 0.0
 
     # -- the drafter interface -------------------------------------------------------
+    def fork(self) -> Drafter:
+        raise InvalidSettingError(
+            "an adapting drafter learns from one request stream at a time; serve concurrent requests without --adapt"
+        )
+
     def begin(self, prefill: PrefillFeedback) -> None:
         t0 = time.perf_counter()
         self.buffer.start_request(prefill)

@@ -53,6 +53,11 @@ class Drafter(ABC):
         self.forwards = 0
 
     @abstractmethod
+    def fork(self) -> "Drafter":
+        """A drafter with the same weights and settings but its own per-request state, so that
+        several requests can draft side by side (the server's batches)."""
+
+    @abstractmethod
     def begin(self, prefill: PrefillFeedback) -> None:
         """Start a new request (drop any previous request's state)."""
 

@@ -31,6 +31,9 @@ class DraftModelDrafter(Drafter):
         self._cached: list[int] = []  # tokens whose keys/values sit in self.cache, in order
         self._proposed_on: list[int] = []
 
+    def fork(self) -> "DraftModelDrafter":
+        return DraftModelDrafter(self.model, self.depth, self.branch)
+
     def begin(self, prefill: PrefillFeedback) -> None:
         capacity = prefill.max_length + 1
         if self.cache is None or self.cache.capacity < capacity:

@@ -46,6 +46,11 @@ class Eagle3Drafter(Drafter):
         self.positions = 0
         self.pending = PendingPositions()
 
+    def fork(self) -> "Eagle3Drafter":
+        twin = Eagle3Drafter(self.model, self.top_k, self.depth)
+        twin.calibration, twin.source_dir = getattr(self, "calibration", None), getattr(self, "source_dir", None)
+        return twin
+
     def begin(self, prefill: PrefillFeedback) -> None:
         c = self.model.cfg
         # the context, then at most top_k x depth tree rows (10 x 7 at the largest scaled shape)

@@ -37,6 +37,9 @@ class LookupDrafter(Drafter):
         self._indexed = 0
         self._ends: dict[tuple[int, ...], list[int]] = defaultdict(list)
 
+    def fork(self) -> "LookupDrafter":
+        return LookupDrafter(self.max_ngram, self.min_ngram, self.max_depth, self.max_matches)
+
     def begin(self, prefill: PrefillFeedback) -> None:
         self._indexed = 0
         self._ends = defaultdict(list)

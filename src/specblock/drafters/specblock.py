@@ -76,6 +76,11 @@ class SpecBlockDrafter(Drafter):
         self._masks: dict[tuple[str, int], torch.Tensor] = {}
 
     # -- state --------------------------------------------------------------------------
+    def fork(self) -> "SpecBlockDrafter":
+        twin = SpecBlockDrafter(self.model, self.fixed_topk, self.blocks)
+        twin.calibration, twin.source_dir = getattr(self, "calibration", None), getattr(self, "source_dir", None)
+        return twin
+
     def begin(self, prefill: PrefillFeedback) -> None:
         c = self.model.cfg
         rows = (prefill.max_length + 2 + self.max_seeds) * self.k

@@ -11,6 +11,9 @@ class VanillaDrafter(Drafter):
 
     name = "vanilla"
 
+    def fork(self) -> "VanillaDrafter":
+        return VanillaDrafter()
+
     def begin(self, prefill: PrefillFeedback) -> None:
         pass
 

@@ -12,7 +12,7 @@ import torch
 
 from specblock.errors import ContextLengthError
 from specblock.target.kv_cache import KVCache
-from specblock.target.transformer import Transformer
+from specblock.target.transformer import Segment, Transformer
 from specblock.tree import DraftTree, verify_layout, verify_paths
 
 
@@ -58,6 +58,10 @@ class TargetRunner:
 
     def verify(self, root: int, tree: DraftTree, capture: bool) -> TargetStep:
         """One forward over the root and the tree's nodes (ancestor mask, depth-based positions)."""
+        return verify_batch([self], [root], [tree], capture)[0]
+
+    def verify_segment(self, root: int, tree: DraftTree) -> Segment:
+        """The rows this request adds to a verify forward: the root, then the tree's nodes."""
         cache = self.cache
         start = cache.length
         device = self.model.device
@@ -70,10 +74,28 @@ class TargetRunner:
         else:
             mask, positions = None, torch.tensor([start], device=device)
         paths = verify_paths(tree, device) if self.model.batch_invariant else None
-        out = self.model.forward(tokens, positions, cache, start, attn_mask=mask, capture=capture, paths=paths)
-        self.forwards += 1
-        return TargetStep(logits=self.model.logits(out.hidden), features=out.features)
+        return Segment(tokens, positions, cache, start, mask, paths, start + max(tree.depths(), default=0))
 
     def commit(self, path: list[int]) -> None:
         """Keep the accepted path's keys/values (verify indices, root first) right after the context."""
         self.cache.keep_path(self.cache.length, path)
+
+
+def verify_batch(runners: list[TargetRunner], roots: list[int], trees: list[DraftTree], capture: bool) -> list[TargetStep]:
+    """Verify the trees of several requests (one runner each, all on one model) in ONE target
+    forward: the products take every row at once, each request attends to its own cache. A
+    request's step is what `verify` of that request alone returns (bit for bit on a
+    batch-invariant model)."""
+    model = runners[0].model
+    if any(r.model is not model for r in runners):
+        raise ValueError("a batched verification runs requests of one model")
+    segments = [r.verify_segment(root, tree) for r, root, tree in zip(runners, roots, trees)]
+    out = model.forward_segments(segments, capture=capture)
+    logits = model.logits(out.hidden)
+    steps, offset = [], 0
+    for runner, segment in zip(runners, segments):
+        rows = slice(offset, offset + segment.tokens.shape[0])
+        runner.forwards += 1
+        steps.append(TargetStep(logits=logits[rows], features=None if out.features is None else out.features[rows]))
+        offset = rows.stop
+    return steps

@@ -1,4 +1,4 @@
-"""A lean batch-1 decoder (Llama / Qwen2 / Qwen3) with tree attention and feature capture.
+"""A lean decoder (Llama / Qwen2 / Qwen3) with tree attention and feature capture.
 
 Written for speed at batch size 1 in plain PyTorch: q/k/v and gate/up projections are
 fused into one matrix each, rotary tables are precomputed, every product runs through the
@@ -41,6 +41,20 @@ class LayerWeights:
     post_norm: torch.Tensor
     gate_up: Linear
     down: Linear
+
+
+@dataclass
+class Segment:
+    """One request's rows in a forward: `tokens` [n] at `positions` [n], whose keys/values go
+    to `cache` slots [start, start + n); `attn_mask`, `paths`, `max_position` as in `forward`."""
+
+    tokens: torch.Tensor
+    positions: torch.Tensor
+    cache: KVCache
+    start: int
+    attn_mask: torch.Tensor | None = None
+    paths: torch.Tensor | None = None
+    max_position: int | None = None
 
 
 @dataclass
@@ -132,7 +146,6 @@ class Transformer:
         c = self.cfg
         return KVCache(c.num_layers, c.num_kv_heads, c.head_dim, capacity, self.dtype, self.device)
 
-    @torch.inference_mode()
     def forward(
         self,
         tokens: torch.Tensor,
@@ -144,7 +157,7 @@ class Transformer:
         max_position: int | None = None,
         paths: torch.Tensor | None = None,
     ) -> ForwardOutput:
-        """Run n tokens whose keys/values go to cache slots [start, start+n).
+        """Run n tokens of one request whose keys/values go to cache slots [start, start+n).
 
         `attn_mask` ([n, start+n] bool, True = may attend) is needed for a tree; without it
         the n tokens attend causally to each other and fully to slots [0, start).
@@ -152,17 +165,29 @@ class Transformer:
         `paths` ([n, D], each row's ancestors by depth: `tree.verify_paths`) marks a verify
         forward; a batch-invariant model then attends with `layout_invariant_attention`.
         """
+        segment = Segment(tokens, positions, cache, start, attn_mask, paths, max_position)
+        return self.forward_segments([segment], capture)
+
+    @torch.inference_mode()
+    def forward_segments(self, segments: list["Segment"], capture: bool = False) -> ForwardOutput:
+        """One forward over the rows of several requests (continuous batching), in order.
+
+        Every matrix product takes all rows at once; each segment attends against its own
+        cache, exactly as it would alone. On a batch-invariant model (row-invariant products,
+        layout-invariant attention) a request's rows therefore come out bit for bit what a
+        forward of that request alone gives. The output's rows follow the segments' order.
+        """
         c = self.cfg
-        n = tokens.shape[0]
-        end = start + n
-        if attn_mask is None and n > 1:
-            attn_mask = torch.ones(n, end, dtype=torch.bool, device=self.device).tril(diagonal=start)
-        mask = None if attn_mask is None else attn_mask[None, None]
-        cos, sin = self.rotary.lookup(positions, max_position)
+        sizes = [s.tokens.shape[0] for s in segments]
+        n = sum(sizes)
+        tokens = segments[0].tokens if len(segments) == 1 else torch.cat([s.tokens for s in segments])
+        positions = segments[0].positions if len(segments) == 1 else torch.cat([s.positions for s in segments])
+        known = [s.max_position for s in segments]
+        cos, sin = self.rotary.lookup(positions, None if None in known else max(known))
         cos, sin = cos[None], sin[None]  # broadcast over heads: [1, n, d]
         q_size = c.num_heads * c.head_dim
         kv_size = c.num_kv_heads * c.head_dim
-        layout = TreeLayout.build(start, paths) if paths is not None and self.batch_invariant else None
+        attention = [self._segment_attention(s) for s in segments]
         x = F.embedding(tokens, self.embed)
         captured: dict[int, torch.Tensor] = {-1: x}  # HF hidden-state index 0 = embedding output
         for i, lw in enumerate(self.layers):
@@ -176,19 +201,44 @@ class Transformer:
                 k = rms_norm(k, lw.k_norm, c.rms_norm_eps)
             q = apply_rope(q, cos, sin)
             k = apply_rope(k, cos, sin)
-            cache.write(i, start, k, v)
-            keys, values = cache.view(i, end)
-            if paths is not None and self.batch_invariant:
-                attn = layout_invariant_attention(q, keys[0], values[0], layout, self.attention_plan.min_rows)[None]
-            else:
-                attn = attend(q[None], keys, values, mask)
-            x = x + lw.o_proj(attn[0].transpose(0, 1).reshape(n, q_size))
+            outputs, offset = [], 0
+            for segment, size, attend_segment in zip(segments, sizes, attention):
+                rows = slice(offset, offset + size)
+                segment.cache.write(i, segment.start, k[:, rows], v[:, rows])
+                outputs.append(attend_segment(i, q[:, rows]))  # [heads, size, d]
+                offset += size
+            attn = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
+            x = x + lw.o_proj(attn.transpose(0, 1).reshape(n, q_size))
             x = x + gated_mlp(rms_norm(x, lw.post_norm, c.rms_norm_eps), lw.gate_up, lw.down)
             if capture and i in self._capture_after:
                 captured[i] = x
         hidden = rms_norm(x, self.final_norm, c.rms_norm_eps)
         features = torch.cat([captured[i] for i in self._capture_after], dim=-1) if capture else None
         return ForwardOutput(hidden=hidden, features=features)
+
+    def _segment_attention(self, segment: "Segment"):
+        """The attention of one segment's rows at layer i over its cache: q [heads, n, d] -> same."""
+        n = segment.tokens.shape[0]
+        start, cache, end = segment.start, segment.cache, segment.start + segment.tokens.shape[0]
+        if segment.paths is not None and self.batch_invariant:
+            layout = TreeLayout.build(start, segment.paths)
+            min_rows = self.attention_plan.min_rows
+
+            def invariant(i: int, q: torch.Tensor) -> torch.Tensor:
+                keys, values = cache.view(i, end)
+                return layout_invariant_attention(q, keys[0], values[0], layout, min_rows)
+
+            return invariant
+        mask = segment.attn_mask
+        if mask is None and n > 1:
+            mask = torch.ones(n, end, dtype=torch.bool, device=self.device).tril(diagonal=start)
+        mask = None if mask is None else mask[None, None]
+
+        def plain(i: int, q: torch.Tensor) -> torch.Tensor:
+            keys, values = cache.view(i, end)
+            return attend(q[None], keys, values, mask)[0]
+
+        return plain
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Float32 logits over the full vocabulary for final-normed hidden states."""

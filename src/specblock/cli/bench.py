@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from specblock.cli_common import err, progress_reporter, user_errors
+from specblock.cli.common import err, progress_reporter, user_errors
 from specblock.errors import InvalidSettingError
 from specblock.models.registry import DEFAULT_TARGET
 

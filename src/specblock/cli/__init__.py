@@ -11,11 +11,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from specblock.cli_bench import bench
-from specblock.cli_common import err, progress_reporter, user_errors
-from specblock.cli_data import data_app
-from specblock.cli_profile import profile
-from specblock.cli_train import export, train
+from specblock.cli.bench import bench
+from specblock.cli.common import err, progress_reporter, user_errors
+from specblock.cli.data import data_app
+from specblock.cli.profile import profile
+from specblock.cli.serve import serve
+from specblock.cli.train import export, train
 from specblock.errors import InvalidSettingError
 from specblock.models import fetch as fetching
 from specblock.models.registry import DEFAULT_TARGET, MODELS
@@ -28,6 +29,7 @@ app.command()(train)
 app.command()(export)
 app.command()(profile)
 app.command()(bench)
+app.command()(serve)
 
 
 @models_app.command("list")

@@ -1,0 +1,59 @@
+"""`specblock serve`: the OpenAI-compatible server (specblock/serving)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from specblock.cli.common import err, progress_reporter, user_errors
+from specblock.errors import InvalidSettingError
+from specblock.models.registry import DEFAULT_TARGET
+
+
+def serve(
+    target: Annotated[str, typer.Option(help="Registry name or local Hugging Face model directory.")] = DEFAULT_TARGET,
+    method: Annotated[str, typer.Option(help="vanilla | lookup | draft-model | specblock | eagle3")] = "specblock",
+    drafter: Annotated[Path | None, typer.Option(help="Trained drafter for specblock / eagle3 (default: shipped).")] = None,
+    draft_model: Annotated[str | None, typer.Option(help="Draft model for --method draft-model.")] = None,
+    node_budget: Annotated[str | None, typer.Option(help="Draft nodes per request and iteration, or auto.")] = None,
+    dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16 | int8")] = "auto",
+    device: Annotated[str, typer.Option(help="cpu | cuda | cuda:N | auto")] = "cpu",
+    host: Annotated[str, typer.Option(help="Address to bind (loopback unless told otherwise).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    max_batch: Annotated[int, typer.Option(help="Requests decoded together; their trees share each target forward.")] = 4,
+    queue: Annotated[int, typer.Option(help="Requests that may wait for a batch slot; beyond that: 503.")] = 16,
+    api_key: Annotated[str | None, typer.Option(help="Require 'Authorization: Bearer KEY' on /v1/*.", envvar="SPECBLOCK_API_KEY")] = None,
+    served_model_name: Annotated[str | None, typer.Option(help="The model id clients send (default: --target).")] = None,
+    request_timeout: Annotated[float, typer.Option(help="Seconds a request may take, queueing included.")] = 600.0,
+    max_tokens: Annotated[int, typer.Option(help="max_tokens of requests that give none.")] = 512,
+    shutdown_grace: Annotated[float, typer.Option(help="Seconds in-flight requests get to finish on SIGTERM.")] = 30.0,
+) -> None:
+    """Serve the target over an OpenAI-compatible HTTP API, with a web view at /."""
+    import uvicorn
+
+    from specblock.api import SpecGenerator
+    from specblock.serving.app import Server, ServerConfig
+
+    with user_errors():
+        if max_batch < 1 or queue < 0 or request_timeout <= 0 or max_tokens < 1:
+            raise InvalidSettingError("--max-batch and --max-tokens must be >= 1, --queue >= 0, --request-timeout > 0")
+        if not 0 < port < 65536:
+            raise InvalidSettingError(f"--port must be in 1..65535, got {port}")
+        with progress_reporter() as report:
+            gen = SpecGenerator.load(
+                target, method, dtype=dtype, device=device, node_budget=node_budget, draft_model=draft_model,
+                drafter=drafter, report=report,
+            )  # fmt: skip
+        config = ServerConfig(
+            model_name=served_model_name or str(target), api_key=api_key, request_timeout_s=request_timeout,
+            default_max_tokens=max_tokens, max_batch=max_batch, queue_size=queue, shutdown_grace_s=shutdown_grace,
+        )  # fmt: skip
+        server = Server(gen, config)
+    err.print(
+        f"serving {config.model_name} ({gen.method}, {gen.node_budget} draft nodes, {gen.target.dtype_name}, "
+        f"batch {max_batch}) at http://{host}:{port}/ (web view) and http://{host}:{port}/v1",
+        highlight=False,
+    )
+    uvicorn.run(server.app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=shutdown_grace)

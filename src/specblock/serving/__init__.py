@@ -1,0 +1,1 @@
+"""`specblock serve`: an OpenAI-compatible server with batched speculative decoding."""

@@ -1,0 +1,356 @@
+"""The OpenAI-compatible HTTP API over a `BatchScheduler` (FastAPI; run by `specblock serve`).
+
+Endpoints: POST /v1/chat/completions, POST /v1/completions (both stream as server-sent
+events in OpenAI's chunk format), GET /v1/models, GET /health, GET /metrics (Prometheus
+text), GET / (the web view). Every error is an OpenAI-style body; one request's failure
+never stops the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib import resources
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from specblock.api import SpecGenerator
+from specblock.decoding import DecodeSettings
+from specblock.errors import SpecBlockError
+from specblock.sampling import SamplingParams
+from specblock.serving.metrics import ServerMetrics
+from specblock.serving.scheduler import BatchScheduler, Failed, Finished, Job, QueueFullError, Tokens
+from specblock.serving.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields, error_response
+from specblock.serving.text_stream import TextAssembler
+
+FINISH_REASON = {"eos": "stop", "stop_string": "stop", "length": "length", "context": "length"}
+MAX_STOP_STRINGS = 4
+
+
+@dataclass
+class ServerConfig:
+    model_name: str  # the id clients send as `model`
+    api_key: str | None = None
+    request_timeout_s: float = 600.0
+    default_max_tokens: int = 512
+    max_batch: int = 4
+    queue_size: int = 16
+    shutdown_grace_s: float = 30.0
+
+
+class RequestError(Exception):
+    """A request the server refuses, with its HTTP status."""
+
+    def __init__(self, status: int, message: str, code: str | None = None, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.param = status, code, param
+
+
+class Server:
+    """The loaded generator, its scheduler and counters; `app` is the ASGI application."""
+
+    def __init__(self, generator: SpecGenerator, config: ServerConfig) -> None:
+        self.gen = generator
+        self.config = config
+        self.scheduler = BatchScheduler(
+            generator.target, generator.drafter, generator.tokenizer.decode, config.max_batch, config.queue_size
+        )
+        self.metrics = ServerMetrics()
+        self.app = self._build_app()
+
+    # -- requests to jobs ---------------------------------------------------------------
+    def settings_for(self, body: SamplingFields, prompt_tokens: int) -> DecodeSettings:
+        if body.model != self.config.model_name:
+            raise RequestError(404, f"model {body.model!r} is not served here; this server serves "
+                               f"{self.config.model_name!r}", "model_not_found", "model")  # fmt: skip
+        if body.n != 1:
+            raise RequestError(400, f"n={body.n} is not supported: each request returns one choice", param="n")
+        if body.presence_penalty or body.frequency_penalty:
+            raise RequestError(400, "presence_penalty and frequency_penalty are not supported (they would change "
+                               "the target's distribution)", param="presence_penalty")  # fmt: skip
+        if body.logprobs:
+            raise RequestError(400, "logprobs are not supported", param="logprobs")
+        stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+        if len(stops) > MAX_STOP_STRINGS or any(not s for s in stops):
+            raise RequestError(400, f"stop takes at most {MAX_STOP_STRINGS} non-empty strings", param="stop")
+        context = self.gen.target.cfg.max_position_embeddings
+        if prompt_tokens >= context:
+            raise RequestError(400, f"the prompt has {prompt_tokens} tokens; the model's context holds {context}, so "
+                               "it must be shorter to leave room for at least one new token",
+                               "context_length_exceeded", "messages")  # fmt: skip
+        asked = getattr(body, "max_completion_tokens", None) or body.max_tokens
+        if asked is not None and asked < 1:
+            raise RequestError(400, f"max_tokens must be >= 1, got {asked}", param="max_tokens")
+        max_new = min(asked or self.config.default_max_tokens, context - prompt_tokens)
+        try:
+            sampling = SamplingParams(temperature=body.temperature, top_k=body.top_k, top_p=body.top_p, seed=body.seed)
+            return DecodeSettings(
+                max_new_tokens=max_new, sampling=sampling, node_budget=self.gen.node_budget,
+                eos_token_ids=self.gen.tokenizer.eos_token_ids(self.gen.target.cfg), stop_strings=tuple(stops),
+            )  # fmt: skip
+        except SpecBlockError as exc:
+            raise RequestError(400, str(exc)) from None
+
+    def encode(self, body: ChatCompletionRequest | CompletionRequest) -> list[int]:
+        try:
+            if isinstance(body, ChatCompletionRequest):
+                messages = [{"role": m.role, "content": m.content} for m in body.messages]
+                return self.gen.tokenizer.encode(messages=messages)
+            return self.gen.tokenizer.encode(body.prompt, raw=True)
+        except SpecBlockError as exc:
+            raise RequestError(400, str(exc)) from None
+
+    # -- running one request --------------------------------------------------------------
+    async def run(self, request: Request, body: ChatCompletionRequest | CompletionRequest) -> Response:
+        chat = isinstance(body, ChatCompletionRequest)
+        ids = self.encode(body)
+        settings = self.settings_for(body, len(ids))
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+        job = Job(ids, settings, lambda event: loop.call_soon_threadsafe(events.put_nowait, event),
+                  self.config.request_timeout_s)  # fmt: skip
+        try:
+            self.scheduler.submit(job)
+        except QueueFullError as exc:
+            self.metrics.record("rejected")
+            return error_response(503, f"the server is busy ({exc}); retry shortly", "server_busy",
+                                  headers={"Retry-After": "1"})  # fmt: skip
+        reply = Reply(self, chat, body, ids, settings)
+        if body.stream:
+            return StreamingResponse(self._stream(request, job, events, reply), media_type="text/event-stream")
+        try:
+            while True:
+                event = await self._next(request, job, events)
+                if event is None:
+                    self.metrics.record("cancelled")
+                    return Response(status_code=499)  # the client left; nobody reads this
+                if isinstance(event, Tokens):
+                    reply.add(event)
+                elif isinstance(event, Finished):
+                    self.metrics.record("completed", len(ids), event.stats.new_tokens, _tau(event.stats))
+                    return JSONResponse(reply.whole(event))
+                else:
+                    return self._failure(event)
+        finally:
+            job.cancel()  # a no-op once the engine dropped it; frees the slot if we leave early
+
+    async def _next(self, request: Request, job: Job, events: asyncio.Queue):
+        """The next engine event, or None once the client disconnected (the job is then cancelled)."""
+        while True:
+            try:
+                return await asyncio.wait_for(events.get(), timeout=0.5)
+            except TimeoutError:
+                if await request.is_disconnected():
+                    job.cancel()
+                    return None
+
+    async def _stream(self, request: Request, job: Job, events: asyncio.Queue, reply: "Reply") -> AsyncIterator[str]:
+        finished = False
+        try:
+            yield _sse(reply.opening())
+            while True:
+                event = await self._next(request, job, events)
+                if event is None:
+                    return
+                if isinstance(event, Tokens):
+                    chunk = reply.add(event)
+                    if chunk is not None:
+                        yield _sse(chunk)
+                    continue
+                finished = True
+                if isinstance(event, Finished):
+                    self.metrics.record("completed", len(reply.ids), event.stats.new_tokens, _tau(event.stats))
+                    for chunk in reply.closing(event):
+                        yield _sse(chunk)
+                else:
+                    self.metrics.record("timeout" if event.kind == "timeout" else "failed")
+                    yield _sse({"error": {"message": event.message, "type": event.kind, "param": None, "code": None}})
+                yield "data: [DONE]\n\n"
+                return
+        finally:
+            if not finished:
+                job.cancel()  # disconnected mid-stream: the engine frees the slot at the next iteration
+                self.metrics.record("cancelled")
+
+    def _failure(self, event: Failed) -> JSONResponse:
+        self.metrics.record("timeout" if event.kind == "timeout" else "failed")
+        status = {"timeout": 504, "shutdown": 503}.get(event.kind, 500)
+        return error_response(status, event.message, event.kind)
+
+    # -- the application ------------------------------------------------------------------
+    def _build_app(self) -> FastAPI:
+        @asynccontextmanager
+        async def lifespan(app: FastAPI):
+            self.scheduler.start()
+            yield
+            self.scheduler.stop()
+
+        app = FastAPI(title="specblock", lifespan=lifespan, docs_url=None, redoc_url=None)
+        self._add_error_handlers(app)
+
+        @app.middleware("http")
+        async def authenticate(request: Request, call_next):
+            key = self.config.api_key
+            if key and request.url.path.startswith("/v1/"):
+                given = request.headers.get("authorization", "")
+                if not secrets.compare_digest(given.encode(), f"Bearer {key}".encode()):
+                    return error_response(401, "a valid API key is needed: send 'Authorization: Bearer KEY'",
+                                          code="invalid_api_key")  # fmt: skip
+            return await call_next(request)
+
+        @app.post("/v1/chat/completions")
+        async def chat_completions(body: ChatCompletionRequest, request: Request):
+            return await self.run(request, body)
+
+        @app.post("/v1/completions")
+        async def completions(body: CompletionRequest, request: Request):
+            return await self.run(request, body)
+
+        @app.get("/v1/models")
+        async def models():
+            entry = {"id": self.config.model_name, "object": "model", "created": 0, "owned_by": "specblock"}
+            return {"object": "list", "data": [entry]}
+
+        @app.get("/health")
+        async def health():
+            return {"status": "ok", "model": self.config.model_name, "method": self.gen.method,
+                    "node_budget": self.gen.node_budget, "dtype": self.gen.target.dtype_name,
+                    "active": self.scheduler.active, "queue": self.scheduler.queue_depth}  # fmt: skip
+
+        @app.get("/metrics")
+        async def metrics():
+            return PlainTextResponse(self.metrics.render(self.scheduler), media_type="text/plain; version=0.0.4")
+
+        @app.get("/")
+        async def web_view():
+            page = resources.files("specblock.serving").joinpath("static/index.html").read_text(encoding="utf-8")
+            return HTMLResponse(page.replace("{{MODEL}}", self.config.model_name))
+
+        return app
+
+    def _add_error_handlers(self, app: FastAPI) -> None:
+        @app.exception_handler(RequestError)
+        async def refused(request: Request, exc: RequestError):
+            self.metrics.record("rejected")
+            return error_response(exc.status, str(exc), code=exc.code, param=exc.param)
+
+        @app.exception_handler(RequestValidationError)
+        async def invalid(request: Request, exc: RequestValidationError):
+            self.metrics.record("rejected")
+            errors = exc.errors()
+            if any(e.get("type") == "json_invalid" for e in errors):
+                return error_response(400, "the request body is not valid JSON", code="invalid_json")
+            first = errors[0] if errors else {}
+            where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+            return error_response(422, f"invalid request: {where or 'body'}: {first.get('msg', 'invalid')}",
+                                  param=where or None)  # fmt: skip
+
+        @app.exception_handler(StarletteHTTPException)
+        async def http_error(request: Request, exc: StarletteHTTPException):
+            return error_response(exc.status_code, str(exc.detail), code="not_found" if exc.status_code == 404 else None)
+
+        @app.exception_handler(Exception)
+        async def unexpected(request: Request, exc: Exception):
+            return error_response(500, f"internal error: {type(exc).__name__}: {exc}", "internal_error")
+
+
+class Reply:
+    """Builds one request's OpenAI objects: the chunks of a stream, or the whole response."""
+
+    def __init__(self, server: Server, chat: bool, body, ids: list[int], settings: DecodeSettings) -> None:
+        self.server, self.chat, self.body, self.ids = server, chat, body, ids
+        self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+        self.created = int(time.time())
+        self.text = TextAssembler(server.gen.tokenizer.decode, settings.stop_strings)
+        self.pieces: list[tuple[str, str]] = []
+        self.iterations = 0
+        self.tokens = 0
+
+    def _chunk(self, content: str | None, finish: str | None = None, role: bool = False) -> dict:
+        if self.chat:
+            delta = {"role": "assistant", "content": ""} if role else ({} if content is None else {"content": content})
+            choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+            kind = "chat.completion.chunk"
+        else:
+            choice = {"index": 0, "text": content or "", "finish_reason": finish, "logprobs": None}
+            kind = "text_completion"
+        return {"id": self.id, "object": kind, "created": self.created, "model": self.server.config.model_name,
+                "choices": [choice]}  # fmt: skip
+
+    def opening(self) -> dict:
+        return self._chunk(None, role=True) if self.chat else self._chunk("")
+
+    def add(self, event: Tokens) -> dict | None:
+        """Take one iteration's tokens; the chunk to stream, or None while text is held back."""
+        self.iterations += 1  # the prefill counts as one target forward, like tau's
+        self.tokens += len(event.tokens)
+        pieces = self.text.add(event.tokens, event.drafted)
+        self.pieces += pieces
+        if not pieces:
+            return None
+        chunk = self._chunk("".join(text for _, text in pieces))
+        chunk["specblock"] = {"pieces": [{"origin": o, "text": t} for o, t in pieces],
+                              "tokens": self.tokens, "target_forwards": self.iterations}  # fmt: skip
+        return chunk
+
+    def closing(self, done: Finished) -> list[dict]:
+        rest = self.text.finish()
+        self.pieces += rest
+        chunks = []
+        if rest:
+            chunk = self._chunk("".join(t for _, t in rest))
+            chunk["specblock"] = {"pieces": [{"origin": o, "text": t} for o, t in rest],
+                                  "tokens": self.tokens, "target_forwards": self.iterations}  # fmt: skip
+            chunks.append(chunk)
+        last = self._chunk(None, FINISH_REASON.get(done.stats.stop_reason, "stop"))
+        last["usage"] = self._usage(done)
+        last["specblock"] = self._summary(done)
+        chunks.append(last)
+        return chunks
+
+    def whole(self, done: Finished) -> dict:
+        self.pieces += self.text.finish()
+        text = "".join(t for _, t in self.pieces)
+        finish = FINISH_REASON.get(done.stats.stop_reason, "stop")
+        if self.chat:
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish,
+                      "logprobs": None}  # fmt: skip
+        else:
+            choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
+        return {"id": self.id, "object": "chat.completion" if self.chat else "text_completion", "created": self.created,
+                "model": self.server.config.model_name, "choices": [choice], "usage": self._usage(done),
+                "specblock": self._summary(done)}  # fmt: skip
+
+    def _usage(self, done: Finished) -> dict:
+        new = done.stats.new_tokens
+        return {"prompt_tokens": len(self.ids), "completion_tokens": new, "total_tokens": len(self.ids) + new}
+
+    def _summary(self, done: Finished) -> dict:
+        s, gen = done.stats, self.server.gen
+        iterations = max(len(s.target_s), 1)
+        return {
+            "method": gen.method, "node_budget": gen.node_budget, "dtype": gen.target.dtype_name,
+            "tau": round(_tau(s), 4), "target_forwards": s.target_forwards, "drafter_forwards": s.drafter_forwards,
+            "accepted_lengths": s.accepted_lengths, "stop_reason": s.stop_reason,
+            "prefill_ms": round(1000 * s.prefill_s, 3), "wall_ms": round(1000 * s.wall_s, 3),
+            "draft_ms_per_iteration": round(1000 * sum(s.draft_s) / iterations, 3),
+            "target_ms_per_iteration": round(1000 * sum(s.target_s) / iterations, 3),
+            "mean_batch_size": round(sum(done.batch_sizes) / max(len(done.batch_sizes), 1), 3),
+        }  # fmt: skip
+
+
+def _tau(stats) -> float:
+    return stats.new_tokens / max(stats.target_forwards, 1)
+
+
+def _sse(payload: dict) -> str:
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"

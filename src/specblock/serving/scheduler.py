@@ -1,0 +1,262 @@
+"""Continuous batching of speculative decoding: one engine thread, up to `max_batch` requests.
+
+Each iteration every active request's drafter proposes its tree, and ONE target forward
+verifies all of them (`runner.verify_batch`: the matrix products take every row at once,
+each request attends to its own KV cache). Acceptance, commit and the stop checks are per
+request (`decoding.RequestDecoder`, the very steps `specblock generate` runs), so a
+request's tokens are what it would get alone. Requests join and leave at iteration
+boundaries; a newcomer's prefill runs on its own before it joins the batch.
+
+The engine thread owns every model call. Callers talk to it through `submit` (from any
+thread) and receive `Event`s through the sink they pass, called on the engine thread.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from specblock.decoding import DecodeSettings, DecodeStats, DraftedStep, RequestDecoder
+from specblock.drafters.base import Drafter
+from specblock.target.runner import TargetRunner, verify_batch
+from specblock.target.transformer import Transformer
+
+
+class QueueFullError(Exception):
+    """Every batch slot is busy and the waiting queue is full: retry later."""
+
+
+@dataclass
+class Tokens:
+    """Tokens one iteration added; the first `drafted` came from the draft tree, the rest
+    (at most one) is the target's own token."""
+
+    tokens: list[int]
+    drafted: int
+
+
+@dataclass
+class Finished:
+    stats: DecodeStats
+    batch_sizes: list[int]  # requests verified together, per iteration of this request
+
+
+@dataclass
+class Failed:
+    message: str
+    kind: str  # "timeout", "shutdown" or "internal"
+
+
+Event = Tokens | Finished | Failed
+
+
+@dataclass
+class Job:
+    """One request as the engine sees it. `cancel()` may be called from any thread."""
+
+    prompt: list[int]
+    settings: DecodeSettings
+    sink: Callable[[Event], None]
+    timeout_s: float
+    id: int = 0
+    submitted: float = field(default_factory=time.monotonic)
+    cancelled: bool = False
+
+    def cancel(self) -> None:
+        self.cancelled = True  # read by the engine thread at the next iteration boundary
+
+
+@dataclass
+class _Slot:
+    """A batch slot: a runner (its KV cache is reused across requests) and a forked drafter."""
+
+    runner: TargetRunner
+    drafter: Drafter
+    job: Job | None = None
+    decoder: RequestDecoder | None = None
+    batch_sizes: list[int] = field(default_factory=list)
+
+
+@dataclass
+class EngineCounters:
+    """What `/metrics` reports, updated by the engine thread (plain ints and floats: each
+    update is one assignment, safe to read from another thread)."""
+
+    iterations: int = 0
+    verified_rows: int = 0
+    draft_s: float = 0.0
+    target_s: float = 0.0
+    prefill_s: float = 0.0
+    batch_size_sum: int = 0
+
+
+class BatchScheduler:
+    def __init__(
+        self,
+        model: Transformer,
+        drafter: Drafter,
+        decode: Callable[[list[int]], str],
+        max_batch: int = 4,
+        queue_size: int = 16,
+    ) -> None:
+        if max_batch < 1 or queue_size < 0:
+            raise ValueError("max_batch must be >= 1 and queue_size >= 0")
+        self.model = model
+        self.decode = decode
+        self.max_batch = max_batch
+        self.queue_size = queue_size
+        self.capture = drafter.needs_features
+        self.slots = [_Slot(TargetRunner(model), drafter if i == 0 else drafter.fork()) for i in range(max_batch)]
+        self.counters = EngineCounters()
+        self._waiting: deque[Job] = deque()
+        self._lock = threading.Condition()
+        self._ids = itertools.count(1)
+        self._running = False
+        self._thread: threading.Thread | None = None
+
+    # -- called from any thread ---------------------------------------------------------
+    @property
+    def queue_depth(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def active(self) -> int:
+        return sum(slot.job is not None for slot in self.slots)
+
+    def submit(self, job: Job) -> Job:
+        """Queue a request; raises QueueFullError when it can neither run nor wait."""
+        with self._lock:
+            if not self._running:
+                raise QueueFullError("the server is shutting down")
+            free = self.max_batch - self.active
+            if len(self._waiting) >= free + self.queue_size:
+                raise QueueFullError(f"{self.max_batch} requests running and {self.queue_size} waiting")
+            job.id = next(self._ids)
+            self._waiting.append(job)
+            self._lock.notify()
+        return job
+
+    def start(self) -> None:
+        with self._lock:
+            self._running = True
+        self._thread = threading.Thread(target=self._loop, name="specblock-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Refuse new requests, cancel the unfinished ones (their clients get a 'shutdown'
+        failure), and join the engine thread."""
+        with self._lock:
+            self._running = False
+            self._lock.notify()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    # -- the engine thread --------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                while self._running and not self._waiting and self.active == 0:
+                    self._lock.wait()
+                if not self._running:
+                    break
+            self._drop_cancelled()
+            self._admit()
+            self._iterate()
+        for job in list(self._waiting) + [s.job for s in self.slots if s.job is not None]:
+            job.sink(Failed("the server shut down before the request finished", "shutdown"))
+        self._waiting.clear()
+        for slot in self.slots:
+            slot.job = slot.decoder = None
+
+    def _admit(self) -> None:
+        """Move waiting requests into free slots; each one's prefill runs here, alone."""
+        for slot in self.slots:
+            if slot.job is not None:
+                continue
+            with self._lock:
+                if not self._waiting:
+                    return
+                job = self._waiting.popleft()
+            if job.cancelled:
+                continue
+            slot.job, slot.batch_sizes = job, []
+            slot.decoder = RequestDecoder(slot.runner, slot.drafter, job.prompt, job.settings, self.decode)
+            self._guarded(slot, lambda: self._prefill(slot))
+
+    def _prefill(self, slot: _Slot) -> None:
+        first = slot.decoder.prefill()
+        self.counters.prefill_s += slot.decoder.stats.prefill_s
+        slot.job.sink(Tokens(first, 0))
+        if slot.decoder.done:
+            self._finish(slot)
+
+    def _iterate(self) -> None:
+        """One speculative iteration over every active request: draft, ONE verify, accept."""
+        batch: list[tuple[_Slot, DraftedStep]] = []
+        for slot in self.slots:
+            if slot.job is None:
+                continue
+            drafted = self._guarded(slot, slot.decoder.draft)
+            if drafted is not None:
+                batch.append((slot, drafted))
+            elif slot.job is not None:  # draft() returned None: generation ended (context)
+                self._finish(slot)
+        if not batch:
+            return
+        t0 = time.perf_counter()
+        try:
+            steps = verify_batch(
+                [s.runner for s, _ in batch], [d.root for _, d in batch], [d.tree for _, d in batch], self.capture
+            )
+        except Exception as exc:  # noqa: BLE001 - a failed forward fails its requests, not the server
+            for slot, _ in batch:
+                self._fail(slot, f"verification failed: {exc}")
+            return
+        c = self.counters
+        c.target_s += time.perf_counter() - t0
+        c.iterations += 1
+        c.batch_size_sum += len(batch)
+        c.verified_rows += sum(len(d.tree) + 1 for _, d in batch)
+        for (slot, _), step in zip(batch, steps):
+            slot.batch_sizes.append(len(batch))
+            self._guarded(slot, lambda: self._accept(slot, step))
+
+    def _accept(self, slot: _Slot, step) -> None:
+        decoder = slot.decoder
+        new = decoder.accept(step)
+        self.counters.draft_s += decoder.stats.draft_s[-1]
+        slot.job.sink(Tokens(new, decoder.stats.accepted_lengths[-1]))
+        if decoder.done:
+            self._finish(slot)
+
+    def _drop_cancelled(self) -> None:
+        now = time.monotonic()
+        for slot in self.slots:
+            job = slot.job
+            if job is None:
+                continue
+            if job.cancelled:
+                slot.job = slot.decoder = None  # the client is gone: nothing to tell it
+            elif now - job.submitted > job.timeout_s:
+                self._fail(slot, f"the request ran past its timeout of {job.timeout_s:g} s", "timeout")
+
+    def _guarded(self, slot: _Slot, step: Callable):
+        """Run one request's step; an exception fails that request and frees its slot."""
+        try:
+            return step()
+        except Exception as exc:  # noqa: BLE001 - isolate one request's failure from the others
+            self._fail(slot, f"{type(exc).__name__}: {exc}")
+            return None
+
+    def _finish(self, slot: _Slot) -> None:
+        slot.job.sink(Finished(slot.decoder.finish(), slot.batch_sizes))
+        slot.job = slot.decoder = None
+
+    def _fail(self, slot: _Slot, message: str, kind: str = "internal") -> None:
+        if slot.job is not None:
+            slot.job.sink(Failed(message, kind))
+        slot.job = slot.decoder = None
