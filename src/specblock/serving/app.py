@@ -192,7 +192,10 @@ class Server:
         async def lifespan(app: FastAPI):
             self.scheduler.start()
             yield
+            left = self.scheduler.active + self.scheduler.queue_depth
             self.scheduler.stop()
+            done = self.metrics.requests["completed"]
+            print(f"specblock serve: shut down ({done} requests completed, {left} cancelled at shutdown)", flush=True)
 
         app = FastAPI(title="specblock", lifespan=lifespan, docs_url=None, redoc_url=None)
         self._add_error_handlers(app)
