@@ -53,14 +53,22 @@ def test_a_chain_inside_a_bushy_tree_has_the_logits_of_plain_decoding(fixture, p
 
 def test_the_attention_probe_fails_when_the_layout_leaks_into_the_result(monkeypatch):
     """The kernel table's probe must notice an attention whose rows depend on the tree layout."""
-    from specblock.target import primitives
+    from specblock.target import attention
 
     plan = kernel_table()["bfloat16"]
     if plan.invariant:  # the table ran the probe and it passed
-        assert primitives.attention_is_layout_invariant(torch.bfloat16, plan.min_rows)
+        assert attention.attention_is_layout_invariant(torch.bfloat16, plan.min_rows)
+    real = attention.layout_invariant_attention
 
     def leaky(q, keys, values, layout, min_rows=2):  # depends on how many rows share the call
-        return primitives.attend(q[None], keys[None], values[None], None)[0] + q.shape[1] * 1e-2
+        return real(q, keys, values, layout, min_rows) + q.shape[1] * 1e-2
 
-    monkeypatch.setattr(primitives, "layout_invariant_attention", leaky)
-    assert not primitives.attention_is_layout_invariant(torch.bfloat16, 2)
+    monkeypatch.setattr(attention, "layout_invariant_attention", leaky)
+    assert not attention.attention_is_layout_invariant(torch.bfloat16, 2)
+
+    def leaks_across_requests(q, keys, values, layout, min_rows=2):  # right alone, wrong beside another request
+        out = real(q, keys, values, layout, min_rows)
+        return out + 1e-2 if layout.padding.segments > 1 else out
+
+    monkeypatch.setattr(attention, "layout_invariant_attention", leaks_across_requests)
+    assert not attention.attention_is_layout_invariant(torch.bfloat16, 2)

@@ -62,23 +62,25 @@ def _tree(tokens_and_parents):
     return tree
 
 
+@pytest.mark.parametrize("pooled", [True, False], ids=["one-pool", "own-caches"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_verify_batch_rows_equal_each_request_verified_alone(tiny_llama, dtype):
+def test_verify_batch_rows_equal_each_request_verified_alone(tiny_llama, dtype, pooled):
     model = Transformer.load(tiny_llama, dtype)
     trees = [_tree([(5, -1), (6, 0), (7, -1)]), DraftTree(), _tree([(9, -1), (10, 0), (11, 1), (12, 1)])]
     roots = [3, 4, 8]
     contexts = [(prompts(1, seed=s)[0] * 40)[: 20 + 17 * s] for s in range(3)]  # 20, 37, 54: two cross a chunk
 
-    def fresh_runners():
+    def fresh_runners(pool=False):
         runners = []
-        for ctx in contexts:
-            runner = TargetRunner(model)
+        caches = model.new_cache_pool(3, 96) if pool else [None] * 3
+        for ctx, cache in zip(contexts, caches):
+            runner = TargetRunner(model, cache)
             runner.prefill(ctx, len(ctx) + 16, capture=True)
             runners.append(runner)
         return runners
 
     alone = [r.verify(root, tree, capture=True) for r, root, tree in zip(fresh_runners(), roots, trees)]
-    together_runners = fresh_runners()
+    together_runners = fresh_runners(pool=pooled)
     together = verify_batch(together_runners, roots, trees, capture=True)
     for a, b in zip(alone, together):
         if model.batch_invariant or dtype == torch.float32 and model.plan.invariant:
@@ -95,7 +97,11 @@ def test_verify_batch_rows_equal_each_request_verified_alone(tiny_llama, dtype):
         runner.verify(root, tree, capture=False)
         runner.commit([0])
     for a, runner in zip(again, solo):
-        torch.testing.assert_close(a.logits, runner.verify(1, DraftTree(), capture=False).logits, rtol=0, atol=1e-4 if dtype == torch.float32 else 0.05)
+        b = runner.verify(1, DraftTree(), capture=False).logits
+        if model.batch_invariant:
+            assert torch.equal(a.logits, b)
+        else:
+            torch.testing.assert_close(a.logits, b, rtol=0, atol=1e-4 if dtype == torch.float32 else 0.05)
 
 
 def _requests(vocab_eos=2):

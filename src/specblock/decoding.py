@@ -55,6 +55,12 @@ class DecodeStats:
     stop_reason: str = ""
 
 
+def cache_slots_needed(prompt_tokens: int, settings: DecodeSettings, context: int) -> int:
+    """KV slots a request can need: committed tokens (never past the context), then the root and
+    a full tree of `node_budget` nodes in the last verification."""
+    return min(prompt_tokens + settings.max_new_tokens, context) + settings.node_budget + 2
+
+
 class StopChecker:
     """Decides, token by token, whether generation ends (EOS, length, stop string, context)."""
 
@@ -126,8 +132,7 @@ class RequestDecoder:
     def prefill(self) -> list[int]:
         """Run the prompt, sample the first token, start the drafter; returns [first token]."""
         s = self.settings
-        # committed tokens never exceed the context; a verify adds the root and up to `budget` nodes
-        capacity = min(len(self.prompt) + s.max_new_tokens, self.runner.context_limit) + s.node_budget + 2
+        capacity = cache_slots_needed(len(self.prompt), s, self.runner.context_limit)
         self._t_start = time.perf_counter()
         pre = self.runner.prefill(self.prompt, capacity, capture=self.drafter.needs_features)
         first = sample_token(pre.logits[0], s.sampling, self.generator)

@@ -44,6 +44,7 @@ class ServerConfig:
     default_max_tokens: int = 512
     max_batch: int = 4
     queue_size: int = 16
+    max_context: int = 8192  # tokens per request (prompt + output), at most the model's context
     shutdown_grace_s: float = 30.0
 
 
@@ -61,9 +62,11 @@ class Server:
     def __init__(self, generator: SpecGenerator, config: ServerConfig) -> None:
         self.gen = generator
         self.config = config
+        self.context = min(config.max_context, generator.target.cfg.max_position_embeddings)
         self.scheduler = BatchScheduler(
-            generator.target, generator.drafter, generator.tokenizer.decode, config.max_batch, config.queue_size
-        )
+            generator.target, generator.drafter, generator.tokenizer.decode, config.max_batch, config.queue_size,
+            slot_capacity=self.context + generator.node_budget + 2,
+        )  # fmt: skip
         self.metrics = ServerMetrics()
         self.app = self._build_app()
 
@@ -82,10 +85,11 @@ class Server:
         stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         if len(stops) > MAX_STOP_STRINGS or any(not s for s in stops):
             raise RequestError(400, f"stop takes at most {MAX_STOP_STRINGS} non-empty strings", param="stop")
-        context = self.gen.target.cfg.max_position_embeddings
+        context = self.context
         if prompt_tokens >= context:
-            raise RequestError(400, f"the prompt has {prompt_tokens} tokens; the model's context holds {context}, so "
-                               "it must be shorter to leave room for at least one new token",
+            raise RequestError(400, f"the prompt has {prompt_tokens} tokens; this server's context holds {context} "
+                               "(the model's window or --max-context), so it must be shorter to leave room for at "
+                               "least one new token",
                                "context_length_exceeded", "messages")  # fmt: skip
         asked = getattr(body, "max_completion_tokens", None) or body.max_tokens
         if asked is not None and asked < 1:

@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from specblock.decoding import DecodeSettings, DecodeStats, DraftedStep, RequestDecoder
+from specblock.decoding import DecodeSettings, DecodeStats, DraftedStep, RequestDecoder, cache_slots_needed
 from specblock.drafters.base import Drafter
 from specblock.target.runner import TargetRunner, verify_batch
 from specblock.target.transformer import Transformer
@@ -102,7 +102,10 @@ class BatchScheduler:
         decode: Callable[[list[int]], str],
         max_batch: int = 4,
         queue_size: int = 16,
+        slot_capacity: int | None = None,
     ) -> None:
+        """`slot_capacity`: KV slots per batch slot (default: the model's context + 64). A request
+        needs `decoding.cache_slots_needed`."""
         if max_batch < 1 or queue_size < 0:
             raise ValueError("max_batch must be >= 1 and queue_size >= 0")
         self.model = model
@@ -110,7 +113,10 @@ class BatchScheduler:
         self.max_batch = max_batch
         self.queue_size = queue_size
         self.capture = drafter.needs_features
-        self.slots = [_Slot(TargetRunner(model), drafter if i == 0 else drafter.fork()) for i in range(max_batch)]
+        self.slot_capacity = slot_capacity or model.cfg.max_position_embeddings + 64
+        caches = model.new_cache_pool(max_batch, self.slot_capacity)  # one pool: batched attention gathers once
+        drafters = [drafter] + [drafter.fork() for _ in range(max_batch - 1)]
+        self.slots = [_Slot(TargetRunner(model, cache), d) for cache, d in zip(caches, drafters)]
         self.counters = EngineCounters()
         self._waiting: deque[Job] = deque()
         self._lock = threading.Condition()
@@ -128,7 +134,11 @@ class BatchScheduler:
         return sum(slot.job is not None for slot in self.slots)
 
     def submit(self, job: Job) -> Job:
-        """Queue a request; raises QueueFullError when it can neither run nor wait."""
+        """Queue a request; raises QueueFullError when it can neither run nor wait, ValueError when
+        it does not fit a batch slot's cache."""
+        needed = cache_slots_needed(len(job.prompt), job.settings, self.model.cfg.max_position_embeddings)
+        if needed > self.slot_capacity:
+            raise ValueError(f"the request needs {needed} cache slots; a batch slot holds {self.slot_capacity}")
         with self._lock:
             if not self._running:
                 raise QueueFullError("the server is shutting down")

@@ -1,13 +1,37 @@
-"""A pre-allocated key/value cache for batch-1 decoding that can drop rejected draft nodes.
+"""A pre-allocated key/value cache per request that can drop rejected draft nodes.
 
 Slots `[0, length)` hold the committed context. A tree verification writes its nodes'
 keys/values at `[length, length + n)`; after acceptance `keep_path` gathers the accepted
 nodes into contiguous slots and the rest is simply overwritten by the next forward.
+
+Every cache is a region of a `KVPool`: a lone request's pool holds one cache; the server's
+pool holds one per batch slot, side by side in one tensor, so that a forward over several
+requests can gather all their keys with one index (`primitives.BatchLayout`).
 """
 
 from __future__ import annotations
 
 import torch
+
+
+class KVPool:
+    """`count` caches of `capacity` slots each in one [layers, kv_heads, count * capacity, d] tensor."""
+
+    def __init__(
+        self,
+        count: int,
+        num_layers: int,
+        num_kv_heads: int,
+        head_dim: int,
+        capacity: int,
+        dtype: torch.dtype,
+        device: torch.device | str,
+    ) -> None:
+        shape = (num_layers, num_kv_heads, count * capacity, head_dim)
+        self.keys = torch.zeros(shape, dtype=dtype, device=device)
+        self.values = torch.zeros(shape, dtype=dtype, device=device)
+        self.capacity = capacity
+        self.caches = [KVCache.in_pool(self, i) for i in range(count)]
 
 
 class KVCache:
@@ -20,11 +44,21 @@ class KVCache:
         dtype: torch.dtype,
         device: torch.device | str,
     ) -> None:
-        shape = (num_layers, num_kv_heads, capacity, head_dim)
-        self.keys = torch.zeros(shape, dtype=dtype, device=device)
-        self.values = torch.zeros(shape, dtype=dtype, device=device)
-        self.capacity = capacity
-        self.length = 0
+        """A cache of its own (a pool of one)."""
+        pool = KVPool(1, num_layers, num_kv_heads, head_dim, capacity, dtype, device)
+        self.__dict__.update(pool.caches[0].__dict__)
+
+    @classmethod
+    def in_pool(cls, pool: KVPool, index: int) -> "KVCache":
+        cache = cls.__new__(cls)
+        cache.pool = pool
+        cache.offset = index * pool.capacity  # where slot 0 sits in the pool's slot dimension
+        region = slice(cache.offset, cache.offset + pool.capacity)
+        cache.keys = pool.keys[:, :, region]
+        cache.values = pool.values[:, :, region]
+        cache.capacity = pool.capacity
+        cache.length = 0
+        return cache
 
     def write(self, layer: int, start: int, keys: torch.Tensor, values: torch.Tensor) -> None:
         """Store keys/values of shape [kv_heads, n, head_dim] at slots [start, start + n)."""

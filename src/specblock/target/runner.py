@@ -23,9 +23,10 @@ class TargetStep:
 
 
 class TargetRunner:
-    def __init__(self, model: Transformer) -> None:
+    def __init__(self, model: Transformer, cache: KVCache | None = None) -> None:
+        """`cache`: a cache to use while it is large enough (the server's pooled batch slots)."""
         self.model = model
-        self.cache: KVCache | None = None
+        self.cache = cache
         self.forwards = 0
 
     @property

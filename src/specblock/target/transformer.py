@@ -19,16 +19,9 @@ from safetensors import safe_open
 from specblock.errors import UnsupportedModelError
 from specblock.target.config import ModelConfig, rope_inverse_frequencies
 from specblock.target.kernels import KernelPlan, Linear, configure_threads, int8_activation_dtype, kernel_plan
-from specblock.target.kv_cache import KVCache
-from specblock.target.primitives import (
-    RotaryTable,
-    apply_rope,
-    attend,
-    gated_mlp,
-    TreeLayout,
-    layout_invariant_attention,
-    rms_norm,
-)
+from specblock.target.kv_cache import KVCache, KVPool
+from specblock.target.attention import BatchLayout, PaddedBatch, layout_invariant_attention, padded_attention
+from specblock.target.primitives import RotaryTable, apply_rope, attend, gated_mlp, rms_norm
 
 
 @dataclass
@@ -146,6 +139,11 @@ class Transformer:
         c = self.cfg
         return KVCache(c.num_layers, c.num_kv_heads, c.head_dim, capacity, self.dtype, self.device)
 
+    def new_cache_pool(self, count: int, capacity: int) -> list[KVCache]:
+        """`count` caches side by side in one pool: a batch's forward gathers all their keys at once."""
+        c = self.cfg
+        return KVPool(count, c.num_layers, c.num_kv_heads, c.head_dim, capacity, self.dtype, self.device).caches
+
     def forward(
         self,
         tokens: torch.Tensor,
@@ -187,7 +185,7 @@ class Transformer:
         cos, sin = cos[None], sin[None]  # broadcast over heads: [1, n, d]
         q_size = c.num_heads * c.head_dim
         kv_size = c.num_kv_heads * c.head_dim
-        attention = [self._segment_attention(s) for s in segments]
+        attention = SegmentAttention(self, segments)
         x = F.embedding(tokens, self.embed)
         captured: dict[int, torch.Tensor] = {-1: x}  # HF hidden-state index 0 = embedding output
         for i, lw in enumerate(self.layers):
@@ -201,13 +199,7 @@ class Transformer:
                 k = rms_norm(k, lw.k_norm, c.rms_norm_eps)
             q = apply_rope(q, cos, sin)
             k = apply_rope(k, cos, sin)
-            outputs, offset = [], 0
-            for segment, size, attend_segment in zip(segments, sizes, attention):
-                rows = slice(offset, offset + size)
-                segment.cache.write(i, segment.start, k[:, rows], v[:, rows])
-                outputs.append(attend_segment(i, q[:, rows]))  # [heads, size, d]
-                offset += size
-            attn = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
+            attn = attention(i, q, k, v)  # [heads, n, d]
             x = x + lw.o_proj(attn.transpose(0, 1).reshape(n, q_size))
             x = x + gated_mlp(rms_norm(x, lw.post_norm, c.rms_norm_eps), lw.gate_up, lw.down)
             if capture and i in self._capture_after:
@@ -216,34 +208,77 @@ class Transformer:
         features = torch.cat([captured[i] for i in self._capture_after], dim=-1) if capture else None
         return ForwardOutput(hidden=hidden, features=features)
 
-    def _segment_attention(self, segment: "Segment"):
-        """The attention of one segment's rows at layer i over its cache: q [heads, n, d] -> same."""
-        n = segment.tokens.shape[0]
-        start, cache, end = segment.start, segment.cache, segment.start + segment.tokens.shape[0]
-        if segment.paths is not None and self.batch_invariant:
-            layout = TreeLayout.build(start, segment.paths)
-            min_rows = self.attention_plan.min_rows
-
-            def invariant(i: int, q: torch.Tensor) -> torch.Tensor:
-                keys, values = cache.view(i, end)
-                return layout_invariant_attention(q, keys[0], values[0], layout, min_rows)
-
-            return invariant
-        mask = segment.attn_mask
-        if mask is None and n > 1:
-            mask = torch.ones(n, end, dtype=torch.bool, device=self.device).tril(diagonal=start)
-        mask = None if mask is None else mask[None, None]
-
-        def plain(i: int, q: torch.Tensor) -> torch.Tensor:
-            keys, values = cache.view(i, end)
-            return attend(q[None], keys, values, mask)[0]
-
-        return plain
-
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Float32 logits over the full vocabulary for final-normed hidden states."""
         with torch.inference_mode():
             return self.lm_head(hidden if hidden.dim() == 2 else hidden[None]).float().reshape(*hidden.shape[:-1], -1)
+
+
+class SegmentAttention:
+    """Writes a forward's keys/values to each segment's cache and attends, per layer.
+
+    Segments whose caches share one pool (the server's batch) are written with one index and
+    attend in one call; otherwise (a lone request) each segment runs on its own. Verify
+    forwards (segments with `paths`) of a batch-invariant model use the layout-invariant
+    attention, whose rows do not depend on the batch; the rest use scaled-dot-product attention.
+    """
+
+    def __init__(self, model: "Transformer", segments: list[Segment]) -> None:
+        self.segments = segments
+        self.min_rows = model.attention_plan.min_rows
+        device = model.device
+        sizes = [s.tokens.shape[0] for s in segments]
+        starts = [s.start for s in segments]
+        pool = segments[0].cache.pool
+        self.pooled = len(segments) > 1 and all(s.cache.pool is pool for s in segments)
+        self.invariant = model.batch_invariant and all(s.paths is not None for s in segments)
+        for s, size in zip(segments, sizes):
+            if s.start + size > s.cache.capacity:
+                raise RuntimeError(f"KV cache overflow: {s.start + size} slots needed, {s.cache.capacity} allocated")
+        offsets = [s.cache.offset for s in segments]
+        if self.pooled:
+            self.pool = pool
+            self.write_slots = torch.cat(
+                [torch.arange(o + st, o + st + size, device=device) for o, st, size in zip(offsets, starts, sizes)]
+            )
+            if self.invariant:
+                self.layout = BatchLayout.build(starts, offsets, [s.paths for s in segments])
+            else:
+                self.batch = PaddedBatch.build(starts, offsets, [s.attn_mask for s in segments], sizes, device)
+        elif self.invariant:
+            self.layouts = [BatchLayout.build([s.start], [s.cache.offset], [s.paths]) for s in segments]
+        else:
+            self.masks = []
+            for s, size in zip(segments, sizes):
+                mask = s.attn_mask
+                if mask is None and size > 1:
+                    mask = torch.ones(size, s.start + size, dtype=torch.bool, device=device).tril(diagonal=s.start)
+                self.masks.append(None if mask is None else mask[None, None])
+        self.sizes = sizes
+
+    def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """q [heads, n, d], k/v [kv_heads, n, d] of every segment's rows -> attention [heads, n, d]."""
+        if self.pooled:
+            keys, values = self.pool.keys[layer], self.pool.values[layer]
+            keys.index_copy_(1, self.write_slots, k)
+            values.index_copy_(1, self.write_slots, v)
+            if self.invariant:
+                return layout_invariant_attention(q, keys, values, self.layout, self.min_rows)
+            return padded_attention(q, keys, values, self.batch)
+        outputs, offset = [], 0
+        for b, (segment, size) in enumerate(zip(self.segments, self.sizes)):
+            rows = slice(offset, offset + size)
+            cache = segment.cache
+            cache.write(layer, segment.start, k[:, rows], v[:, rows])
+            if self.invariant:
+                pool = cache.pool
+                out = layout_invariant_attention(q[:, rows], pool.keys[layer], pool.values[layer], self.layouts[b], self.min_rows)
+            else:
+                keys, values = cache.view(layer, segment.start + size)
+                out = attend(q[None, :, rows], keys, values, self.masks[b])[0]
+            outputs.append(out)
+            offset += size
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
 
 
 def _missing_weights(cfg: ModelConfig, w: dict[str, torch.Tensor]) -> list[str]:
