@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -50,10 +52,45 @@ def serve(
             model_name=served_model_name or str(target), api_key=api_key, request_timeout_s=request_timeout,
             default_max_tokens=max_tokens, max_batch=max_batch, queue_size=queue, shutdown_grace_s=shutdown_grace,
         )  # fmt: skip
-        server = Server(gen, config)
+        server = Server(gen, config, engine_thread=False)
     err.print(
         f"serving {config.model_name} ({gen.method}, {gen.node_budget} draft nodes, {gen.target.dtype_name}, "
         f"batch {max_batch}) at http://{host}:{port}/ (web view) and http://{host}:{port}/v1",
         highlight=False,
     )
-    uvicorn.run(server.app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=shutdown_grace)
+    run_server(server, uvicorn.Config(server.app, host=host, port=port, log_level="warning",
+                                      timeout_graceful_shutdown=shutdown_grace))  # fmt: skip
+
+
+def run_server(server, config) -> None:
+    """HTTP on a thread, the engine on this (the main) thread, where the model was loaded.
+    SIGTERM / SIGINT: stop accepting, let in-flight requests finish (up to the grace period),
+    stop the engine; a second signal exits at once."""
+    import uvicorn
+
+    http = uvicorn.Server(config)
+
+    def on_signal(signum, frame) -> None:
+        if http.should_exit:
+            http.force_exit = True
+        http.should_exit = True
+
+    def serve_http() -> None:
+        try:
+            http.run()
+        finally:  # however the HTTP server ends (shutdown, or a failed start), the engine ends too
+            server.scheduler.stop()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    thread = threading.Thread(target=serve_http, name="specblock-http", daemon=True)
+    thread.start()
+    try:
+        server.scheduler.run()  # returns once the app's shutdown stops the scheduler
+    finally:
+        http.should_exit = True
+        thread.join()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if not http.started:
+        err.print(f"[red]error:[/red] could not serve on {config.host}:{config.port} (is the port in use?)", highlight=False)
+        raise typer.Exit(1)

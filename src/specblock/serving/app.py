@@ -59,9 +59,12 @@ class RequestError(Exception):
 class Server:
     """The loaded generator, its scheduler and counters; `app` is the ASGI application."""
 
-    def __init__(self, generator: SpecGenerator, config: ServerConfig) -> None:
+    def __init__(self, generator: SpecGenerator, config: ServerConfig, engine_thread: bool = True) -> None:
+        """`engine_thread=False`: the caller runs `scheduler.run()` on its own thread (the CLI's main
+        thread, see `serving.scheduler`); otherwise the app starts an engine thread."""
         self.gen = generator
         self.config = config
+        self.engine_thread = engine_thread
         self.context = min(config.max_context, generator.target.cfg.max_position_embeddings)
         self.scheduler = BatchScheduler(
             generator.target, generator.drafter, generator.tokenizer.decode, config.max_batch, config.queue_size,
@@ -161,14 +164,21 @@ class Server:
         finished = False
         try:
             yield _sse(reply.opening())
+            held = None
             while True:
-                event = await self._next(request, job, events)
+                event, held = held or await self._next(request, job, events), None
                 if event is None:
                     return
                 if isinstance(event, Tokens):
-                    chunk = reply.add(event)
-                    if chunk is not None:
-                        yield _sse(chunk)
+                    pieces = reply.add(event)
+                    while not events.empty():  # a client slower than the engine gets one chunk for all
+                        held = events.get_nowait()
+                        if not isinstance(held, Tokens):
+                            break
+                        pieces += reply.add(held)
+                        held = None
+                    if pieces:
+                        yield _sse(reply.chunk(pieces))
                     continue
                 finished = True
                 if isinstance(event, Finished):
@@ -194,7 +204,8 @@ class Server:
     def _build_app(self) -> FastAPI:
         @asynccontextmanager
         async def lifespan(app: FastAPI):
-            self.scheduler.start()
+            if self.engine_thread:
+                self.scheduler.start()
             yield
             left = self.scheduler.active + self.scheduler.queue_depth
             self.scheduler.stop()
@@ -296,14 +307,16 @@ class Reply:
     def opening(self) -> dict:
         return self._chunk(None, role=True) if self.chat else self._chunk("")
 
-    def add(self, event: Tokens) -> dict | None:
-        """Take one iteration's tokens; the chunk to stream, or None while text is held back."""
+    def add(self, event: Tokens) -> list[tuple[str, str]]:
+        """Take one iteration's tokens; returns the (origin, text) pieces now safe to send."""
         self.iterations += 1  # the prefill counts as one target forward, like tau's
         self.tokens += len(event.tokens)
         pieces = self.text.add(event.tokens, event.drafted)
         self.pieces += pieces
-        if not pieces:
-            return None
+        return pieces
+
+    def chunk(self, pieces: list[tuple[str, str]]) -> dict:
+        """A streamed chunk with these pieces, tagged by origin for the web view."""
         chunk = self._chunk("".join(text for _, text in pieces))
         chunk["specblock"] = {"pieces": [{"origin": o, "text": t} for o, t in pieces],
                               "tokens": self.tokens, "target_forwards": self.iterations}  # fmt: skip
@@ -312,12 +325,7 @@ class Reply:
     def closing(self, done: Finished) -> list[dict]:
         rest = self.text.finish()
         self.pieces += rest
-        chunks = []
-        if rest:
-            chunk = self._chunk("".join(t for _, t in rest))
-            chunk["specblock"] = {"pieces": [{"origin": o, "text": t} for o, t in rest],
-                                  "tokens": self.tokens, "target_forwards": self.iterations}  # fmt: skip
-            chunks.append(chunk)
+        chunks = [self.chunk(rest)] if rest else []
         last = self._chunk(None, FINISH_REASON.get(done.stats.stop_reason, "stop"))
         last["usage"] = self._usage(done)
         last["specblock"] = self._summary(done)

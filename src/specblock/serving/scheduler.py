@@ -9,6 +9,12 @@ boundaries; a newcomer's prefill runs on its own before it joins the batch.
 
 The engine thread owns every model call. Callers talk to it through `submit` (from any
 thread) and receive `Event`s through the sink they pass, called on the engine thread.
+
+Which thread that is matters on a CPU: PyTorch's OpenMP pool belongs to the thread that
+first computed (the one that loaded the model); a forward issued from another thread gets a
+second pool and ran about 15% slower on the 2-core Zen 5 tested. So `specblock serve` runs
+the engine on the main thread (`run`) and the HTTP server beside it; `start` (a thread of
+its own) is for tests and embedding.
 """
 
 from __future__ import annotations
@@ -151,10 +157,17 @@ class BatchScheduler:
         return job
 
     def start(self) -> None:
+        """Run the engine on a thread of its own."""
         with self._lock:
             self._running = True
         self._thread = threading.Thread(target=self._loop, name="specblock-engine", daemon=True)
         self._thread.start()
+
+    def run(self) -> None:
+        """Run the engine on the calling thread until `stop` (from another thread or a signal handler)."""
+        with self._lock:
+            self._running = True
+        self._loop()
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Refuse new requests, cancel the unfinished ones (their clients get a 'shutdown'
@@ -170,7 +183,7 @@ class BatchScheduler:
         while True:
             with self._lock:
                 while self._running and not self._waiting and self.active == 0:
-                    self._lock.wait()
+                    self._lock.wait(timeout=1.0)  # a timeout keeps the main thread responsive to signals
                 if not self._running:
                     break
             self._drop_cancelled()

@@ -68,25 +68,28 @@ class BatchLayout:
     """Where each verify row's keys sit in the pool, by logical position (see
     `layout_invariant_attention`)."""
 
-    shared: int  # S: context positions in whole chunks (the largest over segments; others masked)
-    tail: int  # T: columns of the per-row tail (a multiple of the chunk)
+    tail: int  # T: columns of the per-row tail (a multiple of the chunk), the largest over segments
     tail_slots: torch.Tensor  # [n * T] pool slot of each tail column
     tail_bias: torch.Tensor  # [n, 1, T] float32: 0 where a row may attend, -inf elsewhere
-    shared_slots: torch.Tensor | None  # [segments * S] pool slots of the shared keys; None: one segment
-    shared_offset: int  # one segment: its cache's offset in the pool
-    shared_bias: torch.Tensor | None  # [segments, 1, S]: -inf past a segment's own shared context
+    chunks: int  # shared context chunks of all segments together
+    chunks_max: int  # the most shared chunks of one segment
+    chunk_ids: torch.Tensor | None  # [chunks] pool chunk of each (segment by segment); None: one segment
+    chunk_offset: int  # one segment: its first pool chunk
+    chunk_segment: torch.Tensor | None  # [chunks] the segment each chunk belongs to
+    chunk_cell: torch.Tensor | None  # [chunks] its cell in the [segments, chunks_max] grid
     padding: Padding
 
     @classmethod
     def build(cls, starts: list[int], offsets: list[int], paths: list[torch.Tensor]) -> "BatchLayout":
         """Per segment: `starts` (committed context in its cache), `offsets` (its cache's place in
-        the pool), `paths` ([n_b, D_b], each row's ancestors by depth as verify rows of the
-        segment, -1 past the row's depth: `tree.verify_paths`)."""
+        the pool, a multiple of the chunk), `paths` ([n_b, D_b], each row's ancestors by depth as
+        verify rows of the segment, -1 past the row's depth: `tree.verify_paths`)."""
         c, device = ATTENTION_CHUNK, paths[0].device
+        if any(o % c for o in offsets):
+            raise ValueError(f"cache offsets in the pool must be multiples of {c}")
         sizes, depths = [p.shape[0] for p in paths], [p.shape[1] for p in paths]
         depth = max(depths)
         shareds = [(s // c) * c for s in starts]
-        shared = max(shareds)
         tail = max(-(-(s - sh + d) // c) * c for s, sh, d in zip(starts, shareds, depths))
         padded_paths = torch.cat([torch.nn.functional.pad(p, (0, depth - p.shape[1]), value=-1) for p in paths])
         start, row_shared, offset = (_per_row(v, sizes, device)[:, None] for v in (starts, shareds, offsets))
@@ -98,19 +101,39 @@ class BatchLayout:
         slots = torch.where(from_context, row_shared + j, start + ancestor.clamp(min=0))
         slots = torch.where(valid, slots, torch.zeros_like(slots)) + offset
         bias = torch.zeros(len(slots), 1, tail, device=device).masked_fill(~valid[:, None, :], float("-inf"))
-        shared_slots = shared_bias = None
-        if len(paths) > 1 and shared:
-            s = torch.arange(shared, device=device)[None, :]
-            shared_slots = (torch.tensor(offsets, device=device)[:, None] + s).reshape(-1)
-            inside = s < torch.tensor(shareds, device=device)[:, None]
-            shared_bias = torch.zeros(len(paths), 1, shared, device=device).masked_fill(~inside[:, None, :], float("-inf"))
-        return cls(shared, tail, slots.reshape(-1), bias, shared_slots, offsets[0], shared_bias, Padding.build(sizes, device))
+        counts = [sh // c for sh in shareds]
+        chunks_max = max(counts)
+        ids = segment = cell = None
+        if len(paths) > 1:
+            ids = torch.tensor([o // c + i for o, k in zip(offsets, counts) for i in range(k)], dtype=torch.long, device=device)
+            segment = torch.tensor([b for b, k in enumerate(counts) for _ in range(k)], dtype=torch.long, device=device)
+            cell = torch.tensor([b * chunks_max + i for b, k in enumerate(counts) for i in range(k)], dtype=torch.long,
+                                device=device)  # fmt: skip
+        return cls(tail, slots.reshape(-1), bias, sum(counts), chunks_max, ids, offsets[0] // c, segment, cell,
+                   Padding.build(sizes, device))  # fmt: skip
 
-    def shared_keys(self, keys: torch.Tensor) -> torch.Tensor:
-        """[kv, segments, S, d] shared context keys (or values) of each segment."""
-        if self.shared_slots is None:
-            return keys[:, self.shared_offset : self.shared_offset + self.shared].unsqueeze(1)
-        return keys.index_select(1, self.shared_slots).view(keys.shape[0], -1, self.shared, keys.shape[-1])
+    def shared_chunks(self, keys: torch.Tensor) -> torch.Tensor:
+        """[kv, chunks, c, d]: the shared context keys (or values) of every segment, by chunk."""
+        c, kv, d = ATTENTION_CHUNK, keys.shape[0], keys.shape[-1]
+        if self.chunk_ids is None:  # one segment: a view of its cache, no copy
+            first = self.chunk_offset * c
+            return keys[:, first : first + self.chunks * c].view(kv, self.chunks, c, d)
+        return keys.view(kv, keys.shape[1] // c, c, d).index_select(1, self.chunk_ids)
+
+    def per_chunk(self, x: torch.Tensor) -> torch.Tensor:
+        """[kv, segments, ...] -> [kv, chunks, ...]: each chunk gets its segment's entry."""
+        if self.chunk_segment is None:
+            return x.expand(x.shape[0], self.chunks, *x.shape[2:])
+        return x.index_select(1, self.chunk_segment)
+
+    def to_grid(self, x: torch.Tensor, fill: float) -> torch.Tensor:
+        """[kv, chunks, ...] -> [kv, segments, chunks_max, ...], missing chunks filled with `fill`."""
+        segments = self.padding.segments
+        if self.chunk_cell is None:
+            return x.unsqueeze(1)
+        grid = x.new_full((x.shape[0], segments * self.chunks_max, *x.shape[2:]), fill)
+        grid.index_copy_(1, self.chunk_cell, x)
+        return grid.view(x.shape[0], segments, self.chunks_max, *x.shape[2:])
 
 
 def _rows_matmul(a: torch.Tensor, b: torch.Tensor, min_rows: int) -> torch.Tensor:
@@ -134,44 +157,47 @@ def layout_invariant_attention(
 
     Why: a tree row and the same token decoded alone see the same keys, but at other columns of
     the mask, and reductions whose order follows the columns round differently. Here every row's
-    keys are laid out by logical position: the shared context in chunks of ATTENTION_CHUNK on a
-    grid from position 0 (one batched product per segment; a shorter context's extra chunks are
-    masked, so they add exact zeros), then a per-row tail gathered from the context's end and the
-    row's ancestors. Scores and chunk outputs are half-precision products padded to the row count
-    the kernel table found row-invariant (`min_rows`); each chunk is reduced on its own and the
-    chunks are summed in order. So plain decoding (one segment, n = 1, paths [[0]]) computes
-    exactly what a tree row, alone or batched with other requests, computes.
+    keys are laid out by logical position: its segment's context in whole chunks of
+    ATTENTION_CHUNK on a grid from position 0 (every chunk of every segment in one batched
+    product, no padding), then a per-row tail gathered from the context's end and the row's
+    ancestors. Scores and chunk outputs are half-precision products padded to the row count the
+    kernel table found row-invariant (`min_rows`); each chunk is reduced on its own and a row's
+    chunks are summed in order (a shorter segment's missing chunks add exact zeros). So plain
+    decoding (one segment, n = 1, paths [[0]]) computes exactly what a tree row, alone or
+    batched with other requests, computes.
     """
     heads, n, d = q.shape
     kv_heads = keys.shape[0]
     group = heads // kv_heads
-    c, shared, tail, pad = ATTENTION_CHUNK, layout.shared, layout.tail, layout.padding
+    c, tail, pad = ATTENTION_CHUNK, layout.tail, layout.padding
+    segments, rows = pad.segments, pad.rows_max
+    scale = d**-0.5
     tail_keys = keys.index_select(1, layout.tail_slots).view(kv_heads, n, tail, d)
     tail_values = values.index_select(1, layout.tail_slots).view(kv_heads, n, tail // c, c, d)
     qg = q.view(kv_heads, group, n, d).transpose(1, 2)  # [kv, n, g, d]
-    scores = _rows_matmul(qg, tail_keys.transpose(-1, -2), min_rows).float() + layout.tail_bias  # [kv, n, g, tail]
-    if shared:
-        segments, rows = pad.segments, pad.rows_max
-        q_padded = pad.to_padded(qg).reshape(kv_heads, segments, rows * group, d)
-        scores_shared = _rows_matmul(q_padded, layout.shared_keys(keys).transpose(-1, -2), min_rows).float()
-        if layout.shared_bias is not None:
-            scores_shared = scores_shared + layout.shared_bias
-        scores_shared = pad.from_padded(scores_shared.view(kv_heads, segments, rows, group, shared))
-        scores = torch.cat([scores_shared, scores], dim=-1)
-    weights = torch.exp((scores - scores.amax(-1, keepdim=True)) * d**-0.5)  # [kv, n, g, shared + tail]
-    chunks = weights.shape[-1] // c
-    norm = weights.view(kv_heads, n, group, chunks, c).sum(-1).cumsum(-1)[..., -1:]  # [kv, n, g, 1]
-    probs = weights.to(q.dtype)
-    p_tail = probs[..., shared:].reshape(kv_heads, n, group, tail // c, c).transpose(2, 3)
-    parts = _rows_matmul(p_tail, tail_values, min_rows).transpose(2, 3)  # [kv, n, g, tail chunks, d]
-    if shared:
-        sc = shared // c
-        p_shared = pad.to_padded(probs[..., :shared]).reshape(kv_heads, segments, rows * group, sc, c).transpose(2, 3)
-        v_shared = layout.shared_keys(values).reshape(kv_heads, segments, sc, c, d)
-        out_shared = _rows_matmul(p_shared, v_shared, min_rows)  # [kv, segments, sc, rows * g, d]
-        out_shared = out_shared.view(kv_heads, segments, sc, rows, group, d).permute(0, 1, 3, 4, 2, 5)
-        parts = torch.cat([pad.from_padded(out_shared), parts], dim=3)  # [kv, n, g, chunks, d]
-    out = parts.float().cumsum(3)[..., -1, :] / norm  # chunks summed in order: [kv, n, g, d]
+    tail_scores = _rows_matmul(qg, tail_keys.transpose(-1, -2), min_rows).float() + layout.tail_bias  # [kv, n, g, T]
+    row_max = tail_scores.amax(-1)  # [kv, n, g]
+    if layout.chunks:
+        q_chunks = layout.per_chunk(pad.to_padded(qg).reshape(kv_heads, segments, rows * group, d))
+        scores = _rows_matmul(q_chunks, layout.shared_chunks(keys).transpose(-1, -2), min_rows).float()  # [kv, C, M, c]
+        shared_max = layout.to_grid(scores.amax(-1), float("-inf")).amax(2)  # [kv, segments, M]
+        row_max = torch.maximum(row_max, pad.from_padded(shared_max.view(kv_heads, segments, rows, group)))
+        m = layout.per_chunk(pad.to_padded(row_max).reshape(kv_heads, segments, rows * group))  # [kv, C, M]
+        weights = torch.exp((scores - m[..., None]) * scale)
+        sums = layout.to_grid(weights.sum(-1), 0.0).view(kv_heads, segments, -1, rows, group)  # [kv, B, Cmax, r, g]
+        outs = _rows_matmul(weights.to(q.dtype), layout.shared_chunks(values), min_rows).float()  # [kv, C, M, d]
+        outs = layout.to_grid(outs, 0.0).view(kv_heads, segments, -1, rows, group, d)
+        shared_sums = pad.from_padded(sums.permute(0, 1, 3, 4, 2))  # [kv, n, g, Cmax]
+        shared_parts = pad.from_padded(outs.permute(0, 1, 3, 4, 2, 5))  # [kv, n, g, Cmax, d]
+    tail_weights = torch.exp((tail_scores - row_max[..., None]) * scale)  # [kv, n, g, T]
+    tail_sums = tail_weights.view(kv_heads, n, group, tail // c, c).sum(-1)  # [kv, n, g, T chunks]
+    p_tail = tail_weights.to(q.dtype).view(kv_heads, n, group, tail // c, c).transpose(2, 3)
+    parts = _rows_matmul(p_tail, tail_values, min_rows).float().transpose(2, 3)  # [kv, n, g, T chunks, d]
+    if layout.chunks:
+        tail_sums = torch.cat([shared_sums, tail_sums], dim=-1)
+        parts = torch.cat([shared_parts, parts], dim=3)
+    norm = tail_sums.cumsum(-1)[..., -1:]  # chunks summed in order: [kv, n, g, 1]
+    out = parts.cumsum(3)[..., -1, :] / norm  # [kv, n, g, d]
     return out.to(q.dtype).transpose(1, 2).reshape(heads, n, d)
 
 
@@ -228,7 +254,7 @@ def attention_is_layout_invariant(dtype: torch.dtype, min_rows: int) -> bool:
     paths = verify_paths(tree)
     other_paths = verify_paths(DraftTree([5, 6], [-1, 0], [0.0, 0.0]))
     n, other_n = len(tree) + 1, len(other_paths)
-    capacity = other_start + other_n
+    capacity = 128  # cache offsets in a pool are multiples of the chunk
     keys = torch.randn(kv_heads, 2 * capacity, d, generator=gen).to(dtype)  # a pool of two caches
     values = torch.randn(kv_heads, 2 * capacity, d, generator=gen).to(dtype)
     q = torch.randn(kv_heads * group, n + other_n, d, generator=gen).to(dtype)

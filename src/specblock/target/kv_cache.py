@@ -14,6 +14,9 @@ from __future__ import annotations
 import torch
 
 
+POOL_ALIGN = 32  # = attention.ATTENTION_CHUNK
+
+
 class KVPool:
     """`count` caches of `capacity` slots each in one [layers, kv_heads, count * capacity, d] tensor."""
 
@@ -27,6 +30,8 @@ class KVPool:
         dtype: torch.dtype,
         device: torch.device | str,
     ) -> None:
+        if count > 1:  # caches start on the attention's chunk grid (attention.BatchLayout reads whole chunks)
+            capacity = -(-capacity // POOL_ALIGN) * POOL_ALIGN
         shape = (num_layers, num_kv_heads, count * capacity, head_dim)
         self.keys = torch.zeros(shape, dtype=dtype, device=device)
         self.values = torch.zeros(shape, dtype=dtype, device=device)
