@@ -121,3 +121,19 @@ def test_profile_command_times_a_drafter_and_auto_uses_it(tiny_llama, tmp_path):
     key = drafter_key("specblock", source)
     save_drafter(random_specblock(target, seed=1), source, meta={"calibration": calibration})
     assert drafter_key("specblock", source) != key
+
+
+def test_batch_budgets_shrink_as_rows_get_dear_and_stay_when_rows_are_free():
+    from specblock.budget import batch_budgets
+
+    calibration = {"budgets": [4, 8, 16], "tau": [1.5, 1.7, 1.8], "draft_ms": [1.0, 1.2, 1.5]}
+    sizes = (0, 1, 2, 4, 8, 16, 32, 64, 128)
+    linear = {n: 0.010 * (1 + 0.03 * n) for n in sizes}  # every row costs (a CPU without AMX)
+    flat = {n: 0.010 * (1 + 0.001 * n) for n in sizes}  # rows nearly free (AMX, a GPU)
+    dear = batch_budgets(linear, calibration, 8)
+    assert dear[1] > 0 and dear[8] < dear[1] and all(dear[b + 1] <= dear[b] for b in range(1, 8))
+    cheap = batch_budgets(flat, calibration, 8)
+    assert cheap[1] == 16 and cheap[4] > 0 and all(cheap[b] >= dear[b] for b in dear)  # drafting time bounds them
+    from specblock.budget import auto_budget
+
+    assert dear[1] == auto_budget(linear, calibration)  # one request: the batch-1 rule

@@ -194,3 +194,28 @@ def test_a_failing_drafter_fails_only_its_request(tiny_llama):
     sinks, _ = run_batched(model, Flaky(), requests, max_batch=2)
     assert isinstance(sinks[0].end, Failed) and "drafter broke" in sinks[0].end.message
     assert isinstance(sinks[1].end, Finished) and len(sinks[1].tokens) == 20
+
+
+def test_batch_budgets_shrink_trees_under_load_but_not_seeded_requests(tiny_llama):
+    model = Transformer.load(tiny_llama, torch.bfloat16)
+    drafter = LookupDrafter()
+    seeded = SamplingParams(temperature=0.8, seed=5)
+    requests = [(p, DecodeSettings(max_new_tokens=60, node_budget=6)) for p in prompts(3, seed=31)]
+    requests.append(([5, 6, 7, 8, 9] * 4, DecodeSettings(max_new_tokens=60, node_budget=6, sampling=seeded)))  # lookup finds matches
+    scheduler = BatchScheduler(model, drafter, lambda ids: "", max_batch=4, batch_budgets={1: 6, 2: 0, 3: 0, 4: 0})
+    scheduler.start()
+    sinks = [Collector() for _ in requests]
+    for (prompt, settings), sink in zip(requests, sinks):
+        scheduler.submit(Job(prompt, settings, sink, timeout_s=60))
+    for sink in sinks:
+        assert sink.done.wait(60)
+    scheduler.stop()
+    for (prompt, settings), sink in zip(requests, sinks):
+        stats = sink.end.stats
+        want, _ = run_decode(model, LookupDrafter(), prompt, max_new_tokens=60, node_budget=6, sampling=settings.sampling)
+        assert sink.tokens == want  # lossless greedy, and the seeded request drafted as it does alone
+        shared = [size for size, batch in zip(stats.tree_sizes, sink.end.batch_sizes) if batch > 1]
+        if settings.sampling.greedy:
+            assert shared and max(shared) == 0  # batched iterations verified no draft nodes
+        else:
+            assert max(stats.tree_sizes) > 0

@@ -21,7 +21,7 @@ import torch
 from specblock.decoding import DecodeSettings, DecodeStats, speculative_decode
 from specblock.adapt.drafter import AdaptiveDrafter, AdaptSettings
 from specblock.drafters.base import Drafter
-from specblock.budget import auto_budget, drafter_key, load_draft_latency, load_or_measure
+from specblock.budget import auto_budget, batch_budgets, drafter_key, load_draft_latency, load_or_measure
 from specblock.drafters.checkpoint import load_drafter, read_config
 from specblock.drafters.draft_model import DraftModelDrafter
 from specblock.drafters.eagle3 import Eagle3Drafter
@@ -197,9 +197,12 @@ class SpecGenerator:
     """A loaded target with one drafting method; reusable across requests."""
 
     def __init__(
-        self, target: Transformer, tokenizer: ChatTokenizer, drafter: Drafter, method: str, node_budget: int
-    ) -> None:
+        self, target: Transformer, tokenizer: ChatTokenizer, drafter: Drafter, method: str, node_budget: int,
+        target_name: str | Path = "", budget_is_auto: bool = False,
+    ) -> None:  # fmt: skip
         self.target = target
+        self.target_name = str(target_name)
+        self.budget_is_auto = budget_is_auto  # the budget came from --node-budget auto
         self.tokenizer = tokenizer
         self.drafter = drafter
         self.method = method
@@ -252,8 +255,18 @@ class SpecGenerator:
         drafter = build_drafter(
             method, model, tokenizer, target_name, draft_model, model.dtype, str(model.device), report, drafter_dir
         )  # fmt: skip
-        budget = resolve_budget(DEFAULT_BUDGET[method] if node_budget is None else node_budget, model, target_name, drafter)
-        return cls(model, tokenizer, drafter, method, budget)
+        asked = DEFAULT_BUDGET[method] if node_budget is None else node_budget
+        budget = resolve_budget(asked, model, target_name, drafter)
+        is_auto = isinstance(asked, str) and asked.strip().lower() == "auto"
+        return cls(model, tokenizer, drafter, method, budget, target_name, is_auto)
+
+    def batch_budgets(self, max_batch: int) -> dict[int, int] | None:
+        """With an `auto` budget: the node budget per request for each batch size of the server
+        (`budget.batch_budgets`); None for a fixed budget, which every batch size keeps."""
+        if not self.budget_is_auto or isinstance(self.drafter, VanillaDrafter):
+            return None
+        profile, calibration, measured = _budget_inputs(self.target, self.target_name, self.drafter)
+        return batch_budgets(profile, calibration, max_batch, draft_s=measured)
 
     def stream(
         self,
@@ -341,11 +354,8 @@ def resolve_budget(budget: int | str, target: Transformer, target_name: str | Pa
         if budget.strip().lower() == "auto":
             if isinstance(drafter, VanillaDrafter):
                 return 0
-            runner, name = TargetRunner(target), str(target_name) or "target"
-            profile = load_or_measure(runner, name)
-            source = getattr(drafter, "source_dir", None)
-            measured = load_draft_latency(runner, name, drafter_key(drafter.name, source)) if source else None
-            return auto_budget(profile, getattr(drafter, "calibration", None), draft_s=measured)
+            profile, calibration, measured = _budget_inputs(target, target_name, drafter)
+            return auto_budget(profile, calibration, draft_s=measured)
         try:
             budget = int(budget)
         except ValueError:
@@ -353,6 +363,15 @@ def resolve_budget(budget: int | str, target: Transformer, target_name: str | Pa
     if budget < 0:
         raise InvalidSettingError(f"node budget must be >= 0, got {budget}")
     return budget
+
+
+def _budget_inputs(target: Transformer, target_name: str | Path, drafter: Drafter):
+    """What `auto` decides from: this machine's T(n), the drafter's calibration, its measured D(n)."""
+    runner, name = TargetRunner(target), str(target_name) or "target"
+    profile = load_or_measure(runner, name)
+    source = getattr(drafter, "source_dir", None)
+    measured = load_draft_latency(runner, name, drafter_key(drafter.name, source)) if source else None
+    return profile, getattr(drafter, "calibration", None), measured
 
 
 def _check_method(method: str) -> None:

@@ -157,3 +157,38 @@ def auto_budget(verify_s: dict[int, float], calibration: dict | None, max_budget
         return max(fitting, default=0)
     speed = {n: v for n, v in expected_tokens_per_s(verify_s, calibration, draft_s).items() if n <= max_budget}
     return max(speed, key=lambda n: (speed[n], -n))  # ties (equal expected speed) go to the smaller tree
+
+
+def extrapolate(points: dict[int, float], n: int) -> float:
+    """Like `interpolate`, but linear beyond the last point (a batch can verify more rows than
+    the profile measured)."""
+    xs = sorted(points)
+    if n <= xs[-1] or len(xs) < 2:
+        return interpolate(points, n)
+    a, b = xs[-2], xs[-1]
+    return points[b] + (points[b] - points[a]) * (n - b) / (b - a)
+
+
+def batch_budgets(
+    verify_s: dict[int, float], calibration: dict | None, max_batch: int, max_budget: int = 128,
+    draft_s: dict[int, float] | None = None,
+) -> dict[int, int]:  # fmt: skip
+    """The node budget per request for each batch size B of the server (B = 1 is `auto_budget`).
+
+    B requests with k nodes each verify B(k + 1) rows in one forward, about T(B(k+1) - 1) of
+    the profile, and draft B times: the best k maximises B tau(k) / (T(B(k+1) - 1) + B D(k)).
+    As the batch grows the forward's rows get dearer on a CPU, so k shrinks, often to 0 (the
+    batch alone keeps the products busy). Without a calibration: the largest k whose forward
+    costs at most 1.5 times the batch's plain-decoding forward."""
+    table = {}
+    for batch in range(1, max_batch + 1):
+        rows_cost = {n: extrapolate(verify_s, batch * (n + 1) - 1) for n in sorted(verify_s) if 0 <= n <= max_budget}
+        if not calibration:
+            fitting = [n for n in rows_cost if n >= 1 and rows_cost[n] <= 1.5 * rows_cost[0]]
+            table[batch] = max(fitting, default=0)
+            continue
+        # per-request speed at the batch's cost: tau(k) / (T_batch(k) / B + D(k)), the same ranking
+        per_request = {n: t / batch for n, t in rows_cost.items()}
+        speed = {n: v for n, v in expected_tokens_per_s(per_request, calibration, draft_s).items() if n <= max_budget}
+        table[batch] = max(speed, key=lambda n: (speed[n], -n))
+    return table

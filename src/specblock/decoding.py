@@ -143,8 +143,9 @@ class RequestDecoder:
         self.drafter.begin(PrefillFeedback(self.prompt, pre.features, first, capacity))
         return [first]
 
-    def draft(self) -> DraftedStep | None:
-        """The next tree to verify, or None when generation has ended (`stop` says why)."""
+    def draft(self, budget: int | None = None) -> DraftedStep | None:
+        """The next tree to verify, or None when generation has ended (`stop` says why).
+        `budget` (at most the settings' node budget) lets a server shrink trees as its batch grows."""
         if self.stop is not None:
             return None
         s, context = self.settings, self.runner.context_limit
@@ -154,7 +155,7 @@ class RequestDecoder:
         # A deeper node could only produce tokens past max-new-tokens or the context window.
         max_depth = min(s.max_new_tokens - len(self.generated) - 1, context - len(self.sequence) - 1)
         t0 = time.perf_counter()
-        budget = s.node_budget
+        budget = s.node_budget if budget is None else min(budget, s.node_budget)
         tree = self.drafter.propose(self.sequence, budget) if budget > 0 and max_depth > 0 else DraftTree()
         tree.validate(budget)
         tree = tree.truncated_to_depth(max_depth)

@@ -53,9 +53,12 @@ def serve(
             default_max_tokens=max_tokens, max_batch=max_batch, queue_size=queue, shutdown_grace_s=shutdown_grace,
         )  # fmt: skip
         server = Server(gen, config, engine_thread=False)
+    budgets = server.scheduler.batch_budgets
+    nodes = f"{gen.node_budget} draft nodes" if budgets is None else (
+        "draft nodes per request by batch size " + ", ".join(f"{b}: {k}" for b, k in budgets.items()))  # fmt: skip
     err.print(
-        f"serving {config.model_name} ({gen.method}, {gen.node_budget} draft nodes, {gen.target.dtype_name}, "
-        f"batch {max_batch}) at http://{host}:{port}/ (web view) and http://{host}:{port}/v1",
+        f"serving {config.model_name} ({gen.method}, {nodes}, {gen.target.dtype_name}, batch {max_batch}) "
+        f"at http://{host}:{port}/ (web view) and http://{host}:{port}/v1",
         highlight=False,
     )
     run_server(server, uvicorn.Config(server.app, host=host, port=port, log_level="warning",

@@ -69,6 +69,7 @@ class Server:
         self.scheduler = BatchScheduler(
             generator.target, generator.drafter, generator.tokenizer.decode, config.max_batch, config.queue_size,
             slot_capacity=self.context + generator.node_budget + 2,
+            batch_budgets=generator.batch_budgets(config.max_batch),
         )  # fmt: skip
         self.metrics = ServerMetrics()
         self.app = self._build_app()
@@ -241,7 +242,8 @@ class Server:
         @app.get("/health")
         async def health():
             return {"status": "ok", "model": self.config.model_name, "method": self.gen.method,
-                    "node_budget": self.gen.node_budget, "dtype": self.gen.target.dtype_name,
+                    "node_budget": self.gen.node_budget, "batch_budgets": self.scheduler.batch_budgets,
+                    "dtype": self.gen.target.dtype_name,
                     "active": self.scheduler.active, "queue": self.scheduler.queue_depth}  # fmt: skip
 
         @app.get("/metrics")
@@ -356,6 +358,7 @@ class Reply:
             "method": gen.method, "node_budget": gen.node_budget, "dtype": gen.target.dtype_name,
             "tau": round(_tau(s), 4), "target_forwards": s.target_forwards, "drafter_forwards": s.drafter_forwards,
             "accepted_lengths": s.accepted_lengths, "stop_reason": s.stop_reason,
+            "mean_tree_nodes": round(sum(s.tree_sizes) / iterations, 3),
             "prefill_ms": round(1000 * s.prefill_s, 3), "wall_ms": round(1000 * s.wall_s, 3),
             "draft_ms_per_iteration": round(1000 * sum(s.draft_s) / iterations, 3),
             "target_ms_per_iteration": round(1000 * sum(s.target_s) / iterations, 3),

@@ -109,9 +109,12 @@ class BatchScheduler:
         max_batch: int = 4,
         queue_size: int = 16,
         slot_capacity: int | None = None,
+        batch_budgets: dict[int, int] | None = None,
     ) -> None:
         """`slot_capacity`: KV slots per batch slot (default: the model's context + 64). A request
-        needs `decoding.cache_slots_needed`."""
+        needs `decoding.cache_slots_needed`. `batch_budgets` (batch size -> node budget, from
+        `budget.batch_budgets`) shrinks each request's tree as the batch grows; a request with a
+        sampling seed keeps its own budget, so that its seeded output repeats whatever the load."""
         if max_batch < 1 or queue_size < 0:
             raise ValueError("max_batch must be >= 1 and queue_size >= 0")
         self.model = model
@@ -123,6 +126,7 @@ class BatchScheduler:
         caches = model.new_cache_pool(max_batch, self.slot_capacity)  # one pool: batched attention gathers once
         drafters = [drafter] + [drafter.fork() for _ in range(max_batch - 1)]
         self.slots = [_Slot(TargetRunner(model, cache), d) for cache, d in zip(caches, drafters)]
+        self.batch_budgets = batch_budgets
         self.counters = EngineCounters()
         self._waiting: deque[Job] = deque()
         self._lock = threading.Condition()
@@ -220,10 +224,12 @@ class BatchScheduler:
     def _iterate(self) -> None:
         """One speculative iteration over every active request: draft, ONE verify, accept."""
         batch: list[tuple[_Slot, DraftedStep]] = []
+        active = self.active
         for slot in self.slots:
             if slot.job is None:
                 continue
-            drafted = self._guarded(slot, slot.decoder.draft)
+            budget = self._budget(slot.job, active)
+            drafted = self._guarded(slot, lambda: slot.decoder.draft(budget))
             if drafted is not None:
                 batch.append((slot, drafted))
             elif slot.job is not None:  # draft() returned None: generation ended (context)
@@ -247,6 +253,12 @@ class BatchScheduler:
         for (slot, _), step in zip(batch, steps):
             slot.batch_sizes.append(len(batch))
             self._guarded(slot, lambda: self._accept(slot, step))
+
+    def _budget(self, job: Job, active: int) -> int | None:
+        sampling = job.settings.sampling
+        if self.batch_budgets is None or (not sampling.greedy and sampling.seed is not None):
+            return None
+        return self.batch_budgets.get(active, min(self.batch_budgets.values()))
 
     def _accept(self, slot: _Slot, step) -> None:
         decoder = slot.decoder
