@@ -30,6 +30,7 @@ def serve(
     served_model_name: Annotated[str | None, typer.Option(help="The model id clients send (default: --target).")] = None,
     request_timeout: Annotated[float, typer.Option(help="Seconds a request may take, queueing included.")] = 600.0,
     max_tokens: Annotated[int, typer.Option(help="max_tokens of requests that give none.")] = 512,
+    max_context: Annotated[int, typer.Option(help="Tokens per request (prompt + output), at most the model's window; sizes each slot's KV cache.")] = 8192,
     shutdown_grace: Annotated[float, typer.Option(help="Seconds in-flight requests get to finish on SIGTERM.")] = 30.0,
 ) -> None:
     """Serve the target over an OpenAI-compatible HTTP API, with a web view at /."""
@@ -39,8 +40,10 @@ def serve(
     from specblock.serving.app import Server, ServerConfig
 
     with user_errors():
-        if max_batch < 1 or queue < 0 or request_timeout <= 0 or max_tokens < 1:
-            raise InvalidSettingError("--max-batch and --max-tokens must be >= 1, --queue >= 0, --request-timeout > 0")
+        if max_batch < 1 or queue < 0 or request_timeout <= 0 or max_tokens < 1 or max_context < 2:
+            raise InvalidSettingError(
+                "--max-batch and --max-tokens must be >= 1, --max-context >= 2, --queue >= 0, --request-timeout > 0"
+            )
         if not 0 < port < 65536:
             raise InvalidSettingError(f"--port must be in 1..65535, got {port}")
         with progress_reporter() as report:
@@ -51,6 +54,7 @@ def serve(
         config = ServerConfig(
             model_name=served_model_name or str(target), api_key=api_key, request_timeout_s=request_timeout,
             default_max_tokens=max_tokens, max_batch=max_batch, queue_size=queue, shutdown_grace_s=shutdown_grace,
+            max_context=max_context,
         )  # fmt: skip
         server = Server(gen, config, engine_thread=False)
     budgets = server.scheduler.batch_budgets
