@@ -281,3 +281,14 @@ def test_sigterm_lets_the_in_flight_stream_finish(tiny_llama, tmp_path):
         if proc.poll() is None:
             proc.kill()
         log.close()
+
+
+@pytest.mark.parametrize("args, needle", [(["--max-batch", "0"], "--max-batch"), (["--port", "70000"], "--port"),
+                                          (["--method", "nope"], "unknown method")])  # fmt: skip
+def test_serve_refuses_bad_options_in_one_line(tiny_llama, args, needle):
+    from typer.testing import CliRunner
+
+    from specblock.cli import app
+
+    result = CliRunner().invoke(app, ["serve", "--target", str(tiny_llama), "--method", "lookup", *args])
+    assert result.exit_code == 1 and needle in result.output
