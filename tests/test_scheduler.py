@@ -62,9 +62,14 @@ def _tree(tokens_and_parents):
     return tree
 
 
-@pytest.mark.parametrize("pooled", [True, False], ids=["one-pool", "own-caches"])
+@pytest.mark.parametrize("pooled, one_call", [(True, True), (True, False), (False, False)],
+                         ids=["one-pool", "one-pool-call-per-request", "own-caches"])  # fmt: skip
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_verify_batch_rows_equal_each_request_verified_alone(tiny_llama, dtype, pooled):
+def test_verify_batch_rows_equal_each_request_verified_alone(tiny_llama, dtype, pooled, one_call, monkeypatch):
+    from specblock.target import transformer
+
+    if not one_call:  # past the size limit, the pooled batch attends one request per call
+        monkeypatch.setattr(transformer, "BATCHED_GRID_BYTES", 0)
     model = Transformer.load(tiny_llama, dtype)
     trees = [_tree([(5, -1), (6, 0), (7, -1)]), DraftTree(), _tree([(9, -1), (10, 0), (11, 1), (12, 1)])]
     roots = [3, 4, 8]

@@ -124,14 +124,14 @@ class BatchScheduler:
         self.capture = drafter.needs_features
         self.slot_capacity = slot_capacity or model.cfg.max_position_embeddings + 64
         caches = model.new_cache_pool(max_batch, self.slot_capacity)  # one pool: batched attention gathers once
-        drafters = [drafter] + [drafter.fork() for _ in range(max_batch - 1)]
+        drafters = [drafter.fork() for _ in range(max_batch)]  # the given drafter stays its owner's
         self.slots = [_Slot(TargetRunner(model, cache), d) for cache, d in zip(caches, drafters)]
         self.batch_budgets = batch_budgets
         self.counters = EngineCounters()
         self._waiting: deque[Job] = deque()
         self._lock = threading.Condition()
         self._ids = itertools.count(1)
-        self._running = False
+        self._running = True  # requests may queue before the loop starts; `stop` ends it for good
         self._thread: threading.Thread | None = None
 
     # -- called from any thread ---------------------------------------------------------
@@ -162,15 +162,11 @@ class BatchScheduler:
 
     def start(self) -> None:
         """Run the engine on a thread of its own."""
-        with self._lock:
-            self._running = True
         self._thread = threading.Thread(target=self._loop, name="specblock-engine", daemon=True)
         self._thread.start()
 
     def run(self) -> None:
         """Run the engine on the calling thread until `stop` (from another thread or a signal handler)."""
-        with self._lock:
-            self._running = True
         self._loop()
 
     def stop(self, timeout_s: float = 5.0) -> None:

@@ -50,20 +50,23 @@ class KVCache:
         device: torch.device | str,
     ) -> None:
         """A cache of its own (a pool of one)."""
-        pool = KVPool(1, num_layers, num_kv_heads, head_dim, capacity, dtype, device)
-        self.__dict__.update(pool.caches[0].__dict__)
+        self._attach(KVPool(1, num_layers, num_kv_heads, head_dim, capacity, dtype, device), 0)
 
     @classmethod
     def in_pool(cls, pool: KVPool, index: int) -> "KVCache":
+        """Region `index` of `pool` (views: writes land in the pool's tensors)."""
         cache = cls.__new__(cls)
-        cache.pool = pool
-        cache.offset = index * pool.capacity  # where slot 0 sits in the pool's slot dimension
-        region = slice(cache.offset, cache.offset + pool.capacity)
-        cache.keys = pool.keys[:, :, region]
-        cache.values = pool.values[:, :, region]
-        cache.capacity = pool.capacity
-        cache.length = 0
+        cache._attach(pool, index)
         return cache
+
+    def _attach(self, pool: KVPool, index: int) -> None:
+        self.pool = pool
+        self.offset = index * pool.capacity  # where slot 0 sits in the pool's slot dimension
+        region = slice(self.offset, self.offset + pool.capacity)
+        self.keys = pool.keys[:, :, region]
+        self.values = pool.values[:, :, region]
+        self.capacity = pool.capacity
+        self.length = 0
 
     def write(self, layer: int, start: int, keys: torch.Tensor, values: torch.Tensor) -> None:
         """Store keys/values of shape [kv_heads, n, head_dim] at slots [start, start + n)."""

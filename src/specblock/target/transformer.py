@@ -20,7 +20,13 @@ from specblock.errors import UnsupportedModelError
 from specblock.target.config import ModelConfig, rope_inverse_frequencies
 from specblock.target.kernels import KernelPlan, Linear, configure_threads, int8_activation_dtype, kernel_plan
 from specblock.target.kv_cache import KVCache, KVPool
-from specblock.target.attention import BatchLayout, PaddedBatch, layout_invariant_attention, padded_attention
+from specblock.target.attention import (
+    ATTENTION_CHUNK,
+    BatchLayout,
+    PaddedBatch,
+    layout_invariant_attention,
+    padded_attention,
+)
 from specblock.target.primitives import RotaryTable, apply_rope, attend, gated_mlp, rms_norm
 
 
@@ -214,6 +220,9 @@ class Transformer:
             return self.lm_head(hidden if hidden.dim() == 2 else hidden[None]).float().reshape(*hidden.shape[:-1], -1)
 
 
+BATCHED_GRID_BYTES = 8 << 20  # measured on the Zen 5: 8 requests x 9 rows x 2000-token contexts is past it
+
+
 class SegmentAttention:
     """Writes a forward's keys/values to each segment's cache and attends, per layer.
 
@@ -232,6 +241,13 @@ class SegmentAttention:
         pool = segments[0].cache.pool
         self.pooled = len(segments) > 1 and all(s.cache.pool is pool for s in segments)
         self.invariant = model.batch_invariant and all(s.paths is not None for s in segments)
+        if self.pooled and self.invariant:
+            # one call keeps a partial output per row and per context chunk of the longest
+            # context; past BATCHED_GRID_BYTES that stops fitting the caches and a call per
+            # request is faster (benchmarks/batched_verify.py). Both give the same bits.
+            chunks_max = max(s.start for s in segments) // ATTENTION_CHUNK
+            grid = sum(sizes) * chunks_max * model.cfg.num_heads * model.cfg.head_dim * 4
+            self.pooled = grid <= BATCHED_GRID_BYTES
         for s, size in zip(segments, sizes):
             if s.start + size > s.cache.capacity:
                 raise RuntimeError(f"KV cache overflow: {s.start + size} slots needed, {s.cache.capacity} allocated")
