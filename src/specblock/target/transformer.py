@@ -1,6 +1,6 @@
 """A lean decoder (Llama / Qwen2 / Qwen3) with tree attention and feature capture.
 
-Written for speed at batch size 1 in plain PyTorch: q/k/v and gate/up projections are
+Written for speed at small batches in plain PyTorch: q/k/v and gate/up projections are
 fused into one matrix each, rotary tables are precomputed, every product runs through the
 kernel this machine does fastest (`kernels.py`), and every forward writes its keys/values
 straight into a pre-allocated `KVCache`. The math is `primitives.py`'s, which follows the
