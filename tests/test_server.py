@@ -65,6 +65,8 @@ def test_openai_client_chat_stream_and_not(served, expected):
     assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == want.text
     assert chunks[0].choices[0].delta.role == "assistant"
     assert chunks[-1].usage.completion_tokens == want.new_tokens
+    with_usage = list(chat(c, 1, stream=True, stream_options={"include_usage": True}))
+    assert with_usage[-1].choices == [] and with_usage[-1].usage.completion_tokens == want.new_tokens
     origins = {p["origin"] for ch in chunks for p in (ch.model_extra.get("specblock") or {}).get("pieces", [])}
     assert "target" in origins
 
@@ -129,6 +131,7 @@ def _health(url):
 def test_disconnect_mid_stream_frees_the_slot(served):
     url, server = served
     cancelled = server.metrics.requests["cancelled"]
+    dropped = server.scheduler.counters.cancelled  # counted by the engine when it frees the slot
     body = {"model": "tiny", "messages": [{"role": "user", "content": "abc"}], "max_tokens": 400, "temperature": 0,
             "stream": True}  # fmt: skip
     with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=30) as response:
@@ -137,7 +140,7 @@ def test_disconnect_mid_stream_frees_the_slot(served):
         assert next(lines).startswith("data: ")
         next(lines)
     deadline = time.monotonic() + 10
-    while _health(url)["active"] or server.metrics.requests["cancelled"] == cancelled:
+    while _health(url)["active"] or server.metrics.requests["cancelled"] == cancelled or server.scheduler.counters.cancelled == dropped:
         assert time.monotonic() < deadline, "the disconnected request still holds its slot"
         time.sleep(0.02)
     assert chat(client(url), 2).choices[0].message.content  # still serving

@@ -163,10 +163,13 @@ class RequestDecoder:
         self._pending = (step, t0, time.perf_counter())
         return step
 
-    def accept(self, verified: TargetStep) -> list[int]:
+    def accept(self, verified: TargetStep, verify_s: float | None = None) -> list[int]:
         """Apply the acceptance rule to the target's verification of the drafted step, commit the
-        kept path, tell the drafter; returns the new tokens (cut where generation stops)."""
+        kept path, tell the drafter; returns the new tokens (cut where generation stops).
+        `verify_s`: the verify forward's time when the caller measured it (a batch's forward
+        is shared; the time since this request's draft would also count the others' work)."""
         (drafted, t0, t1), self._pending = self._pending, None
+        t_accept = time.perf_counter()
         tree, root, sampling = drafted.tree, drafted.root, self.settings.sampling
         if sampling.greedy:
             acc = accept_greedy(tree, verified.logits)
@@ -187,7 +190,7 @@ class RequestDecoder:
         stats = self.stats
         stats.accepted_lengths.append(min(len(acc.path) - 1, len(new)))  # draft tokens kept in the output
         stats.tree_sizes.append(len(tree))
-        stats.target_s.append(t2 - t1)
+        stats.target_s.append(t2 - t1 if verify_s is None else verify_s + (t2 - t_accept))
         t3 = time.perf_counter()
         if self.stop is None:
             self.drafter.observe(_feedback(tree, acc.path, root, acc.next_token, verified, start))

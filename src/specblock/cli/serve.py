@@ -57,6 +57,8 @@ def serve(
             max_context=max_context,
         )  # fmt: skip
         server = Server(gen, config, engine_thread=False)
+        if note := server.exactness_note():
+            err.print(note, highlight=False)
     budgets = server.scheduler.batch_budgets
     nodes = f"{gen.node_budget} draft nodes" if budgets is None else (
         "draft nodes per request by batch size " + ", ".join(f"{b}: {k}" for b, k in budgets.items()))  # fmt: skip

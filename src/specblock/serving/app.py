@@ -9,6 +9,7 @@ never stops the others.
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 import secrets
 import time
@@ -28,12 +29,14 @@ from specblock.decoding import DecodeSettings
 from specblock.errors import SpecBlockError
 from specblock.sampling import SamplingParams
 from specblock.serving.metrics import ServerMetrics
+from specblock.target.kernels import CHECKED_CALL_ROWS
 from specblock.serving.scheduler import BatchScheduler, Failed, Finished, Job, QueueFullError, Tokens
 from specblock.serving.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields, error_response
 from specblock.serving.text_stream import TextAssembler
 
 FINISH_REASON = {"eos": "stop", "stop_string": "stop", "length": "length", "context": "length"}
 MAX_STOP_STRINGS = 4
+DISCONNECT_CHECK_S = 0.5
 
 
 @dataclass
@@ -74,6 +77,15 @@ class Server:
         self.metrics = ServerMetrics()
         self.app = self._build_app()
 
+    def exactness_note(self) -> str | None:
+        """A warning when a full batch verifies more rows per product than the kernel table
+        checked for row invariance (bf16 outputs then equal solo ones, but unverified)."""
+        rows = self.config.max_batch * (self.gen.node_budget + 1)
+        if self.gen.target.batch_invariant and rows > CHECKED_CALL_ROWS:
+            return (f"note: a full batch verifies up to {rows} rows per product; row invariance was checked up to "
+                    f"{CHECKED_CALL_ROWS}, so equality with solo outputs beyond that is expected but unchecked")  # fmt: skip
+        return None
+
     # -- requests to jobs ---------------------------------------------------------------
     def settings_for(self, body: SamplingFields, prompt_tokens: int) -> DecodeSettings:
         if body.model != self.config.model_name:
@@ -95,7 +107,8 @@ class Server:
                                "(the model's window or --max-context), so it must be shorter to leave room for at "
                                "least one new token",
                                "context_length_exceeded", "messages")  # fmt: skip
-        asked = getattr(body, "max_completion_tokens", None) or body.max_tokens
+        asked = getattr(body, "max_completion_tokens", None)
+        asked = body.max_tokens if asked is None else asked
         if asked is not None and asked < 1:
             raise RequestError(400, f"max_tokens must be >= 1, got {asked}", param="max_tokens")
         max_new = min(asked or self.config.default_max_tokens, context - prompt_tokens)
@@ -135,9 +148,10 @@ class Server:
         reply = Reply(self, chat, body, ids, settings)
         if body.stream:
             return StreamingResponse(self._stream(request, job, events, reply), media_type="text/event-stream")
+        checked = [time.monotonic()]
         try:
             while True:
-                event = await self._next(request, job, events)
+                event = await self._next(request, job, events, checked)
                 if event is None:
                     self.metrics.record("cancelled")
                     return Response(status_code=499)  # the client left; nobody reads this
@@ -151,23 +165,27 @@ class Server:
         finally:
             job.cancel()  # a no-op once the engine dropped it; frees the slot if we leave early
 
-    async def _next(self, request: Request, job: Job, events: asyncio.Queue):
-        """The next engine event, or None once the client disconnected (the job is then cancelled)."""
+    async def _next(self, request: Request, job: Job, events: asyncio.Queue, checked: list[float]):
+        """The next engine event, or None once the client disconnected (the job is then cancelled).
+        The connection is checked every DISCONNECT_CHECK_S even while events keep coming."""
         while True:
-            try:
-                return await asyncio.wait_for(events.get(), timeout=0.5)
-            except TimeoutError:
+            if time.monotonic() - checked[0] >= DISCONNECT_CHECK_S:
+                checked[0] = time.monotonic()
                 if await request.is_disconnected():
                     job.cancel()
                     return None
+            try:
+                return await asyncio.wait_for(events.get(), timeout=DISCONNECT_CHECK_S)
+            except TimeoutError:
+                continue
 
     async def _stream(self, request: Request, job: Job, events: asyncio.Queue, reply: "Reply") -> AsyncIterator[str]:
-        finished = False
+        finished, checked = False, [time.monotonic()]
         try:
             yield _sse(reply.opening())
             held = None
             while True:
-                event, held = held or await self._next(request, job, events), None
+                event, held = held or await self._next(request, job, events, checked), None
                 if event is None:
                     return
                 if isinstance(event, Tokens):
@@ -241,6 +259,8 @@ class Server:
 
         @app.get("/health")
         async def health():
+            if not self.scheduler.alive:
+                return error_response(503, "the engine has stopped", "server_error", code="engine_stopped")
             return {"status": "ok", "model": self.config.model_name, "method": self.gen.method,
                     "node_budget": self.gen.node_budget, "batch_budgets": self.scheduler.batch_budgets,
                     "dtype": self.gen.target.dtype_name,
@@ -253,7 +273,8 @@ class Server:
         @app.get("/")
         async def web_view():
             page = resources.files("specblock.serving").joinpath("static/index.html").read_text(encoding="utf-8")
-            return HTMLResponse(page.replace("{{MODEL}}", self.config.model_name))
+            name = self.config.model_name
+            return HTMLResponse(page.replace("{{MODEL_JSON}}", json.dumps(name)).replace("{{MODEL}}", html.escape(name)))
 
         return app
 
@@ -332,6 +353,9 @@ class Reply:
         last["usage"] = self._usage(done)
         last["specblock"] = self._summary(done)
         chunks.append(last)
+        options = self.body.stream_options
+        if options is not None and options.include_usage:  # OpenAI's usage-only chunk, choices empty
+            chunks.append({**self._chunk(None), "choices": [], "usage": last["usage"]})
         return chunks
 
     def whole(self, done: Finished) -> dict:

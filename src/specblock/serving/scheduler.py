@@ -98,6 +98,7 @@ class EngineCounters:
     target_s: float = 0.0
     prefill_s: float = 0.0
     batch_size_sum: int = 0
+    cancelled: int = 0  # requests dropped because their clients left
 
 
 class BatchScheduler:
@@ -179,19 +180,30 @@ class BatchScheduler:
             self._thread.join(timeout_s)
 
     # -- the engine thread --------------------------------------------------------------
+    @property
+    def alive(self) -> bool:
+        """False once the engine loop has ended (stopped, or died of an unexpected error)."""
+        return self._running
+
     def _loop(self) -> None:
-        while True:
-            with self._lock:
-                while self._running and not self._waiting and self.active == 0:
-                    self._lock.wait(timeout=1.0)  # a timeout keeps the main thread responsive to signals
-                if not self._running:
-                    break
-            self._drop_cancelled()
-            self._admit()
-            self._iterate()
-        for job in list(self._waiting) + [s.job for s in self.slots if s.job is not None]:
-            job.sink(Failed("the server shut down before the request finished", "shutdown"))
-        self._waiting.clear()
+        try:
+            while True:
+                with self._lock:
+                    while self._running and not self._waiting and self.active == 0:
+                        self._lock.wait(timeout=1.0)  # a timeout keeps the main thread responsive to signals
+                    if not self._running:
+                        break
+                self._drop_cancelled()
+                self._admit()
+                self._iterate()
+            reason = Failed("the server shut down before the request finished", "shutdown")
+        except Exception as exc:  # noqa: BLE001 - a bug in the loop itself: fail everyone, say why
+            reason = Failed(f"the engine stopped: {type(exc).__name__}: {exc}", "internal")
+        with self._lock:
+            self._running = False
+            jobs, self._waiting = list(self._waiting), deque()
+        for job in jobs + [s.job for s in self.slots if s.job is not None]:
+            _send(job, reason)
         for slot in self.slots:
             slot.job = slot.decoder = None
 
@@ -203,17 +215,14 @@ class BatchScheduler:
             with self._lock:
                 if not self._waiting:
                     return
-                job = self._waiting.popleft()
-            if job.cancelled:
-                continue
-            slot.job, slot.batch_sizes = job, []
-            slot.decoder = RequestDecoder(slot.runner, slot.drafter, job.prompt, job.settings, self.decode)
+                slot.job, slot.batch_sizes = self._waiting.popleft(), []  # counted as active at once
+            slot.decoder = RequestDecoder(slot.runner, slot.drafter, slot.job.prompt, slot.job.settings, self.decode)
             self._guarded(slot, lambda: self._prefill(slot))
 
     def _prefill(self, slot: _Slot) -> None:
         first = slot.decoder.prefill()
         self.counters.prefill_s += slot.decoder.stats.prefill_s
-        slot.job.sink(Tokens(first, 0))
+        _send(slot.job, Tokens(first, 0))
         if slot.decoder.done:
             self._finish(slot)
 
@@ -239,32 +248,35 @@ class BatchScheduler:
             )
         except Exception as exc:  # noqa: BLE001 - a failed forward fails its requests, not the server
             for slot, _ in batch:
-                self._fail(slot, f"verification failed: {exc}")
+                self._fail(slot, f"verification failed: {type(exc).__name__}: {exc}")
             return
+        verify_s = time.perf_counter() - t0
         c = self.counters
-        c.target_s += time.perf_counter() - t0
+        c.target_s += verify_s
         c.iterations += 1
         c.batch_size_sum += len(batch)
         c.verified_rows += sum(len(d.tree) + 1 for _, d in batch)
         for (slot, _), step in zip(batch, steps):
             slot.batch_sizes.append(len(batch))
-            self._guarded(slot, lambda: self._accept(slot, step))
+            self._guarded(slot, lambda: self._accept(slot, step, verify_s))
 
     def _budget(self, job: Job, active: int) -> int | None:
         sampling = job.settings.sampling
         if self.batch_budgets is None or (not sampling.greedy and sampling.seed is not None):
             return None
-        return self.batch_budgets.get(active, min(self.batch_budgets.values()))
+        return self.batch_budgets[active]
 
-    def _accept(self, slot: _Slot, step) -> None:
+    def _accept(self, slot: _Slot, step, verify_s: float) -> None:
         decoder = slot.decoder
-        new = decoder.accept(step)
+        new = decoder.accept(step, verify_s)
         self.counters.draft_s += decoder.stats.draft_s[-1]
-        slot.job.sink(Tokens(new, decoder.stats.accepted_lengths[-1]))
+        _send(slot.job, Tokens(new, decoder.stats.accepted_lengths[-1]))
         if decoder.done:
             self._finish(slot)
 
     def _drop_cancelled(self) -> None:
+        """Free the slots of requests whose clients left or whose time ran out, and drop such
+        requests from the queue (an expired one fails without running)."""
         now = time.monotonic()
         for slot in self.slots:
             job = slot.job
@@ -272,8 +284,18 @@ class BatchScheduler:
                 continue
             if job.cancelled:
                 slot.job = slot.decoder = None  # the client is gone: nothing to tell it
+                self.counters.cancelled += 1
             elif now - job.submitted > job.timeout_s:
                 self._fail(slot, f"the request ran past its timeout of {job.timeout_s:g} s", "timeout")
+        with self._lock:
+            waiting, self._waiting = self._waiting, deque()
+            for job in waiting:
+                if job.cancelled:
+                    self.counters.cancelled += 1
+                elif now - job.submitted > job.timeout_s:
+                    _send(job, Failed(f"the request waited past its timeout of {job.timeout_s:g} s", "timeout"))
+                else:
+                    self._waiting.append(job)
 
     def _guarded(self, slot: _Slot, step: Callable):
         """Run one request's step; an exception fails that request and frees its slot."""
@@ -284,10 +306,20 @@ class BatchScheduler:
             return None
 
     def _finish(self, slot: _Slot) -> None:
-        slot.job.sink(Finished(slot.decoder.finish(), slot.batch_sizes))
+        job, stats = slot.job, slot.decoder.finish()
         slot.job = slot.decoder = None
+        _send(job, Finished(stats, slot.batch_sizes))
 
     def _fail(self, slot: _Slot, message: str, kind: str = "internal") -> None:
-        if slot.job is not None:
-            slot.job.sink(Failed(message, kind))
-        slot.job = slot.decoder = None
+        job, slot.job, slot.decoder = slot.job, None, None
+        if job is not None:
+            _send(job, Failed(message, kind))
+
+
+def _send(job: Job, event: Event) -> None:
+    """Hand an event to the job's sink; a sink that fails (its client's event loop is gone)
+    costs that job its events, never the engine."""
+    try:
+        job.sink(event)
+    except Exception:  # noqa: BLE001 - the receiver is gone; nothing else to tell it
+        job.cancel()

@@ -238,30 +238,31 @@ def padded_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
 
 def attention_is_layout_invariant(dtype: torch.dtype, min_rows: int) -> bool:
     """Whether `layout_invariant_attention` gives each row of a branching tree, alone and batched
-    with another request, exactly what plain decoding of that row's token gives, on this machine,
+    with two other requests, exactly what plain decoding of that row's token gives, on this machine,
     in `dtype` (the kernel table's probe).
 
     The tree has a chain with a sibling at every depth, starting after 58 context positions so
     that the chain crosses a chunk boundary (64) and both the shared and the per-row paths run.
-    The batch puts a second request with 100 context positions and 3 rows beside it.
+    The batch puts two more requests beside it: 100 context positions and 3 rows, and a
+    71-deep chain after 30 positions, which widens every row's tail to 128 columns.
     """
     gen = torch.Generator().manual_seed(0)
-    kv_heads, group, d, start, depth, other_start = 2, 3, 64, 58, 10, 100
+    kv_heads, group, d, start, depth, other_start, deep_start = 2, 3, 64, 58, 10, 100, 30
     tree, chain = DraftTree(), [0]  # chain: verify rows of the root and the chain nodes
     for _ in range(depth - 1):
         tree.add(1, chain[-1] - 1)  # a sibling, then the chain node (draft node i is verify row i + 1)
         chain.append(tree.add(2, chain[-1] - 1) + 1)
     paths = verify_paths(tree)
-    other_paths = verify_paths(DraftTree([5, 6], [-1, 0], [0.0, 0.0]))
-    n, other_n = len(tree) + 1, len(other_paths)
+    deep_chain = DraftTree([7] * 70, list(range(-1, 69)), [0.0] * 70)
+    others = [verify_paths(DraftTree([5, 6], [-1, 0], [0.0, 0.0])), verify_paths(deep_chain)]
+    n = len(tree) + 1
     capacity = 128  # cache offsets in a pool are multiples of the chunk
-    keys = torch.randn(kv_heads, 2 * capacity, d, generator=gen).to(dtype)  # a pool of two caches
-    values = torch.randn(kv_heads, 2 * capacity, d, generator=gen).to(dtype)
-    q = torch.randn(kv_heads * group, n + other_n, d, generator=gen).to(dtype)
+    keys = torch.randn(kv_heads, 3 * capacity, d, generator=gen).to(dtype)  # a pool of three caches
+    values = torch.randn(kv_heads, 3 * capacity, d, generator=gen).to(dtype)
+    q = torch.randn(kv_heads * group, n + sum(len(p) for p in others), d, generator=gen).to(dtype)
     alone_tree = layout_invariant_attention(q[:, :n], keys, values, BatchLayout.build([start], [0], [paths]), min_rows)
-    batched = layout_invariant_attention(
-        q, keys, values, BatchLayout.build([start, other_start], [0, capacity], [paths, other_paths]), min_rows
-    )
+    batch = BatchLayout.build([start, other_start, deep_start], [0, capacity, 2 * capacity], [paths, *others])
+    batched = layout_invariant_attention(q, keys, values, batch, min_rows)
     for t, row in enumerate(chain):
         slots = torch.cat([torch.arange(start), start + torch.tensor(chain[: t + 1])])
         one = BatchLayout.build([start + t], [0], [torch.tensor([[0]])])

@@ -35,7 +35,8 @@ from specblock.target.attention import attention_is_layout_invariant
 PAD_CANDIDATES = (1, 2, 4, 8, 16)  # pad fewer rows than this up to it (half precision, CPU)
 PACK_ROWS_HINT = 16  # the row count oneDNN's packed layout is tuned for (trees; one row costs about the same)
 _SHAPES = ((1536, 576), (576, 1536), (8192, 576), (2048, 1536))  # (out, in) of typical products
-_CHECK_ROWS = (1, 2, 3, 4, 5, 8, 9, 16, 17, 64, 160)  # call sizes the 32 checked rows are compared in (160: a server batch)
+_CHECK_ROWS = (1, 2, 3, 4, 5, 8, 9, 16, 17, 64, 160, 320)  # call sizes the 32 checked rows are compared in
+CHECKED_CALL_ROWS = max(_CHECK_ROWS)  # a server batch verifying more rows than this is exact only unchecked
 
 
 @dataclass(frozen=True)
@@ -201,7 +202,7 @@ def measure_kernel_table(dtypes=TABLE_DTYPES) -> dict[str, KernelPlan]:
     return plans
 
 
-TABLE_FORMAT = 3  # bump when KernelPlan or the candidates change: older tables are measured again
+TABLE_FORMAT = 4  # bump when KernelPlan or the candidates change: older tables are measured again
 
 
 def _table_key() -> str:

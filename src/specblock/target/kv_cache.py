@@ -6,7 +6,7 @@ nodes into contiguous slots and the rest is simply overwritten by the next forwa
 
 Every cache is a region of a `KVPool`: a lone request's pool holds one cache; the server's
 pool holds one per batch slot, side by side in one tensor, so that a forward over several
-requests can gather all their keys with one index (`primitives.BatchLayout`).
+requests can gather all their keys with one index (`attention.BatchLayout`).
 """
 
 from __future__ import annotations
