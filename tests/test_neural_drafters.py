@@ -132,3 +132,17 @@ def test_specblock_ablation_drafting_one_block_and_fixed_topk(tiny_llama):
     fixed = SpecBlockDrafter(random_specblock(model), fixed_topk=4)
     got, _ = run_decode(model, fixed, prompt, max_new_tokens=30, node_budget=59)
     assert got == want
+
+
+def test_specblock_skips_block_two_when_the_budget_fits_block_one(tiny_llama):
+    """Up to K nodes SpecBlock drafts with one forward per iteration, above K with two; exact either way."""
+    model = Transformer.load(tiny_llama)
+    prompt = prompts(1, seed=13)[0]
+    want, _ = run_decode(model, VanillaDrafter(), prompt, max_new_tokens=30)
+    for budget, per_iteration in ((4, 1), (5, 2)):
+        drafter = SpecBlockDrafter(random_specblock(model))
+        assert drafter.k == 4
+        got, stats = run_decode(model, drafter, prompt, max_new_tokens=30, node_budget=budget)
+        assert got == want
+        drafted = sum(1 for n in stats.tree_sizes if n > 0)
+        assert drafter.forwards <= per_iteration * drafted and drafter.forwards > (per_iteration - 1) * drafted

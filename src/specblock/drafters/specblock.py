@@ -10,7 +10,8 @@
    rules. Block 1 yields at most 25 nodes, so at the parity budget (59) every seed runs.
    At the small budgets a CPU wants, seeds outside the budget's best block-1 nodes are
    skipped to save drafter time: their own descendants score lower than they do, so they
-   could only matter by merging into (and lifting) an existing node, which is rare.
+   could only matter by merging into (and lifting) an existing node, which is rare. At a
+   budget of at most K nodes block 2 does not run at all (one forward per iteration).
 3. Duplicates (same parent and token) merge; the `budget` best nodes by cumulative
    log-probability are kept (ancestors included, never over the budget).
 """
@@ -104,7 +105,10 @@ class SpecBlockDrafter(Drafter):
         hidden, heads = self._block_one()
         pool = CandidatePool()
         seeds = self._grow(pool, [ROOT], *(None if h is None else h[None] for h in heads))
-        if self.blocks == 2:
+        if self.blocks == 2 and budget > self.k:
+            # at budgets up to K a whole tree fits block 1's chain and alternatives: block 2 would
+            # cost a forward for nodes that rarely make the cut (same tau measured at 4 nodes,
+            # half the drafting time: benchmarks/results/engine_zen5/specblock_one_block)
             reachable = set(pool.best(budget))
             seeds = [(node, slot) for node, slot in seeds if node in reachable]
             if seeds:
