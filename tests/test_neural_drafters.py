@@ -146,3 +146,40 @@ def test_specblock_skips_block_two_when_the_budget_fits_block_one(tiny_llama):
         assert got == want
         drafted = sum(1 for n in stats.tree_sizes if n > 0)
         assert drafter.forwards <= per_iteration * drafted and drafter.forwards > (per_iteration - 1) * drafted
+
+
+def _started_drafters(model, base, prompts_):
+    from specblock.target.runner import TargetRunner
+
+    out = []
+    for p in prompts_:
+        runner = TargetRunner(model)
+        pre = runner.prefill(p, 128, capture=True)
+        drafter = base.fork()
+        drafter.begin(PrefillFeedback(p, pre.features, 3, 128))
+        out.append(drafter)
+    return out
+
+
+def test_specblock_batched_block_one_gives_each_request_its_own_tree(tiny_llama):
+    """One block-1 forward for several requests (the server's batch): each request's tree is the
+    one it drafts alone, and its cache and positions advance as alone."""
+    model = Transformer.load(tiny_llama)
+    base = SpecBlockDrafter(random_specblock(model))
+    prompts_ = [[5, 6, 7, 8, 9] * 3, [10, 11, 12] * 2, [20, 21, 22, 23, 24, 25, 26]]
+    budgets = [4, 6, 59]
+    alone = _started_drafters(model, base, prompts_)
+    together = _started_drafters(model, base, prompts_)
+    want = [d.propose([], b) for d, b in zip(alone, budgets)]
+    calls = []
+    real_blocks = base.model.blocks
+    base.model.blocks = lambda *a, **kw: calls.append(kw.get("caches") is not None) or real_blocks(*a, **kw)
+    try:
+        got = SpecBlockDrafter.propose_batch(together, budgets)
+    finally:
+        base.model.blocks = real_blocks
+    assert [(t.tokens, t.parents) for t in got] == [(t.tokens, t.parents) for t in want]
+    assert calls[0] and calls.count(True) == 1  # one batched block 1; block 2 per request where it runs
+    assert [d.cache.length for d in together] == [d.cache.length for d in alone]
+    assert [d.positions for d in together] == [d.positions for d in alone]
+    assert [d.forwards for d in together] == [d.forwards for d in alone]

@@ -121,13 +121,19 @@ def _requests(vocab_eos=2):
 @pytest.mark.parametrize("method", ["vanilla", "lookup", "specblock"])
 def test_eight_batched_requests_each_equal_their_solo_output(tiny_llama, method):
     model = Transformer.load(tiny_llama, torch.bfloat16)
+    batched_calls = []
     if method == "specblock":
-        drafter = SpecBlockDrafter(random_specblock(model).to(torch.bfloat16))
+        net = random_specblock(model).to(torch.bfloat16)
+        real_blocks = net.blocks
+        net.blocks = lambda *a, **kw: batched_calls.append(kw.get("caches") is not None) or real_blocks(*a, **kw)
+        drafter = SpecBlockDrafter(net)
     else:
         drafter = VanillaDrafter() if method == "vanilla" else LookupDrafter()
     requests = _requests()
     sinks, scheduler = run_batched(model, drafter, requests, max_batch=4)
     assert scheduler.counters.batch_size_sum > scheduler.counters.iterations  # requests did share forwards
+    if method == "specblock":
+        assert any(batched_calls)  # greedy requests drafted block 1 together
     for (prompt, settings), sink in zip(requests, sinks):
         assert isinstance(sink.end, Finished), sink.end
         want, stats = run_decode(model, drafter.fork(), prompt, max_new_tokens=settings.max_new_tokens,

@@ -143,20 +143,36 @@ class RequestDecoder:
         self.drafter.begin(PrefillFeedback(self.prompt, pre.features, first, capacity))
         return [first]
 
-    def draft(self, budget: int | None = None) -> DraftedStep | None:
+    def _max_depth(self) -> int:
+        """A deeper node could only produce tokens past max-new-tokens or the context window."""
+        s, context = self.settings, self.runner.context_limit
+        return min(s.max_new_tokens - len(self.generated) - 1, context - len(self.sequence) - 1)
+
+    def proposal_budget(self, budget: int | None = None) -> int:
+        """The node budget `draft(budget)` asks the drafter for now; 0 when it drafts nothing."""
+        if self.stop is not None or len(self.sequence) >= self.runner.context_limit or self._max_depth() <= 0:
+            return 0
+        return self.settings.node_budget if budget is None else min(budget, self.settings.node_budget)
+
+    def draft(
+        self, budget: int | None = None, proposed: DraftTree | None = None, proposed_s: float = 0.0
+    ) -> DraftedStep | None:
         """The next tree to verify, or None when generation has ended (`stop` says why).
-        `budget` (at most the settings' node budget) lets a server shrink trees as its batch grows."""
+        `budget` (at most the settings' node budget) lets a server shrink trees as its batch grows;
+        `proposed` is a tree the drafter already made for `proposal_budget(budget)` in a batch
+        with other requests (taking `proposed_s` seconds)."""
         if self.stop is not None:
             return None
-        s, context = self.settings, self.runner.context_limit
-        if len(self.sequence) >= context:
+        if len(self.sequence) >= self.runner.context_limit:
             self.stop = "context"
             return None
-        # A deeper node could only produce tokens past max-new-tokens or the context window.
-        max_depth = min(s.max_new_tokens - len(self.generated) - 1, context - len(self.sequence) - 1)
-        t0 = time.perf_counter()
-        budget = s.node_budget if budget is None else min(budget, s.node_budget)
-        tree = self.drafter.propose(self.sequence, budget) if budget > 0 and max_depth > 0 else DraftTree()
+        max_depth = self._max_depth()
+        t0 = time.perf_counter() - proposed_s
+        budget = self.proposal_budget(budget)
+        if proposed is not None:
+            tree = proposed
+        else:
+            tree = self.drafter.propose(self.sequence, budget) if budget > 0 else DraftTree()
         tree.validate(budget)
         tree = tree.truncated_to_depth(max_depth)
         step = DraftedStep(self.sequence[-1], tree)

@@ -76,6 +76,31 @@ class CacheSlot:
     def __init__(self, cache: KVCache, layer: int, start: int) -> None:
         self.cache, self.layer, self.start = cache, layer, start
 
+    def write_and_view(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store this call's k/v [1, kv_heads, n, d]; return the keys/values to attend over."""
+        self.cache.write(self.layer, self.start, k[0], v[0])
+        return self.cache.view(self.layer, self.start + k.shape[2])
+
+
+class CacheSlots:
+    """Several requests' caches in one drafting call (the server's batch): `parts` lists each
+    request's (cache, start, rows) in row order. Its rows go to its cache from `start`; the call
+    attends over every request's slots [0, start + rows), side by side, and the caller's mask
+    keeps each request to its own."""
+
+    def __init__(self, parts: list[tuple[KVCache, int, int]], layer: int) -> None:
+        self.parts, self.layer = parts, layer
+
+    def write_and_view(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        keys, values, offset = [], [], 0
+        for cache, start, rows in self.parts:
+            cache.write(self.layer, start, k[0, :, offset : offset + rows], v[0, :, offset : offset + rows])
+            own_keys, own_values = cache.view(self.layer, start + rows)
+            keys.append(own_keys)
+            values.append(own_values)
+            offset += rows
+        return torch.cat(keys, dim=2), torch.cat(values, dim=2)
+
 
 class Attention(nn.Module):
     """Grouped-query attention over [past keys ; own keys] with a boolean mask (True = attend)."""
@@ -104,7 +129,7 @@ class Attention(nn.Module):
         sin: torch.Tensor,
         mask: torch.Tensor,  # [B or 1, n, past + n] bool
         past: KV | None = None,  # ([B, kv_heads, past, d], same) in training
-        cache: CacheSlot | None = None,  # drafting (B = 1): write own K/V there, attend over the cache
+        cache: CacheSlot | CacheSlots | None = None,  # drafting (B = 1): write own K/V there, attend over the cache
     ) -> tuple[torch.Tensor, KV]:
         """Returns the attention output and this call's own (roped) keys and values."""
         b, n, _ = x.shape
@@ -113,8 +138,7 @@ class Attention(nn.Module):
         k = apply_rope(k.view(b, n, self.kv_heads, self.head_dim).transpose(1, 2), cos[:, None], sin[:, None])
         v = v.view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
         if cache is not None:
-            cache.cache.write(cache.layer, cache.start, k[0], v[0])
-            keys, values = cache.cache.view(cache.layer, cache.start + n)
+            keys, values = cache.write_and_view(k, v)
         elif past is None:
             keys, values = k, v
         else:

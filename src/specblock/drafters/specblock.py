@@ -103,6 +103,53 @@ class SpecBlockDrafter(Drafter):
         if budget <= 0 or not self.pending:
             return DraftTree()
         hidden, heads = self._block_one()
+        return self._tree(hidden, heads, budget)
+
+    @classmethod
+    @torch.inference_mode()
+    def propose_batch(cls, drafters: list["SpecBlockDrafter"], budgets: list[int]) -> list[DraftTree]:
+        """The trees of several requests (one drafter each, forks of one) with ONE block-1
+        forward: every request's pending positions one after another, each attending to its own
+        cache only (a block-diagonal mask). Growth and block 2 stay per request."""
+        trees = [DraftTree() for _ in drafters]
+        active = [i for i, (d, b) in enumerate(zip(drafters, budgets)) if b > 0 and d.pending]
+        if len(active) < 2:
+            return [d.propose([], b) if i in active else t for i, (d, b, t) in enumerate(zip(drafters, budgets, trees))]
+        first = drafters[active[0]]
+        if any(drafters[i].model is not first.model or drafters[i].fixed_topk != first.fixed_topk for i in active):
+            raise ValueError("a batched proposal needs forks of one drafter")
+        k = first.k
+        conditions, tokens, positions, parts = [], [], [], []
+        for i in active:
+            d = drafters[i]
+            n, cached = len(d.pending), d.cache.length
+            cond, toks = d.pending.take(d.cache.keys.dtype)
+            conditions.append(cond)
+            tokens.append(toks)
+            positions.append(torch.arange(d.positions, d.positions + n, device=cond.device)[None])
+            parts.append((d.cache, cached, n * k))
+        rows = sum(r for _, _, r in parts)
+        mask = torch.zeros(rows, sum(c + r for _, c, r in parts), dtype=torch.bool, device=conditions[0].device)
+        row = column = 0
+        for i, (_, cached, own) in zip(active, parts):
+            mask[row : row + own, column : column + cached] = True
+            mask[row : row + own, column + cached : column + cached + own] = drafters[i]._mask("block", own // k)
+            row, column = row + own, column + cached + own
+        out = first.model.blocks(torch.cat(conditions, 1), torch.cat(tokens, 1), torch.cat(positions, 1), mask[None],
+                                 caches=parts)  # fmt: skip
+        last = torch.tensor([own // k for _, _, own in parts]).cumsum(0) - 1  # each request's drafting position
+        hidden = out.hidden[0, last.to(out.hidden.device)]  # [R, K, H]
+        heads = first._heads(hidden)
+        for j, i in enumerate(active):
+            d, (cache, cached, own) = drafters[i], parts[j]
+            cache.length = cached + own
+            d.positions += own // k
+            d.forwards += 1
+            trees[i] = d._tree(hidden[j], tuple(None if h is None else h[j] for h in heads), budgets[i])
+        return trees
+
+    def _tree(self, hidden: torch.Tensor, heads: tuple, budget: int) -> DraftTree:
+        """The tree from block 1's drafting position (hiddens [K, H] and their `_heads`)."""
         pool = CandidatePool()
         seeds = self._grow(pool, [ROOT], *(None if h is None else h[None] for h in heads))
         if self.blocks == 2 and budget > self.k:

@@ -14,7 +14,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from specblock.drafters.layers import KV, CacheSlot, DecoderLayer, DrafterRotary, RMSNorm, drafting_linear, target_shaped
+from specblock.drafters.layers import (
+    KV,
+    CacheSlot,
+    CacheSlots,
+    DecoderLayer,
+    DrafterRotary,
+    RMSNorm,
+    drafting_linear,
+    target_shaped,
+)
 from specblock.target.kv_cache import KVCache
 
 RANK_FEATURES = 15
@@ -127,12 +136,14 @@ class SpecBlockModel(nn.Module):
         inherited: bool = False,
         cache: KVCache | None = None,
         cache_start: int = 0,
+        caches: list[tuple[KVCache, int, int]] | None = None,
     ) -> BlockOutput:
         """Run the decoder over P positions x K slots; returns pre-norm hiddens and the new K/V.
 
         Training passes earlier blocks' keys/values as `past`; drafting passes its `cache`
         instead: this call's keys/values are written there from slot `cache_start` and the
-        mask covers cache slots [0, cache_start + P*K).
+        mask covers cache slots [0, cache_start + P*K). `caches` instead: several requests'
+        positions one after another, each request's (cache, start, rows) (`layers.CacheSlots`).
         """
         c = self.cfg
         b, p = tokens.shape
@@ -144,7 +155,7 @@ class SpecBlockModel(nn.Module):
         for n, layer in enumerate(self.layers):
             if n > 0 and c.layer_shift:
                 h = drafting_linear(self, f"shift{n}", self.shift_proj[n - 1], torch.cat([h, shift_slots(h)], dim=-1))
-            slot = None if cache is None else CacheSlot(cache, n, cache_start)
+            slot = CacheSlots(caches, n) if caches is not None else None if cache is None else CacheSlot(cache, n, cache_start)
             out, layer_kv = layer(h.reshape(b, p * k, -1), cos, sin, mask, None if past is None else past[n], slot)
             h = out.view(b, p, k, -1)
             kv.append(layer_kv)

@@ -30,6 +30,7 @@ from specblock.decoding import DecodeSettings, DecodeStats, DraftedStep, Request
 from specblock.drafters.base import Drafter
 from specblock.target.runner import TargetRunner, verify_batch
 from specblock.target.transformer import Transformer
+from specblock.tree import DraftTree
 
 
 class QueueFullError(Exception):
@@ -230,11 +231,13 @@ class BatchScheduler:
         """One speculative iteration over every active request: draft, ONE verify, accept."""
         batch: list[tuple[_Slot, DraftedStep]] = []
         active = self.active
+        proposed, proposed_s = self._propose_together(active)
         for slot in self.slots:
             if slot.job is None:
                 continue
             budget = self._budget(slot.job, active)
-            drafted = self._guarded(slot, lambda: slot.decoder.draft(budget))
+            tree = proposed.get(id(slot))
+            drafted = self._guarded(slot, lambda: slot.decoder.draft(budget, tree, proposed_s if tree else 0.0))
             if drafted is not None:
                 batch.append((slot, drafted))
             elif slot.job is not None:  # draft() returned None: generation ended (context)
@@ -260,9 +263,28 @@ class BatchScheduler:
             slot.batch_sizes.append(len(batch))
             self._guarded(slot, lambda: self._accept(slot, step, verify_s))
 
+    def _propose_together(self, active: int) -> tuple[dict[int, DraftTree], float]:
+        """Draft the requests whose drafter can batch (`propose_batch`: SpecBlock's block 1) in one
+        call; returns their trees by slot and the call's time. Requests with a sampling seed
+        draft alone: a batched drafter forward may round differently, and their seeded output
+        must repeat whatever the load."""
+        slots = [s for s in self.slots if s.job is not None and not _pinned(s.job)]
+        propose_batch = getattr(type(slots[0].drafter), "propose_batch", None) if slots else None
+        budgets = [s.decoder.proposal_budget(self._budget(s.job, active)) for s in slots]
+        chosen = [(s, b) for s, b in zip(slots, budgets) if b > 0]
+        if propose_batch is None or len(chosen) < 2:
+            return {}, 0.0
+        t0 = time.perf_counter()
+        try:
+            trees = propose_batch([s.drafter for s, _ in chosen], [b for _, b in chosen])
+        except Exception as exc:  # noqa: BLE001 - their drafters' state is unknown now: fail just them
+            for slot, _ in chosen:
+                self._fail(slot, f"batched drafting failed: {type(exc).__name__}: {exc}")
+            return {}, 0.0
+        return {id(s): tree for (s, _), tree in zip(chosen, trees)}, time.perf_counter() - t0
+
     def _budget(self, job: Job, active: int) -> int | None:
-        sampling = job.settings.sampling
-        if self.batch_budgets is None or (not sampling.greedy and sampling.seed is not None):
+        if self.batch_budgets is None or _pinned(job):
             return None
         return self.batch_budgets[active]
 
@@ -314,6 +336,12 @@ class BatchScheduler:
         job, slot.job, slot.decoder = slot.job, None, None
         if job is not None:
             _send(job, Failed(message, kind))
+
+
+def _pinned(job: Job) -> bool:
+    """A seeded sampling request drafts as it would alone (its own budget, its own drafter call)."""
+    sampling = job.settings.sampling
+    return not sampling.greedy and sampling.seed is not None
 
 
 def _send(job: Job, event: Event) -> None:
