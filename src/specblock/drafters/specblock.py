@@ -111,41 +111,24 @@ class SpecBlockDrafter(Drafter):
         """The trees of several requests (one drafter each, forks of one) with ONE block-1
         forward: every request's pending positions one after another, each attending to its own
         cache only (a block-diagonal mask). Growth and block 2 stay per request."""
-        trees = [DraftTree() for _ in drafters]
         active = [i for i, (d, b) in enumerate(zip(drafters, budgets)) if b > 0 and d.pending]
         if len(active) < 2:
-            return [d.propose([], b) if i in active else t for i, (d, b, t) in enumerate(zip(drafters, budgets, trees))]
+            return [d.propose([], b) for d, b in zip(drafters, budgets)]
         first = drafters[active[0]]
         if any(drafters[i].model is not first.model or drafters[i].fixed_topk != first.fixed_topk for i in active):
             raise ValueError("a batched proposal needs forks of one drafter")
-        k = first.k
-        conditions, tokens, positions, parts = [], [], [], []
-        for i in active:
-            d = drafters[i]
-            n, cached = len(d.pending), d.cache.length
-            cond, toks = d.pending.take(d.cache.keys.dtype)
-            conditions.append(cond)
-            tokens.append(toks)
-            positions.append(torch.arange(d.positions, d.positions + n, device=cond.device)[None])
-            parts.append((d.cache, cached, n * k))
-        rows = sum(r for _, _, r in parts)
-        mask = torch.zeros(rows, sum(c + r for _, c, r in parts), dtype=torch.bool, device=conditions[0].device)
-        row = column = 0
-        for i, (_, cached, own) in zip(active, parts):
-            mask[row : row + own, column : column + cached] = True
-            mask[row : row + own, column + cached : column + cached + own] = drafters[i]._mask("block", own // k)
-            row, column = row + own, column + cached + own
-        out = first.model.blocks(torch.cat(conditions, 1), torch.cat(tokens, 1), torch.cat(positions, 1), mask[None],
+        inputs = [drafters[i]._block_one_inputs() for i in active]
+        conditions, tokens, positions, masks, parts = (list(column) for column in zip(*inputs))
+        mask = torch.block_diag(*masks)[None]  # each request's rows see its own cache and block only
+        out = first.model.blocks(torch.cat(conditions, 1), torch.cat(tokens, 1), torch.cat(positions, 1), mask,
                                  caches=parts)  # fmt: skip
-        last = torch.tensor([own // k for _, _, own in parts]).cumsum(0) - 1  # each request's drafting position
+        last = torch.tensor([rows // first.k for _, _, rows in parts]).cumsum(0) - 1  # each drafting position
         hidden = out.hidden[0, last.to(out.hidden.device)]  # [R, K, H]
         heads = first._heads(hidden)
-        for j, i in enumerate(active):
-            d, (cache, cached, own) = drafters[i], parts[j]
-            cache.length = cached + own
-            d.positions += own // k
-            d.forwards += 1
-            trees[i] = d._tree(hidden[j], tuple(None if h is None else h[j] for h in heads), budgets[i])
+        trees = [DraftTree() for _ in drafters]
+        for j, (i, part) in enumerate(zip(active, parts)):
+            drafters[i]._block_one_done(part)
+            trees[i] = drafters[i]._tree(hidden[j], tuple(None if h is None else h[j] for h in heads), budgets[i])
         return trees
 
     def _tree(self, hidden: torch.Tensor, heads: tuple, budget: int) -> DraftTree:
@@ -178,19 +161,29 @@ class SpecBlockDrafter(Drafter):
     def _block_one(self) -> tuple[torch.Tensor, tuple]:
         """Run the pending positions; cache all their slots; return the drafting position's
         pre-norm hiddens [K, H] and its slots' `_heads`."""
-        k = self.k
-        n = len(self.pending)
-        cached = self.cache.length
+        cond, tokens, positions, mask, part = self._block_one_inputs()
+        out = self.model.blocks(cond, tokens, positions, mask[None], cache=self.cache, cache_start=part[1])
+        self._block_one_done(part)
+        hidden = out.hidden[0, -1]
+        return hidden, self._heads(hidden)
+
+    def _block_one_inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, tuple]:
+        """Take the pending positions for block 1: condition [1, n, F], tokens [1, n], positions
+        [1, n], the mask of their n*K rows [n*K, cached + n*K] (the whole cache, then the block
+        rule) and where they go: (cache, cached, n*K)."""
+        k, n, cached = self.k, len(self.pending), self.cache.length
         cond, tokens = self.pending.take(self.cache.keys.dtype)
         device = cond.device
         positions = torch.arange(self.positions, self.positions + n, device=device)[None]
-        mask = torch.cat([torch.ones(n * k, cached, dtype=torch.bool, device=device), self._mask("block", n)], dim=1)[None]
-        out = self.model.blocks(cond, tokens, positions, mask, cache=self.cache, cache_start=cached)
-        self.cache.length = cached + n * k
-        self.positions += n
+        mask = torch.cat([torch.ones(n * k, cached, dtype=torch.bool, device=device), self._mask("block", n)], dim=1)
+        return cond, tokens, positions, mask, (self.cache, cached, n * k)
+
+    def _block_one_done(self, part: tuple) -> None:
+        """The positions block 1 just ran stay cached for good."""
+        _, cached, rows = part
+        self.cache.length = cached + rows
+        self.positions += rows // self.k
         self.forwards += 1
-        hidden = out.hidden[0, -1]
-        return hidden, self._heads(hidden)
 
     def _heads(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Per slot of `hidden` [..., H]: the `max_width` best draft ids and their log-probs, and
