@@ -55,10 +55,15 @@ class DecodeStats:
     stop_reason: str = ""
 
 
+def cache_slots_for(committed_tokens: int, node_budget: int) -> int:
+    """KV slots for that many committed tokens, then the root and a full tree of `node_budget`
+    nodes in the last verification (and one spare)."""
+    return committed_tokens + node_budget + 2
+
+
 def cache_slots_needed(prompt_tokens: int, settings: DecodeSettings, context: int) -> int:
-    """KV slots a request can need: committed tokens (never past the context), then the root and
-    a full tree of `node_budget` nodes in the last verification."""
-    return min(prompt_tokens + settings.max_new_tokens, context) + settings.node_budget + 2
+    """KV slots a request can need: its committed tokens never pass the context."""
+    return cache_slots_for(min(prompt_tokens + settings.max_new_tokens, context), settings.node_budget)
 
 
 class StopChecker:

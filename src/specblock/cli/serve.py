@@ -53,7 +53,7 @@ def serve(
             )  # fmt: skip
         config = ServerConfig(
             model_name=served_model_name or str(target), api_key=api_key, request_timeout_s=request_timeout,
-            default_max_tokens=max_tokens, max_batch=max_batch, queue_size=queue, shutdown_grace_s=shutdown_grace,
+            default_max_tokens=max_tokens, max_batch=max_batch, queue_size=queue,
             max_context=max_context,
         )  # fmt: skip
         server = Server(gen, config, engine_thread=False)

@@ -24,13 +24,19 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Res
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from specblock.api import SpecGenerator
-from specblock.decoding import DecodeSettings
+from specblock.decoding import DecodeSettings, cache_slots_for
 from specblock.errors import SpecBlockError
 from specblock.sampling import SamplingParams
 from specblock.serving.metrics import ServerMetrics
 from specblock.serving.responses import Reply, sse, tau
 from specblock.serving.scheduler import BatchScheduler, Failed, Finished, Job, QueueFullError, Tokens
-from specblock.serving.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields, error_response
+from specblock.serving.schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    SamplingFields,
+    error_body,
+    error_response,
+)
 from specblock.target.kernels import CHECKED_CALL_ROWS
 
 MAX_STOP_STRINGS = 4
@@ -46,7 +52,6 @@ class ServerConfig:
     max_batch: int = 4
     queue_size: int = 16
     max_context: int = 8192  # tokens per request (prompt + output), at most the model's context
-    shutdown_grace_s: float = 30.0
 
 
 class RequestError(Exception):
@@ -69,7 +74,7 @@ class Server:
         self.context = min(config.max_context, generator.target.cfg.max_position_embeddings)
         self.scheduler = BatchScheduler(
             generator.target, generator.drafter, generator.tokenizer.decode, config.max_batch, config.queue_size,
-            slot_capacity=self.context + generator.node_budget + 2,
+            slot_capacity=cache_slots_for(self.context, generator.node_budget),
             batch_budgets=generator.batch_budgets(config.max_batch),
         )  # fmt: skip
         self.metrics = ServerMetrics()
@@ -130,7 +135,6 @@ class Server:
 
     # -- running one request --------------------------------------------------------------
     async def run(self, request: Request, body: ChatCompletionRequest | CompletionRequest) -> Response:
-        chat = isinstance(body, ChatCompletionRequest)
         ids = self.encode(body)
         settings = self.settings_for(body, len(ids))
         loop = asyncio.get_running_loop()
@@ -143,7 +147,7 @@ class Server:
             self.metrics.record("rejected")
             return error_response(503, f"the server is busy ({exc}); retry shortly", "server_busy",
                                   headers={"Retry-After": "1"})  # fmt: skip
-        reply = Reply(self, chat, body, ids, settings)
+        reply = Reply(self, body, ids, settings)
         if body.stream:
             return StreamingResponse(self._stream(request, job, events, reply), media_type="text/event-stream")
         checked = [time.monotonic()]
@@ -203,8 +207,8 @@ class Server:
                     for chunk in reply.closing(event):
                         yield sse(chunk)
                 else:
-                    self.metrics.record("timeout" if event.kind == "timeout" else "failed")
-                    yield sse({"error": {"message": event.message, "type": event.kind, "param": None, "code": None}})
+                    self._record_failure(event)
+                    yield sse(error_body(event.message, event.kind))
                 yield "data: [DONE]\n\n"
                 return
         finally:
@@ -212,8 +216,11 @@ class Server:
                 job.cancel()  # disconnected mid-stream: the engine frees the slot at the next iteration
                 self.metrics.record("cancelled")
 
-    def _failure(self, event: Failed) -> JSONResponse:
+    def _record_failure(self, event: Failed) -> None:
         self.metrics.record("timeout" if event.kind == "timeout" else "failed")
+
+    def _failure(self, event: Failed) -> JSONResponse:
+        self._record_failure(event)
         status = {"timeout": 504, "shutdown": 503}.get(event.kind, 500)
         return error_response(status, event.message, event.kind)
 

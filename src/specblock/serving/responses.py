@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from specblock.decoding import DecodeSettings, DecodeStats
 from specblock.serving.scheduler import Finished, Tokens
+from specblock.serving.schemas import ChatCompletionRequest, CompletionRequest
 from specblock.serving.text_stream import TextAssembler
 
 if TYPE_CHECKING:
@@ -21,8 +22,10 @@ FINISH_REASON = {"eos": "stop", "stop_string": "stop", "length": "length", "cont
 class Reply:
     """Builds one request's OpenAI objects: the chunks of a stream, or the whole response."""
 
-    def __init__(self, server: "Server", chat: bool, body, ids: list[int], settings: DecodeSettings) -> None:
-        self.server, self.chat, self.body, self.ids = server, chat, body, ids
+    def __init__(self, server: "Server", body: ChatCompletionRequest | CompletionRequest, ids: list[int],
+                 settings: DecodeSettings) -> None:  # fmt: skip
+        self.server, self.body, self.ids = server, body, ids
+        self.chat = isinstance(body, ChatCompletionRequest)
         self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         self.created = int(time.time())
         self.text = TextAssembler(server.gen.tokenizer.decode, settings.stop_strings)

@@ -19,7 +19,6 @@ its own) is for tests and embedding.
 
 from __future__ import annotations
 
-import itertools
 import threading
 import time
 from collections import deque
@@ -69,7 +68,6 @@ class Job:
     settings: DecodeSettings
     sink: Callable[[Event], None]
     timeout_s: float
-    id: int = 0
     submitted: float = field(default_factory=time.monotonic)
     cancelled: bool = False
 
@@ -132,7 +130,6 @@ class BatchScheduler:
         self.counters = EngineCounters()
         self._waiting: deque[Job] = deque()
         self._lock = threading.Condition()
-        self._ids = itertools.count(1)
         self._running = True  # requests may queue before the loop starts; `stop` ends it for good
         self._thread: threading.Thread | None = None
 
@@ -157,7 +154,6 @@ class BatchScheduler:
             free = self.max_batch - self.active
             if len(self._waiting) >= free + self.queue_size:
                 raise QueueFullError(f"{self.max_batch} requests running and {self.queue_size} waiting")
-            job.id = next(self._ids)
             self._waiting.append(job)
             self._lock.notify()
         return job

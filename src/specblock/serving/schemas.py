@@ -54,6 +54,12 @@ class CompletionRequest(SamplingFields):
 
 def error_response(status: int, message: str, kind: str = "invalid_request_error", code: str | None = None,
                    param: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:  # fmt: skip
-    """OpenAI's error body: {"error": {"message", "type", "param", "code"}}."""
-    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
-    return JSONResponse(body, status_code=status, headers=headers)
+    """An HTTP error with OpenAI's body."""
+    return JSONResponse(error_body(message, kind, code, param), status_code=status, headers=headers)
+
+
+def error_body(
+    message: str, kind: str = "invalid_request_error", code: str | None = None, param: str | None = None
+) -> dict:
+    """OpenAI's error body: {"error": {"message", "type", "param", "code"}} (a response or a stream event)."""
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}

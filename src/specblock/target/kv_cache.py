@@ -71,10 +71,14 @@ class KVCache:
     def write(self, layer: int, start: int, keys: torch.Tensor, values: torch.Tensor) -> None:
         """Store keys/values of shape [kv_heads, n, head_dim] at slots [start, start + n)."""
         n = keys.shape[1]
-        if start + n > self.capacity:
-            raise RuntimeError(f"KV cache overflow: {start + n} slots needed, {self.capacity} allocated")
+        self.check_room(start, n)
         self.keys[layer, :, start : start + n] = keys
         self.values[layer, :, start : start + n] = values
+
+    def check_room(self, start: int, n: int) -> None:
+        """Raise if slots [start, start + n) do not fit (a pooled write would spill into the next cache)."""
+        if start + n > self.capacity:
+            raise RuntimeError(f"KV cache overflow: {start + n} slots needed, {self.capacity} allocated")
 
     def view(self, layer: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values of slots [0, end) as [1, kv_heads, end, head_dim] views."""

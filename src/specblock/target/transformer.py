@@ -249,8 +249,7 @@ class SegmentAttention:
             grid = sum(sizes) * chunks_max * model.cfg.num_heads * model.cfg.head_dim * 4
             self.pooled = grid <= BATCHED_GRID_BYTES
         for s, size in zip(segments, sizes):
-            if s.start + size > s.cache.capacity:
-                raise RuntimeError(f"KV cache overflow: {s.start + size} slots needed, {s.cache.capacity} allocated")
+            s.cache.check_room(s.start, size)
         offsets = [s.cache.offset for s in segments]
         if self.pooled:
             self.pool = pool
