@@ -26,7 +26,7 @@ class Reply:
                  settings: DecodeSettings) -> None:  # fmt: skip
         self.server, self.body, self.ids = server, body, ids
         self.chat = isinstance(body, ChatCompletionRequest)
-        self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+        self.id = ("chatcmpl-" if self.chat else "cmpl-") + uuid.uuid4().hex[:24]
         self.created = int(time.time())
         self.text = TextAssembler(server.gen.tokenizer.decode, settings.stop_strings)
         self.pieces: list[tuple[str, str]] = []
