@@ -149,14 +149,9 @@ def expected_tokens_per_s(verify_s: dict[int, float], calibration: dict, draft_s
 
 
 def auto_budget(verify_s: dict[int, float], calibration: dict | None, max_budget: int = 128, draft_s: dict[int, float] | None = None) -> int:
-    """The budget with the highest expected tokens/s; see the module docstring."""
-    candidates = [n for n in sorted(verify_s) if 0 <= n <= max_budget]
-    if not calibration:
-        one = verify_s[min(verify_s)]
-        fitting = [n for n in candidates if n >= 1 and verify_s[n] <= 1.5 * one]
-        return max(fitting, default=0)
-    speed = {n: v for n, v in expected_tokens_per_s(verify_s, calibration, draft_s).items() if n <= max_budget}
-    return max(speed, key=lambda n: (speed[n], -n))  # ties (equal expected speed) go to the smaller tree
+    """The budget with the highest expected tokens/s; see the module docstring. (One request:
+    the batch rule at batch size 1.)"""
+    return batch_budgets(verify_s, calibration, 1, max_budget, draft_s)[1]
 
 
 def extrapolate(points: dict[int, float], n: int) -> float:
@@ -184,11 +179,12 @@ def batch_budgets(
     for batch in range(1, max_batch + 1):
         rows_cost = {n: extrapolate(verify_s, batch * (n + 1) - 1) for n in sorted(verify_s) if 0 <= n <= max_budget}
         if not calibration:
-            fitting = [n for n in rows_cost if n >= 1 and rows_cost[n] <= 1.5 * rows_cost[0]]
+            plain = rows_cost[min(rows_cost)]
+            fitting = [n for n in rows_cost if n >= 1 and rows_cost[n] <= 1.5 * plain]
             table[batch] = max(fitting, default=0)
             continue
         # per-request speed at the batch's cost: tau(k) / (T_batch(k) / B + D(k)), the same ranking
         per_request = {n: t / batch for n, t in rows_cost.items()}
-        speed = {n: v for n, v in expected_tokens_per_s(per_request, calibration, draft_s).items() if n <= max_budget}
-        table[batch] = max(speed, key=lambda n: (speed[n], -n))
+        speed = expected_tokens_per_s(per_request, calibration, draft_s)
+        table[batch] = max(speed, key=lambda n: (speed[n], -n))  # ties (equal expected speed) go to the smaller tree
     return table
