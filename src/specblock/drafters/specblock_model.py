@@ -155,7 +155,11 @@ class SpecBlockModel(nn.Module):
         for n, layer in enumerate(self.layers):
             if n > 0 and c.layer_shift:
                 h = drafting_linear(self, f"shift{n}", self.shift_proj[n - 1], torch.cat([h, shift_slots(h)], dim=-1))
-            slot = CacheSlots(caches, n) if caches is not None else None if cache is None else CacheSlot(cache, n, cache_start)
+            slot = None  # training: keys/values come back in `kv`
+            if caches is not None:
+                slot = CacheSlots(caches, n)
+            elif cache is not None:
+                slot = CacheSlot(cache, n, cache_start)
             out, layer_kv = layer(h.reshape(b, p * k, -1), cos, sin, mask, None if past is None else past[n], slot)
             h = out.view(b, p, k, -1)
             kv.append(layer_kv)
