@@ -1,25 +1,32 @@
-"""`specblock data regen` on the tiny random models: input formats, output rows, resume, batching, mix."""
+"""`specblock data regen` on the tiny random models: formats, the held-out split, exact batched
+answers, multi-turn prompts, the recorded features, resume, the temperature mix, the CLI."""
 
 import json
-import logging
 import shutil
 from collections import Counter
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from specblock import SpecGenerator
 from specblock.cli import app
-from specblock.errors import InvalidSettingError
-from specblock.training.conversations import read_conversations
-from specblock.training.regen import RegenSettings, done_ids, draw_temperature, regenerate
+from specblock.errors import InvalidSettingError, SpecBlockError
+from specblock.models.resolve import resolve_model
+from specblock.sampling import SamplingParams
+from specblock.target.transformer import Transformer
+from specblock.text import ChatTokenizer
+from specblock.training.conversations import Conversation, is_heldout, read_conversations
+from specblock.training.dataset import load_manifest, load_sequences
+from specblock.training.regen import RegenSettings, draw_temperature, regenerate, select
+from specblock.training.regen_engine import BatchedGeneration, GenerationRequest
 
 PROMPTS = ["Hi there, who are you?", "Count: 1 2 3", "Write a poem about the sea.", "abc abc abc", "What is 7 times 8?"]
 
 
 @pytest.fixture
 def prompt_files(tmp_path):
-    """The same kind of prompts in the three formats (ShareGPT as a JSON list and as JSONL)."""
+    """The same kind of prompts in the four formats (ShareGPT as a JSON list and as JSONL)."""
     ultra = tmp_path / "ultrachat_small.jsonl"
     ultra.write_text("\n".join(json.dumps({"messages": [
         {"role": "user", "content": p}, {"role": "assistant", "content": "old answer"},
@@ -32,105 +39,149 @@ def prompt_files(tmp_path):
         {"from": "system", "value": "Be brief."}, {"from": "human", "value": "Say hi"}]}) + "\n")  # fmt: skip
     gsm = tmp_path / "gsm8k_train.jsonl"
     gsm.write_text("".join(json.dumps({"question": p, "answer": "42"}) + "\n" for p in PROMPTS[:2]))
-    return [ultra, share, share_lines, gsm]
+    alpaca = tmp_path / "code_alpaca_2k.json"
+    alpaca.write_text(json.dumps([{"instruction": "Add 2 and 3.", "input": "", "output": "5"},
+                                  {"instruction": "Fix the code.", "input": "print x", "output": "print(x)"}]))  # fmt: skip
+    return [ultra, share, share_lines, gsm, alpaca]
 
 
-def rows(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
+def rows(out):
+    return [json.loads(line) for path in sorted(out.glob("answers-*.jsonl")) for line in path.read_text().splitlines()]
 
 
-def test_the_three_formats_are_read(prompt_files):
-    ultra, share, share_lines, gsm = (read_conversations(p) for p in prompt_files)
+def settings(model, **kw):
+    return RegenSettings(str(model), **({"max_new_tokens": 8, "batch_size": 3, "dtype": "bfloat16"} | kw))
+
+
+def test_the_four_formats_are_read(prompt_files):
+    ultra, share, share_lines, gsm, alpaca = (read_conversations(p) for p in prompt_files)
     assert [c.id for c in ultra] == ["ultrachat-0", "ultrachat-1", "ultrachat-2"]
     assert ultra[0].first_user_turn() == [{"role": "user", "content": PROMPTS[0]}]
+    assert ultra[0].user_turns() == [0, 2]
     assert [(c.id, c.source) for c in share] == [("sg0", "sharegpt"), ("sg1", "sharegpt")]
-    assert share[1].first_user_turn() == [{"role": "user", "content": PROMPTS[4]}]
     assert share_lines[0].first_user_turn() == [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "Say hi"},
     ]
     assert [(c.id, c.source) for c in gsm] == [("gsm8k-0", "gsm8k"), ("gsm8k-1", "gsm8k")]
+    # Alpaca: the instruction, then a blank line and the input when there is one; the output is not read
+    assert [c.messages for c in alpaca] == [[{"role": "user", "content": "Add 2 and 3."}],
+                                            [{"role": "user", "content": "Fix the code.\n\nprint x"}]]  # fmt: skip
+    assert alpaca[0].source == "code_alpaca_2k"
 
 
-def test_output_rows_match_the_shared_answer_format(tiny_llama, prompt_files, tmp_path):
-    out = tmp_path / "out" / "answers.jsonl"
+def test_heldout_split_is_three_percent_of_each_source_and_stable():
+    for source in ("gsm8k", "code_alpaca_2k"):
+        held = [is_heldout(source, f"{source}-{i}") for i in range(20000)]
+        assert abs(sum(held) / len(held) - 0.03) < 0.004
+        assert held == [is_heldout(source, f"{source}-{i}") for i in range(20000)]
+    assert [is_heldout("a", str(i)) for i in range(2000)] != [is_heldout("b", str(i)) for i in range(2000)]
+
+
+def test_selection_interleaves_sources_and_caps_each(prompt_files):
+    picked = select(prompt_files, settings("unused", max_per_source=2))
+    assert [c.source for c in picked][:4] == ["ultrachat", "sharegpt", "gsm8k", "code_alpaca_2k"]
+    assert Counter(c.source for c in picked) == {"ultrachat": 2, "sharegpt": 2, "gsm8k": 2, "code_alpaca_2k": 2}
+    assert len(select(prompt_files, settings("unused", limit=3))) == 3
+
+
+def test_output_is_ready_for_training(tiny_llama, prompt_files, tmp_path):
+    out = tmp_path / "regen"
     seen = []
-    n = regenerate(prompt_files, out, RegenSettings(str(tiny_llama), max_new_tokens=6, batch_size=1),
-                   report=lambda stage, done, total: seen.append((stage, done, total)))  # fmt: skip
+    written = regenerate(prompt_files, out, settings(tiny_llama),
+                         report=lambda stage, done, total, info="": seen.append((done, total)))  # fmt: skip
     got = rows(out)
-    assert n == len(got) == 8
-    assert [r["id"] for r in got] == [
-        "ultrachat-0",
-        "ultrachat-1",
-        "ultrachat-2",
-        "sg0",
-        "sg1",
-        "sgl0",
-        "gsm8k-0",
-        "gsm8k-1",
-    ]
+    assert written == len(got) == 10 and sorted(r["id"] for r in got) == sorted(
+        c.id for c in select(prompt_files, settings(tiny_llama))
+    )
     for r in got:
-        assert list(r) == ["id", "source", "messages", "finish_reason", "temperature"]
+        assert list(r) == ["id", "source", "messages", "finish_reason", "temperature", "turns", "split"]
         assert r["finish_reason"] in ("stop", "length") and r["temperature"] == 0.0
-        assert [m["role"] for m in r["messages"]][-2:] == ["user", "assistant"]
-        assert isinstance(r["messages"][-1]["content"], str)
-    assert got[0]["messages"][0] == {"role": "user", "content": PROMPTS[0]} and len(got[0]["messages"]) == 2
-    assert got[5]["messages"][0]["role"] == "system"
-    answers = read_conversations(out)  # what `data prepare` reads back
-    assert [c.extra["finish_reason"] for c in answers] == [r["finish_reason"] for r in got]
-    assert seen[0] == ("regen", 0, 8) and seen[-1] == ("regen", 8, 8)
+        assert r["messages"][-1]["role"] == "assistant"
+    ultra = [r for r in got if r["source"] == "ultrachat"]
+    assert all(r["turns"] == 2 and [m["role"] for m in r["messages"]] == ["user", "assistant"] * 2 for r in ultra)
+    assert all(r["messages"][1]["content"] != "old answer" for r in ultra)  # the target's own answer
+    assert seen[0] == (0, 10) and seen[-1] == (10, 10)
+    manifest = load_manifest(out)
+    assert manifest["conversations"] == 10 and manifest["draft_vocab_size"] > 1
+    sequences = load_sequences(out, "train") + load_sequences(out, "heldout")
+    assert len(sequences) == 10
+    assert [c.id for c in read_conversations(out)] == [r["id"] for r in got]  # `data prepare` reads it too
 
 
-def test_resume_skips_written_ids_and_repairs_a_cut_last_line(tiny_llama, prompt_files, tmp_path):
-    out = tmp_path / "answers.jsonl"
-    settings = {"target": str(tiny_llama), "max_new_tokens": 5, "batch_size": 1}
-    assert regenerate(prompt_files, out, RegenSettings(**settings, limit=2)) == 2
-    assert regenerate(prompt_files, out, RegenSettings(**settings)) == 6
-    full = rows(out)
-    assert len({r["id"] for r in full}) == len(full) == 8
-    assert regenerate(prompt_files, out, RegenSettings(**settings)) == 0
-    # a kill in the middle of the last row's write
-    text = out.read_text()
-    kept, last = text.rstrip("\n").rsplit("\n", 1)
-    out.write_text(kept + "\n" + last[: len(last) // 2])
-    assert done_ids(out) == {r["id"] for r in full[:-1]}
-    assert out.read_text() == kept + "\n"
-    out.write_text(kept + "\n" + last[: len(last) // 2])
-    assert regenerate(prompt_files, out, RegenSettings(**settings)) == 1
-    assert rows(out) == full  # greedy: the regenerated row is the same
-    out.write_text("not json\n" + text)
-    with pytest.raises(InvalidSettingError, match="not a regenerated-answer row"):
-        regenerate(prompt_files, out, RegenSettings(**settings))
-
-
-def test_batch_size_1_greedy_is_the_targets_exact_greedy_decoding(tiny_llama, prompt_files, tmp_path):
-    out = tmp_path / "answers.jsonl"
-    regenerate(prompt_files, out, RegenSettings(str(tiny_llama), max_new_tokens=24, batch_size=1))
-    vanilla = SpecGenerator.load(str(tiny_llama), method="vanilla", dtype="float32")
+def test_batched_answers_equal_solo_greedy_decoding_every_turn(tiny_llama, prompt_files, tmp_path):
+    """Batch 4 with continuous batching gives each turn exactly the target's own greedy answer."""
+    out = tmp_path / "regen"
+    regenerate(prompt_files, out, settings(tiny_llama, max_new_tokens=30, batch_size=4))
+    generator = SpecGenerator.load(str(tiny_llama), method="vanilla", dtype="bfloat16")
+    turns = 0
     for r in rows(out):
-        ref = vanilla.generate(messages=r["messages"][:-1], max_new_tokens=24)
-        assert r["messages"][-1]["content"] == ref.text
-        assert r["finish_reason"] == ("stop" if ref.stop_reason == "eos" else "length")
+        for i, m in enumerate(r["messages"]):
+            if m["role"] == "assistant":
+                ref = generator.generate(messages=r["messages"][:i], max_new_tokens=30)
+                assert m["content"] == ref.text, (r["id"], i)
+                turns += 1
+        last = generator.generate(messages=r["messages"][:-1], max_new_tokens=30)
+        assert r["finish_reason"] == ("stop" if last.stop_reason == "eos" else "length")
+    assert turns == 13  # 3 conversations with two turns
 
 
-def test_batched_mode_writes_valid_rows(tiny_qwen2, prompt_files, tmp_path):
-    out = tmp_path / "answers.jsonl"
-    assert regenerate(prompt_files, out, RegenSettings(str(tiny_qwen2), max_new_tokens=10, batch_size=3)) == 8
-    got = rows(out)
-    assert sorted(r["id"] for r in got) == sorted(c.id for p in prompt_files for c in read_conversations(p))
-    vanilla = SpecGenerator.load(str(tiny_qwen2), method="vanilla", dtype="float32")
-    same = 0
-    for r in got:
-        assert list(r) == ["id", "source", "messages", "finish_reason", "temperature"]
-        ref = vanilla.generate(messages=r["messages"][:-1], max_new_tokens=10)
-        same += r["messages"][-1]["content"] == ref.text
-    assert same >= 6  # padded batches may differ from batch-1 decoding only on near-ties
+def test_recorded_features_and_topk_are_the_targets_on_the_kept_tokens(tiny_qwen2, prompt_files, tmp_path):
+    """Each stored token row carries the target's features after it and its next-token top-k, as a
+    fresh fp32 forward over the whole conversation gives them (the 2-turn ones included)."""
+    out = tmp_path / "regen"
+    regenerate(prompt_files, out, settings(tiny_qwen2, max_new_tokens=12, dtype="float32", batch_size=2))
+    model = Transformer.load(resolve_model(str(tiny_qwen2)))
+    tok = ChatTokenizer.load(resolve_model(str(tiny_qwen2)))
+    seqs = {s: load_sequences(out, s) for s in ("train", "heldout")}
+    by_split = {
+        "train": [r for r in rows(out) if r["split"] == "train"],
+        "heldout": [r for r in rows(out) if r["split"] == "heldout"],
+    }
+    checked = 0
+    for split, split_rows in by_split.items():
+        for row, seq in zip(split_rows, seqs[split]):
+            conv = Conversation(row["id"], row["source"], row["messages"], {"finish_reason": row["finish_reason"]})
+            n = seq.tokens.numel()
+            # the answer mask: one run of ones per turn, the last one the generated tokens
+            mask = "".join("1" if m else "0" for m in seq.answer_mask.tolist())
+            runs = [len(r) for r in mask.split("0") if r]
+            assert len(runs) == row["turns"] and mask.endswith("1") and all(r <= 13 for r in runs)
+            first_prompt = tok.encode(messages=conv.first_user_turn())
+            ids = first_prompt[: max(0, len(first_prompt) - 128)] + seq.tokens.tolist()  # what the engine saw
+            full = model.forward(torch.tensor(ids), torch.arange(len(ids)), model.new_cache(len(ids)), 0, capture=True)
+            torch.testing.assert_close(seq.features[:-1].float(), full.features[-n:-1], atol=0.05, rtol=0.02)
+            logprobs = torch.log_softmax(model.logits(full.hidden[-n:]), dim=-1)
+            trained = torch.nonzero(seq.answer_mask[1:]).flatten()  # positions whose next token is an answer token
+            assert trained.numel() == sum(runs) - (mask[0] == "1")
+            assert (logprobs[trained].argmax(-1) == seq.topk_ids[trained, 0]).all()
+            got = seq.topk_logprobs[trained].float()
+            torch.testing.assert_close(got, logprobs[trained].gather(1, seq.topk_ids[trained]), atol=2e-2, rtol=0)
+            checked += row["turns"]
+    assert checked == 13
 
 
-@pytest.mark.parametrize("batch_size", [1, 2])
-def test_answers_stop_at_eos(tiny_llama, tmp_path, batch_size):
+def test_resume_after_a_kill_and_refuse_other_settings(tiny_llama, prompt_files, tmp_path):
+    out = tmp_path / "regen"
+    assert regenerate(prompt_files, out, settings(tiny_llama, limit=4, shard_size=2)) == 4
+    assert regenerate(prompt_files, out, settings(tiny_llama, shard_size=2)) == 6
+    full = rows(out)
+    assert len({r["id"] for r in full}) == len(full) == 10
+    assert regenerate(prompt_files, out, settings(tiny_llama, shard_size=2)) == 0
+    # a kill between a flush's shards and its answers file: that flush is redone
+    last = sorted(out.glob("answers-*.jsonl"))[-1]
+    lost = {json.loads(line)["id"] for line in last.read_text().splitlines()}
+    last.unlink()
+    (out / "manifest.json").unlink()
+    assert regenerate(prompt_files, out, settings(tiny_llama, shard_size=2)) == len(lost)
+    assert sorted(map(json.dumps, rows(out))) == sorted(map(json.dumps, full))  # greedy: the same rows again
+    with pytest.raises(SpecBlockError, match="max_new_tokens differ"):
+        regenerate(prompt_files, out, settings(tiny_llama, max_new_tokens=9))
+
+
+def test_answers_stop_at_eos(tiny_llama, tmp_path):
     """A model whose config also names a frequent character as EOS: answers end there, without it."""
-    vanilla = SpecGenerator.load(str(tiny_llama), method="vanilla", dtype="float32")
+    vanilla = SpecGenerator.load(str(tiny_llama), method="vanilla", dtype="bfloat16")
     prompts = tmp_path / "gsm8k.jsonl"
     prompts.write_text("".join(json.dumps({"question": p}) + "\n" for p in PROMPTS))
     first = [vanilla.generate(p, max_new_tokens=20).token_ids for p in PROMPTS]
@@ -139,15 +190,32 @@ def test_answers_stop_at_eos(tiny_llama, tmp_path, batch_size):
     cfg = json.loads((model / "config.json").read_text())
     cfg["eos_token_id"] = [2, eos]
     (model / "config.json").write_text(json.dumps(cfg))
-    out = tmp_path / "answers.jsonl"
-    regenerate([prompts], out, RegenSettings(str(model), max_new_tokens=20, batch_size=batch_size))
-    got = {r["id"]: r for r in rows(out)}  # batched rows come in generation order
+    out = tmp_path / "regen"
+    regenerate([prompts], out, settings(model, max_new_tokens=20))
+    got = {r["id"]: r for r in rows(out)}
     assert any(r["finish_reason"] == "stop" for r in got.values())
     for n, ids in enumerate(first):
         cut = next((i for i, t in enumerate(ids) if t in (2, eos)), None)
         assert got[f"gsm8k-{n}"]["finish_reason"] == ("length" if cut is None else "stop")
-        if batch_size == 1:
-            assert got[f"gsm8k-{n}"]["messages"][-1]["content"] == vanilla.tokenizer.decode(ids[:cut])
+        assert got[f"gsm8k-{n}"]["messages"][-1]["content"] == vanilla.tokenizer.decode(ids[:cut])
+
+
+def test_engine_takes_work_that_arrives_while_it_runs(tiny_llama):
+    """`next_request` is asked again whenever a slot frees: a follow-up made from a finished
+    result still runs, and a request whose first token ends it frees its slot at once."""
+    model = Transformer.load(tiny_llama, torch.bfloat16)
+    engine = BatchedGeneration(model, max_batch=2, slot_capacity=80, eos_ids=[2])
+    queue = [GenerationRequest(i, [5 + i, 9, 12], 6, SamplingParams()) for i in range(3)]
+    results = []
+    for result in engine.run(lambda: queue.pop(0) if queue else None):
+        results.append(result)
+        if result.key == 0:
+            queue.append(GenerationRequest("follow-up", result.prompt + result.tokens, 4, SamplingParams()))
+    assert sorted(map(str, (r.key for r in results))) == ["0", "1", "2", "follow-up"]
+    for r in results:
+        assert r.features.shape[0] == r.topk_ids.shape[0] == len(r.prompt) + len(r.tokens)
+    with pytest.raises(ValueError, match="does not fit"):
+        list(engine.run(iter([GenerationRequest(9, list(range(3, 70)), 20, SamplingParams())]).__next__))
 
 
 def test_skips_prompts_without_user_turn_or_too_long(tiny_llama, tmp_path, caplog):
@@ -157,10 +225,10 @@ def test_skips_prompts_without_user_turn_or_too_long(tiny_llama, tmp_path, caplo
         {"messages": [{"role": "user", "content": "a" * 600}]},
         {"messages": [{"role": "user", "content": "short"}]},
     ]))  # fmt: skip
-    out = tmp_path / "answers.jsonl"
-    with caplog.at_level(logging.WARNING, logger="specblock.training.regen"):
-        assert regenerate([prompts], out, RegenSettings(str(tiny_llama), max_new_tokens=4, batch_size=1)) == 1
-    assert "without a user message" in caplog.text and "context" in caplog.text
+    out = tmp_path / "regen"
+    with caplog.at_level("WARNING", logger="specblock.training.regen"):
+        assert regenerate([prompts], out, settings(tiny_llama)) == 1
+    assert "without a user message" in caplog.text and "longer than" in caplog.text
     assert [r["id"] for r in rows(out)] == ["mixed-2"]
 
 
@@ -174,11 +242,11 @@ def test_temperature_mix_is_deterministic_with_the_design_frequencies(tiny_llama
     assert set(freq) == set(expected)
     for t, p in expected.items():
         assert abs(freq[t] / len(ids) - p) < 0.015
-    settings = {"target": str(tiny_llama), "max_new_tokens": 8, "batch_size": 1, "temperature_mix": True, "seed": 3}
-    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
-    regenerate(prompt_files, a, RegenSettings(**settings))
-    regenerate(prompt_files, b, RegenSettings(**settings))
-    assert rows(a) == rows(b)
+    a, b = tmp_path / "a", tmp_path / "b"
+    regenerate(prompt_files, a, settings(tiny_llama, temperature_mix=True, seed=3, batch_size=4))
+    regenerate(prompt_files, b, settings(tiny_llama, temperature_mix=True, seed=3, batch_size=1))
+    by_id = {r["id"]: r for r in rows(b)}
+    assert all(by_id[r["id"]] == r for r in rows(a))  # seeded draws do not depend on the batch
     assert all(r["temperature"] == draw_temperature(3, r["id"]) for r in rows(a))
 
 
@@ -187,17 +255,19 @@ def test_settings_are_validated():
         RegenSettings("x", max_new_tokens=0)
     with pytest.raises(InvalidSettingError, match="batch-size"):
         RegenSettings("x", batch_size=0)
+    with pytest.raises(InvalidSettingError, match="top-k"):
+        RegenSettings("x", top_k=5)
 
 
 def test_cli_data_regen(tiny_llama, prompt_files, tmp_path):
-    out = tmp_path / "cli.jsonl"
+    out = tmp_path / "cli"
     args = ["data", "regen", "--target", str(tiny_llama), "--prompts", str(prompt_files[0]), "--prompts",
             str(prompt_files[3]), "--out", str(out), "--max-new-tokens", "4", "--batch-size", "2"]  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "5 answers written" in result.output
+    assert "5 conversations written" in result.output and "tok/s" in result.output
     assert len(rows(out)) == 5
     again = CliRunner().invoke(app, args)
-    assert again.exit_code == 0 and "0 answers written" in again.output
+    assert again.exit_code == 0 and "0 conversations written" in again.output
     bad = CliRunner().invoke(app, [*args[:-1], "0"])
     assert bad.exit_code == 1 and "batch-size" in bad.output and "Traceback" not in bad.output

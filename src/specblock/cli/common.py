@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 
 import typer
@@ -24,21 +25,30 @@ def user_errors():
 
 
 @contextmanager
-def progress_reporter():
-    """A rich progress bar fed by the fetcher's (stage, done, total) reports."""
+def progress_reporter(log_every_s: float = 60.0):
+    """A rich progress bar fed by (stage, done, total[, info]) reports. When stderr is not a
+    terminal (a job under nohup), it prints a plain line per stage every `log_every_s` instead."""
     labels = {
         "download": "downloading wheels", "verify": "joining + sha256", "convert": "converting tensors",
         "prepare": "target features", "regen": "regenerating answers", "train": "training",
     }
     with Progress(
         TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeRemainingColumn(),
-        console=err, transient=False,
+        TextColumn("{task.fields[info]}"),
+        console=err, transient=False, disable=not err.is_terminal,
     ) as progress:  # fmt: skip
         tasks: dict[str, int] = {}
+        printed: dict[str, float] = {}
 
-        def report(stage: str, done: int, total: int) -> None:
+        def report(stage: str, done: int, total: int, info: str = "") -> None:
+            """`info`: a running figure shown after the bar (e.g. tokens/s)."""
             if stage not in tasks:
-                tasks[stage] = progress.add_task(labels.get(stage, stage), total=total)
-            progress.update(tasks[stage], completed=done, total=total)
+                tasks[stage] = progress.add_task(labels.get(stage, stage), total=total, info="")
+            progress.update(tasks[stage], completed=done, total=total, info=info)
+            now = time.monotonic()
+            if not err.is_terminal and (now - printed.get(stage, -1e9) >= log_every_s or done == total):
+                printed[stage] = now
+                stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+                err.print(f"{stamp} {labels.get(stage, stage)}: {done}/{total} {info}".rstrip(), highlight=False)
 
         yield report

@@ -67,23 +67,30 @@ def data_prepare(
 
 @data_app.command("regen")
 def data_regen(
-    prompts: Annotated[list[Path], typer.Option("--prompts", help="Prompt or answer files (UltraChat, ShareGPT, GSM8K formats); repeatable.")],
-    out: Annotated[Path, typer.Option(help="Output JSONL of regenerated answers (appended to; resumes).")],
+    prompts: Annotated[list[Path], typer.Option("--prompts", help="Prompt files (UltraChat, ShareGPT, GSM8K, Alpaca formats); repeatable.")],
+    out: Annotated[Path, typer.Option(help="Output directory: answers, feature shards, draft vocabulary, manifest (resumes).")],
     target: Annotated[str, typer.Option(help="Registry name or local model directory.")] = DEFAULT_TARGET,
-    max_new_tokens: Annotated[int, typer.Option(help="Most tokens per answer.")] = 256,
+    max_new_tokens: Annotated[int, typer.Option(help="Most tokens per answer (per turn).")] = 256,
     temperature_mix: Annotated[bool, typer.Option(help="Draw the temperature per conversation as design §5 does (default greedy).")] = False,
     limit: Annotated[int | None, typer.Option(help="Regenerate at most this many conversations.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Conversations generated together.")] = 8,
+    max_per_source: Annotated[int | None, typer.Option(help="And at most this many of each source.")] = None,
+    max_turns: Annotated[int, typer.Option(help="User turns answered per conversation (UltraChat has several).")] = 4,
+    max_prompt_tokens: Annotated[int, typer.Option(help="Skip first prompts longer than this.")] = 1536,
+    batch_size: Annotated[int, typer.Option(help="Requests generated together (continuous batching).")] = 32,
+    dtype: Annotated[str, typer.Option(help="auto (fastest here), float32 or bfloat16.")] = "auto",
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    vocab_size: Annotated[int, typer.Option(help="Draft vocabulary size written with the data.")] = 4096,
     seed: Annotated[int, typer.Option(help="Seed for the temperature mix and sampling.")] = 0,
 ) -> None:
-    """Answer the first user turn of every prompt with the target (self-distillation data)."""
+    """Answer every user turn of every prompt with the target, keeping its features (self-distillation data)."""
     from specblock.training.regen import RegenSettings, regenerate
 
     with user_errors():
         settings = RegenSettings(
             target=target, max_new_tokens=max_new_tokens, temperature_mix=temperature_mix, limit=limit,
-            batch_size=batch_size, seed=seed,
+            max_per_source=max_per_source, batch_size=batch_size, seed=seed, device=device, dtype=dtype,
+            max_turns=max_turns, max_prompt_tokens=max_prompt_tokens, vocab_size=vocab_size,
         )  # fmt: skip
         with progress_reporter() as report:
             written = regenerate(prompts, out, settings, report=report)
-        err.print(f"{written} answers written to {out}")
+        err.print(f"{written} conversations written to {out}")

@@ -38,8 +38,9 @@ class TargetRunner:
         """Tokens whose keys/values are in the cache (all committed tokens but the root)."""
         return 0 if self.cache is None else self.cache.length
 
-    def prefill(self, prompt: list[int], capacity: int, capture: bool) -> TargetStep:
-        """Run the prompt; returns the last position's logits and every position's features."""
+    def prefill(self, prompt: list[int], capacity: int, capture: bool, logit_rows: list[int] = ()) -> TargetStep:
+        """Run the prompt; returns every position's features and the logits of the positions in
+        `logit_rows` followed by the last position (the one that picks the first new token)."""
         if not prompt:
             raise ContextLengthError("the prompt is empty: give at least one token")
         if len(prompt) >= self.context_limit:
@@ -55,7 +56,8 @@ class TargetRunner:
         out = self.model.forward(tokens, torch.arange(len(prompt), device=device), self.cache, 0, capture=capture)
         self.cache.length = len(prompt)
         self.forwards = 1
-        return TargetStep(logits=self.model.logits(out.hidden[-1:]), features=out.features)
+        rows = torch.tensor([*logit_rows, len(prompt) - 1], device=device)
+        return TargetStep(logits=self.model.logits(out.hidden[rows]), features=out.features)
 
     def verify(self, root: int, tree: DraftTree, capture: bool) -> TargetStep:
         """One forward over the root and the tree's nodes (ancestor mask, depth-based positions)."""

@@ -2,7 +2,10 @@
 
 - UltraChat-style JSONL: `{"messages": [{"role", "content"}, ...]}` (also our regen output);
 - ShareGPT JSON or JSONL: `{"conversations": [{"from": "human"|"gpt", "value"}]}`;
-- GSM8K-style JSONL: `{"question": ...}` (a single user turn).
+- GSM8K-style JSONL: `{"question": ...}` (a single user turn);
+- Alpaca JSON: `{"instruction", "input", "output"}`: the prompt is the instruction, then a
+  blank line and the input when there is one. The `output` was written by another model, so
+  it is not read (the target writes its own answer).
 
 Every reader yields `Conversation`s with OpenAI-style messages; whether assistant turns are
 present depends on the file (prompt files for `data regen` need none, answer files for
@@ -11,6 +14,7 @@ present depends on the file (prompt files for `data regen` need none, answer fil
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,6 +22,7 @@ from pathlib import Path
 
 from specblock.errors import InvalidSettingError
 
+HELDOUT_FRACTION = 0.03  # of each source, kept out of training for evaluation
 _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
 
@@ -34,6 +39,21 @@ class Conversation:
             if m["role"] == "user":
                 return self.messages[: i + 1]
         raise InvalidSettingError(f"conversation {self.id} has no user message")
+
+    def user_turns(self) -> list[int]:
+        """Indices of the user messages: turn t's prompt is `messages[: user_turns()[t] + 1]`."""
+        return [i for i, m in enumerate(self.messages) if m["role"] == "user"]
+
+    @property
+    def heldout(self) -> bool:
+        return is_heldout(self.source, self.id)
+
+
+def is_heldout(source: str, conv_id: str, fraction: float = HELDOUT_FRACTION) -> bool:
+    """Whether a conversation belongs to the held-out split: a hash of (source, id), so the split
+    of a conversation never changes as data grows, and each source keeps about `fraction` out."""
+    digest = hashlib.sha256(f"heldout\0{source}\0{conv_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") < fraction * 2**64
 
 
 def _records(path: Path) -> Iterator[dict]:
@@ -63,8 +83,13 @@ def _source_name(path: Path) -> str:
 
 
 def read_conversations(path: Path) -> list[Conversation]:
-    """All conversations of one file, whichever of the three formats it uses."""
+    """All conversations of one file (whichever of the formats it uses) or of a regen directory."""
     path = Path(path)
+    if path.is_dir():  # a `data regen` output: its answers files, in order
+        files = sorted(path.glob("answers-*.jsonl"))
+        if not files:
+            raise InvalidSettingError(f"{path} holds no answers-*.jsonl files (a `specblock data regen` output)")
+        return [conv for f in files for conv in read_conversations(f)]
     if not path.is_file():
         raise InvalidSettingError(f"no such data file: {path}")
     default_source = _source_name(path)
@@ -86,9 +111,14 @@ def read_conversations(path: Path) -> list[Conversation]:
                 messages.append({"role": role, "content": m["value"]})
         elif "question" in row:
             messages = [{"role": "user", "content": row["question"]}]
+        elif "instruction" in row:
+            extra_input = str(row.get("input") or "").strip()
+            prompt = str(row["instruction"]).strip() + (f"\n\n{extra_input}" if extra_input else "")
+            messages = [{"role": "user", "content": prompt}]
         else:
             raise InvalidSettingError(
-                f"{path}: record {n} has none of 'messages', 'conversations' or 'question' (keys: {sorted(row)})"
+                f"{path}: record {n} has none of 'messages', 'conversations', 'question' or 'instruction' "
+                f"(keys: {sorted(row)})"
             )
         if not messages:
             continue

@@ -125,7 +125,7 @@ def prepare(
         "feature_layers": list(model.cfg.feature_layers),
         "complete": False,
     }
-    _write_json(manifest_path, manifest)
+    write_json(manifest_path, manifest)
     rows = [tokenize_conversation(tok, c, eos_id) for c in conversations]
     held = min(settings.holdout, max(0, len(rows) - 1))
     splits = {"train": rows[: len(rows) - held], "heldout": rows[len(rows) - held :]}
@@ -145,14 +145,21 @@ def prepare(
             done += len(chunk)
             if report:
                 report("prepare", done, total)
-    counts = torch.zeros(model.cfg.vocab_size, dtype=torch.long)
+    return complete_manifest(out, manifest, shard_files, settings.vocab_size, eos_id)
+
+
+def complete_manifest(out: Path, manifest: dict, shard_files: dict[str, list[str]], vocab_size: int, eos_id: int) -> dict:
+    """Count the training shards' answer tokens, write the draft vocabulary of the `vocab_size`
+    most frequent (EOS always in), and mark the manifest complete."""
+    vocab_total = manifest["target_vocab_size"]
+    counts = torch.zeros(vocab_total, dtype=torch.long)
     tokens_kept = 0
     for name in shard_files["train"]:
         shard = load_file(str(out / name))
         answer = shard["tokens"][shard["answer_mask"].bool()].long()
-        counts += torch.bincount(answer, minlength=model.cfg.vocab_size)
+        counts += torch.bincount(answer, minlength=vocab_total)
         tokens_kept += shard["tokens"].numel()
-    vocab = DraftVocab.from_counts(counts, min(settings.vocab_size, int((counts > 0).sum()) + 1), always=[eos_id])
+    vocab = DraftVocab.from_counts(counts, min(vocab_size, int((counts > 0).sum()) + 1), always=[eos_id])
     vocab.save(out / "draft_vocab.safetensors")
     coverage = float(counts[vocab.target_ids].sum()) / max(1, int(counts.sum()))
     manifest.update(
@@ -163,11 +170,11 @@ def prepare(
         draft_vocab_coverage=round(coverage, 4),
         complete=True,
     )
-    _write_json(manifest_path, manifest)
+    write_json(out / "manifest.json", manifest)
     return manifest
 
 
-def _write_json(path: Path, obj: dict) -> None:
+def write_json(path: Path, obj: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(obj, indent=2) + "\n")
     os.replace(tmp, path)

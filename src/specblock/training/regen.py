@@ -1,59 +1,82 @@
 """`specblock data regen`: the target answers the training prompts (self-distillation data).
 
 A drafter learns to predict the target's own text, so its training answers are written by
-the target (design §5). Each conversation's first user turn is answered and written as one
-JSONL row: `{"id", "source", "messages": [...prompt, assistant], "finish_reason", "temperature"}`.
+the target (design §5). Every user turn of a conversation is answered in order (UltraChat's
+later turns follow the target's own earlier answers), up to `max_turns` and the batch slot's
+room. Generation runs in this project's engine, `batch_size` requests at a time
+(`regen_engine`): a request's tokens equal those of decoding it alone in the same dtype.
 
-- `--batch-size 1` is the exact mode: the project's lossless engine, so greedy answers are
-  the target's own greedy decoding token for token.
-- `--batch-size N > 1` runs Hugging Face `generate` on left-padded batches (faster on a GPU).
-  Padded, batched fp32 matmuls round differently from batch-1 ones, so on near-ties a greedy
-  answer can differ from the exact mode's (it is still a faithful sample of the target).
-  Batches hold one temperature each and are sorted by prompt length to keep padding small,
-  so rows are written in generation order, not input order.
-
-The output is appended and flushed after every batch; a rerun skips ids already written, and
-a last line cut by a kill is dropped and regenerated.
+The same pass keeps what training needs per token (features, top-k log-probabilities), so no
+second target pass over the text is needed: the output directory is ready for
+`specblock train --data`. Per conversation only the answers and the `context_keep` prompt
+tokens before the first answer are kept. A hash of (source, id) puts 3% of each source in
+the held-out split. Writing is in numbered flushes (`regen_store`); a killed run resumes with
+the same command.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
+import time
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
 from specblock.errors import InvalidSettingError
+from specblock.sampling import SamplingParams
 from specblock.training.conversations import Conversation, read_conversations
+from specblock.training.prepare import complete_manifest, tokenize_conversation
+from specblock.training.regen_engine import NO_LOGPROB, BatchedGeneration, Generated, GenerationRequest
+from specblock.training.regen_store import RegenStore
 
-Reporter = Callable[[str, int, int], None]
+Reporter = Callable[..., None]
 log = logging.getLogger(__name__)
 # Design §5 temperature mix: (cumulative probability, temperature); top-p 0.95 when sampling.
 TEMPERATURE_MIX = ((0.4, 0.0), (0.5, 0.3), (0.6, 0.5), (0.7, 0.7), (1.0, 1.0))
 MIX_TOP_P = 0.95
+# Stored features: bf16 has fp32's range (hidden states can hold outliers past fp16's 65504)
+# at fp16's size: 2 bytes a value, 3H values a token.
+FEATURE_DTYPE = torch.bfloat16
 
 
 @dataclass
 class RegenSettings:
     target: str
-    max_new_tokens: int = 256
+    max_new_tokens: int = 256  # per turn
     temperature_mix: bool = False  # False: greedy answers
     limit: int | None = None  # answer only the first `limit` usable conversations
-    batch_size: int = 8
+    max_per_source: int | None = None  # and at most this many of each source
+    batch_size: int = 32
     seed: int = 0
     device: str = "cpu"
+    dtype: str = "auto"
+    max_turns: int = 4  # user turns answered per conversation
+    max_prompt_tokens: int = 1536  # longer first prompts are skipped
+    top_k: int = 20
+    context_keep: int = 128  # prompt tokens kept before the first answer
+    shard_size: int = 64
+    vocab_size: int = 4096
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise InvalidSettingError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
-        if self.batch_size < 1:
-            raise InvalidSettingError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if self.limit is not None and self.limit < 0:
-            raise InvalidSettingError(f"--limit must be >= 0, got {self.limit}")
+        checks = {"max-new-tokens": self.max_new_tokens, "batch-size": self.batch_size, "max-turns": self.max_turns,
+                  "max-prompt-tokens": self.max_prompt_tokens, "shard-size": self.shard_size}  # fmt: skip
+        for name, value in checks.items():
+            if value < 1:
+                raise InvalidSettingError(f"--{name} must be at least 1, got {value}")
+        if self.top_k < 20:
+            raise InvalidSettingError(f"--top-k must be at least 20 (design §5), got {self.top_k}")
+        for name, value in (("limit", self.limit), ("max-per-source", self.max_per_source)):
+            if value is not None and value < 0:
+                raise InvalidSettingError(f"--{name} must be >= 0, got {value}")
+
+    def identity(self, dtype: str) -> dict:
+        """What shapes the output (a resumed run must match it); sizes of the run may change."""
+        skip = {"limit", "max_per_source", "batch_size", "device", "dtype", "shard_size", "vocab_size"}
+        return {k: v for k, v in asdict(self).items() if k not in skip} | {"dtype": dtype}
 
 
 def _unit(seed: int, conv_id: str, salt: str) -> int:
@@ -72,173 +95,200 @@ def sample_seed(seed: int, conv_id: str) -> int:
     return _unit(seed, conv_id, "sampling") % 2**31
 
 
-def done_ids(out: Path) -> set[str]:
-    """Ids already in `out`. A kill can leave a cut last line: it is dropped (and regenerated)."""
-    if not out.exists():
-        return set()
-    data = out.read_bytes()
-    keep = data.rfind(b"\n") + 1  # whatever follows the last newline was cut mid-write
-    lines = data[:keep].split(b"\n")[:-1]
-    last = max((n for n, line in enumerate(lines) if line.strip()), default=-1)
-    ids: set[str] = set()
-    for n, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            ids.add(str(row["id"]))
-        except (json.JSONDecodeError, KeyError, TypeError):
-            if n != last:
-                raise InvalidSettingError(f"{out}:{n + 1}: not a regenerated-answer row; refusing to append") from None
-            keep -= len(line) + 1
-    if keep < len(data):
-        log.warning("%s: dropping a cut last line (its conversation is regenerated)", out)
-        with out.open("r+b") as f:
-            f.truncate(keep)
-    return ids
-
-
-def _select(prompts: list[Path], settings: RegenSettings) -> list[Conversation]:
-    """Usable conversations in input order: a user turn, first occurrence of each id, up to the limit."""
+def select(prompts: list[Path], settings: RegenSettings) -> list[Conversation]:
+    """Usable conversations (a user turn, first occurrence of each id, within the limits), the
+    sources interleaved."""
     convs: list[Conversation] = []
     seen: set[str] = set()
+    per_source: dict[str, int] = {}
     no_user = duplicates = 0
     for path in prompts:
         for conv in read_conversations(Path(path)):
-            if not any(m["role"] == "user" for m in conv.messages):
+            if not conv.user_turns():
                 no_user += 1
             elif conv.id in seen:
                 duplicates += 1
-            else:
+            elif settings.max_per_source is None or per_source.get(conv.source, 0) < settings.max_per_source:
                 seen.add(conv.id)
+                per_source[conv.source] = per_source.get(conv.source, 0) + 1
                 convs.append(conv)
     if no_user:
         log.warning("skipped %d conversation(s) without a user message", no_user)
     if duplicates:
         log.warning("skipped %d conversation(s) whose id was already seen in the prompts", duplicates)
+    convs = _interleaved(convs)
     return convs if settings.limit is None else convs[: settings.limit]
 
 
-class _EngineAnswerer:
-    """Batch size 1 through the lossless engine: exact target decoding."""
-
-    def __init__(self, settings: RegenSettings) -> None:
-        from specblock.api import SpecGenerator
-
-        # fp32: the answers are the target's exact greedy decoding, the same as HF's batched fp32 path
-        self.gen = SpecGenerator.load(settings.target, "lookup", device=settings.device, dtype="float32")
-        self.tokenizer = self.gen.tokenizer
-        self.context = self.gen.runner.context_limit
-
-    def answer(self, batch: list[tuple[Conversation, list[int]]], temperature: float, settings: RegenSettings):
-        ((conv, ids),) = batch
-        top_p = MIX_TOP_P if temperature > 0 else 1.0
-        seed = sample_seed(settings.seed, conv.id)
-        r = self.gen.generate(input_ids=ids, max_new_tokens=settings.max_new_tokens, temperature=temperature,
-                              top_p=top_p, seed=seed)  # fmt: skip
-        stopped = r.stop_reason == "eos"
-        # decode without the EOS token, as the batched path does (it may not be a special token)
-        return [(self.tokenizer.decode(r.token_ids[:-1] if stopped else r.token_ids), "stop" if stopped else "length")]
+def _interleaved(convs: list[Conversation]) -> list[Conversation]:
+    """Round-robin over the sources (each in file order), so that any prefix of the work, a
+    `--limit` or a run cut short, mixes every source."""
+    by_source: dict[str, list[Conversation]] = {}
+    for conv in convs:
+        by_source.setdefault(conv.source, []).append(conv)
+    queues = list(by_source.values())
+    return [q[i] for i in range(max(map(len, queues), default=0)) for q in queues if i < len(q)]
 
 
-class _HFAnswerer:
-    """Batch size > 1 through Hugging Face `generate` with left padding."""
+@dataclass
+class _Conversation:
+    """A conversation being answered: its messages so far and the turn in flight."""
 
-    def __init__(self, settings: RegenSettings) -> None:
-        from transformers import AutoModelForCausalLM
+    conv: Conversation
+    temperature: float
+    messages: list[dict]
+    turn: int = 0
+    prompt_mask: list[int] = field(default_factory=list)  # 1 at earlier answers' tokens in the prompt
 
+
+class _Regeneration:
+    def __init__(self, settings: RegenSettings, store: RegenStore, report: Reporter | None) -> None:
+        from specblock.api import parse_dtype
         from specblock.models.resolve import resolve_model
+        from specblock.target.transformer import Transformer
         from specblock.text import ChatTokenizer
 
+        self.settings = settings
+        self.store = store
+        self.report = report
         model_dir = resolve_model(settings.target)
-        self.model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).to(settings.device)
-        self.model.eval()
-        self.tokenizer = ChatTokenizer.load(model_dir)
-        cfg_eos = self.model.config.eos_token_id
-        eos = set(cfg_eos if isinstance(cfg_eos, list) else [cfg_eos] if cfg_eos is not None else [])
-        if self.tokenizer.hf.eos_token_id is not None:
-            eos.add(self.tokenizer.hf.eos_token_id)
-        if not eos:
+        self.model = Transformer.load(model_dir, parse_dtype(settings.dtype, settings.device), settings.device)
+        self.tok = ChatTokenizer.load(model_dir)
+        self.eos = self.tok.eos_token_ids(self.model.cfg)
+        if not self.eos:
             raise InvalidSettingError(f"{model_dir}: neither config nor tokenizer names an EOS token")
-        self.eos = sorted(eos)
-        pad = self.tokenizer.hf.pad_token_id
-        self.pad = pad if pad is not None else self.eos[0]
-        self.context = int(self.model.config.max_position_embeddings)
+        self.eos_id = self.tok.hf.eos_token_id if self.tok.hf.eos_token_id is not None else self.eos[0]
+        capacity = min(self.model.cfg.max_position_embeddings, settings.max_prompt_tokens + 2 * settings.max_new_tokens)
+        self.engine = BatchedGeneration(self.model, settings.batch_size, capacity + 2, self.eos, settings.top_k)
+        self.next_turns: deque[GenerationRequest] = deque()
+        self.skipped = self.written = self.new_tokens = self.prefix_mismatches = 0
 
-    @torch.no_grad()
-    def answer(self, batch: list[tuple[Conversation, list[int]]], temperature: float, settings: RegenSettings):
-        from transformers import GenerationConfig
+    def request(self, state: _Conversation) -> GenerationRequest | None:
+        """The request for the state's current turn (its prompt: the messages so far, the target's
+        own answers in place of the file's, then the turn's user message), or None when it does
+        not fit a batch slot. Sets the state's messages and prompt mask only on success."""
+        s = self.settings
+        turns = state.conv.user_turns()
+        upto = turns[state.turn]
+        if state.turn == 0:
+            messages = state.conv.messages[: upto + 1]
+        else:
+            between = state.conv.messages[turns[state.turn - 1] + 1 : upto + 1]
+            messages = state.messages + [m for m in between if m["role"] != "assistant"]
+        prompt = self.tok.encode(messages=messages)
+        limit = s.max_prompt_tokens if state.turn == 0 else self.engine.slot_capacity
+        if len(prompt) > limit or not self.engine.fits(len(prompt), s.max_new_tokens):
+            return None
+        state.messages = messages
+        state.prompt_mask = self._prompt_mask(messages, prompt)
+        rows = [j for j in range(len(prompt) - 1) if state.prompt_mask[j + 1]]
+        temperature = state.temperature
+        seed = sample_seed(s.seed, f"{state.conv.id}#{state.turn}")
+        sampling = SamplingParams(temperature=temperature, top_p=MIX_TOP_P if temperature > 0 else 1.0, seed=seed)
+        return GenerationRequest(state, prompt, s.max_new_tokens, sampling, rows)
 
-        width = max(len(ids) for _, ids in batch)
-        input_ids = torch.full((len(batch), width), self.pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, (_, ids) in enumerate(batch):
-            input_ids[row, width - len(ids) :] = torch.tensor(ids)
-            mask[row, width - len(ids) :] = 1
-        # Rows stop at the context window like the engine does: generate to the shortest
-        # prompt's room, then cut each row to its own.
-        room = [min(settings.max_new_tokens, self.context - len(ids)) for _, ids in batch]
-        sampling = {"temperature": temperature, "top_p": MIX_TOP_P, "top_k": 0} if temperature > 0 else {}
-        # generate fills unset fields from the model's generation_config.json: pin the ones that change text
-        config = GenerationConfig(max_new_tokens=max(room), eos_token_id=self.eos, pad_token_id=self.pad,
-                                  do_sample=temperature > 0, repetition_penalty=1.0, **sampling)  # fmt: skip
-        torch.manual_seed(sample_seed(settings.seed, batch[0][0].id))
-        device = self.model.device
-        out = self.model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device),
-                                  generation_config=config)[:, width:].tolist()  # fmt: skip
-        answers = []
-        for new, limit in zip(out, room):
-            end = next((i for i, t in enumerate(new[:limit]) if t in self.eos), None)
-            kept = new[:limit] if end is None else new[:end]
-            answers.append(
-                (self.tokenizer.hf.decode(kept, skip_special_tokens=True), "length" if end is None else "stop")
-            )
-        return answers
+    def _prompt_mask(self, messages: list[dict], prompt: list[int]) -> list[int]:
+        """Earlier answers' tokens in this turn's prompt, as `data prepare` tokenizes them; all 0
+        when the chat template does not extend the earlier turns' ids (then only the newest answer
+        is trained on)."""
+        last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=-1)
+        if last < 0:
+            return [0] * len(prompt)
+        ids, mask = tokenize_conversation(self.tok, Conversation("", "", messages[: last + 1]), self.eos_id)
+        if prompt[: len(ids)] != ids:
+            self.prefix_mismatches += 1
+            return [0] * len(prompt)
+        return mask + [0] * (len(prompt) - len(ids))
+
+    def first_turns(self, pending: list[Conversation]):
+        for conv in pending:
+            temperature = draw_temperature(self.settings.seed, conv.id) if self.settings.temperature_mix else 0.0
+            request = self.request(_Conversation(conv, temperature, []))
+            if request is None:
+                self.skipped += 1
+                continue
+            yield request
+
+    def finished(self, result: Generated) -> None:
+        """A turn ended: queue the next turn, or store the conversation when it was the last."""
+        state: _Conversation = result.key
+        answer = result.tokens[:-1] if result.finish_reason == "stop" else result.tokens
+        answered = state.messages + [{"role": "assistant", "content": self.tok.decode(answer)}]
+        self.new_tokens += len(result.tokens)
+        turns = state.conv.user_turns()
+        if state.turn + 1 < min(len(turns), self.settings.max_turns):
+            following = _Conversation(state.conv, state.temperature, answered, state.turn + 1)
+            request = self.request(following)
+            if request is not None:
+                self.next_turns.appendleft(request)
+                return
+        self._store(state, result, answered)
+
+    def _store(self, state: _Conversation, result: Generated, answered: list[dict]) -> None:
+        conv, s = state.conv, self.settings
+        mask = state.prompt_mask + [1] * len(result.tokens)
+        first = mask.index(1)
+        keep = slice(max(0, first - s.context_keep), len(mask))
+        tokens = result.prompt + result.tokens
+        record = {
+            "tokens": torch.tensor(tokens[keep], dtype=torch.int32),
+            "answer_mask": torch.tensor(mask[keep], dtype=torch.uint8),
+            "features": result.features[keep].to(FEATURE_DTYPE).cpu(),
+            "topk_ids": result.topk_ids[keep],
+            "topk_logprobs": result.topk_logprobs[keep].clamp(min=NO_LOGPROB).to(torch.float16),
+        }
+        row = {"id": conv.id, "source": conv.source, "messages": answered, "finish_reason": result.finish_reason,
+               "temperature": state.temperature, "turns": state.turn + 1,
+               "split": "heldout" if conv.heldout else "train"}  # fmt: skip
+        self.store.add(row, record, conv.heldout)
+        self.written += 1
+
+    def run(self, pending: list[Conversation], done: int, total: int) -> None:
+        first = self.first_turns(pending)
+        t0 = time.perf_counter()
+
+        def next_request() -> GenerationRequest | None:
+            if self.next_turns:
+                return self.next_turns.popleft()
+            return next(first, None)
+
+        for result in self.engine.run(next_request):
+            self.finished(result)
+            if self.report:
+                rate = self.new_tokens / max(1e-9, time.perf_counter() - t0)
+                self.report("regen", done + self.written + self.skipped, total, f"{rate:.0f} tok/s")
+        self.store.flush()
 
 
 def regenerate(prompts: list[Path], out: Path, settings: RegenSettings, report: Reporter | None = None) -> int:
-    """Answer every not-yet-answered conversation of `prompts` into `out`; returns rows written now."""
-    convs = _select(prompts, settings)
+    """Answer every not-yet-answered conversation of `prompts` into the directory `out`, then
+    write its draft vocabulary and manifest; returns the conversations written now."""
+    from specblock.api import parse_dtype
+
+    convs = select(prompts, settings)
     if not convs and settings.limit != 0:
         raise InvalidSettingError("no conversation with a user message in the prompt files")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    finished = done_ids(out)
+    dtype = str(parse_dtype(settings.dtype, settings.device)).removeprefix("torch.")
+    store = RegenStore(Path(out), settings.identity(dtype), settings.shard_size)
+    finished = store.done_ids()
     pending = [c for c in convs if c.id not in finished]
     done, total = len(convs) - len(pending), len(convs)
     if report:
         report("regen", done, total)
-    if not pending:
+    if not pending and (Path(out) / "manifest.json").exists():
         return 0
-    answerer = _EngineAnswerer(settings) if settings.batch_size == 1 else _HFAnswerer(settings)
-    groups: dict[float, list[tuple[Conversation, list[int]]]] = {}
-    too_long = 0
-    for conv in pending:
-        prompt = conv.first_user_turn()
-        ids = answerer.tokenizer.encode(messages=prompt)
-        if len(ids) >= answerer.context:
-            too_long += 1
-            continue
-        temperature = draw_temperature(settings.seed, conv.id) if settings.temperature_mix else 0.0
-        groups.setdefault(temperature, []).append((conv, ids))
-    if too_long:
-        log.warning("skipped %d prompt(s) that do not fit in the target's %d-token context", too_long, answerer.context)
-        done += too_long
-    written = 0
-    with out.open("a", encoding="utf-8") as f:
-        for temperature, items in groups.items():
-            if settings.batch_size > 1:
-                items = sorted(items, key=lambda item: len(item[1]))
-            for start in range(0, len(items), settings.batch_size):
-                batch = items[start : start + settings.batch_size]
-                for (conv, _), (text, finish) in zip(batch, answerer.answer(batch, temperature, settings)):
-                    messages = conv.first_user_turn() + [{"role": "assistant", "content": text}]
-                    row = {"id": conv.id, "source": conv.source, "messages": messages,
-                           "finish_reason": finish, "temperature": temperature}  # fmt: skip
-                    f.write(json.dumps(row) + "\n")
-                f.flush()
-                written += len(batch)
-                done += len(batch)
-                if report:
-                    report("regen", done, total)
-    return written
+    job = _Regeneration(settings, store, report)
+    if pending:
+        job.run(pending, done, total)
+    if job.skipped:
+        log.warning("skipped %d prompt(s) longer than --max-prompt-tokens or the batch slot", job.skipped)
+    if job.prefix_mismatches:
+        log.warning("%d later turn(s): the chat template re-tokenized earlier answers; only their newest answer is trained on",
+                    job.prefix_mismatches)  # fmt: skip
+    cfg = job.model.cfg
+    manifest = {"settings": settings.identity(dtype), "conversations": len(finished) + job.written,
+                "hidden_size": cfg.hidden_size, "feature_width": 3 * cfg.hidden_size,
+                "target_vocab_size": cfg.vocab_size, "feature_layers": list(cfg.feature_layers),
+                "complete": False}  # fmt: skip
+    complete_manifest(Path(out), manifest, store.shard_files(), settings.vocab_size, job.eos_id)
+    return job.written

@@ -1,0 +1,161 @@
+"""Continuous batching of plain decoding that records what drafter training needs.
+
+`data regen` has thousands of answers to write, so it runs up to `max_batch` requests at a
+time: each iteration ONE target forward (`runner.verify_batch` with empty trees) takes the
+newest token of every active request. Requests join as others finish; a newcomer's prefill
+runs alone. Because the engine's attention is layout-invariant and its products
+row-invariant (the server's exactness argument), a request's tokens are those of decoding it
+alone, greedy or seeded.
+
+While generating, it keeps per token what `data prepare` would otherwise recompute in a
+second pass over the text: the three captured target features after the token, and the
+target's top-k next-token log-probabilities. The prompt's features come with its prefill;
+its log-probabilities only at the positions asked for (earlier answers of a multi-turn
+conversation) and the last. So the features cost no extra target forward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from specblock.decoding import cache_slots_for
+from specblock.sampling import SamplingParams
+from specblock.target.runner import TargetRunner, verify_batch
+from specblock.target.transformer import Transformer
+from specblock.tree import DraftTree
+from specblock.verify import sample_token
+
+NO_LOGPROB = -60.0  # stored top-k log-probability where none was computed (never trained on)
+
+
+@dataclass
+class GenerationRequest:
+    key: object  # the caller's handle, returned with the result
+    prompt: list[int]
+    max_new_tokens: int
+    sampling: SamplingParams
+    logit_rows: list[int] = field(default_factory=list)  # prompt positions whose top-k to record
+
+
+@dataclass
+class Generated:
+    """One finished request. Row j of `features` / `topk_*` belongs to token j of
+    `prompt + tokens`; the last token's row is zeros (nothing ran after it)."""
+
+    key: object
+    prompt: list[int]
+    tokens: list[int]  # new tokens, the EOS included when the answer ended with one
+    finish_reason: str  # "stop" (EOS) or "length"
+    features: torch.Tensor  # [P + n, F] in the target's dtype
+    topk_ids: torch.Tensor  # [P + n, k] int32
+    topk_logprobs: torch.Tensor  # [P + n, k] float32; NO_LOGPROB at rows without logits
+
+
+@dataclass
+class _Active:
+    request: GenerationRequest
+    runner: TargetRunner
+    generator: torch.Generator | None
+    tokens: list[int]
+    features: list[torch.Tensor]
+    topk_ids: list[torch.Tensor]
+    topk_logprobs: list[torch.Tensor]
+
+
+class BatchedGeneration:
+    def __init__(
+        self, model: Transformer, max_batch: int, slot_capacity: int, eos_ids: Iterable[int], top_k: int = 20
+    ) -> None:
+        """`slot_capacity`: KV slots per request (`decoding.cache_slots_for(prompt + new tokens, 0)`)."""
+        if max_batch < 1:
+            raise ValueError("max_batch must be >= 1")
+        self.model = model
+        self.eos = frozenset(eos_ids)
+        self.top_k = top_k
+        self.slot_capacity = slot_capacity
+        self.runners = [TargetRunner(model, cache) for cache in model.new_cache_pool(max_batch, slot_capacity)]
+
+    def fits(self, prompt_tokens: int, max_new_tokens: int) -> bool:
+        return cache_slots_for(prompt_tokens + max_new_tokens, 0) <= self.slot_capacity and (
+            prompt_tokens < self.model.cfg.max_position_embeddings
+        )
+
+    def run(self, next_request: Callable[[], GenerationRequest | None]) -> Iterator[Generated]:
+        """Generate requests until `next_request` has none and every started one has finished;
+        yields each result as soon as it is finished. `next_request` is asked whenever a slot is
+        free, so a caller may hand in work that depends on earlier results (a conversation's
+        next turn)."""
+        active: dict[int, _Active] = {}
+        while True:
+            for slot, runner in enumerate(self.runners):
+                while slot not in active and (request := next_request()) is not None:
+                    state = self._prefill(request, runner)
+                    if self._finished(state):
+                        yield self._result(state)  # the first token ended it: the slot stays free
+                    else:
+                        active[slot] = state
+                if slot not in active:
+                    break  # nothing more to start now
+            if not active:
+                return
+            for slot in self._step(list(active.items())):
+                yield self._result(active.pop(slot))
+
+    def _topk(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        top = torch.log_softmax(logits.float(), dim=-1).topk(self.top_k, dim=-1)
+        return top.indices.to(torch.int32).cpu(), top.values.cpu()
+
+    def _prefill(self, request: GenerationRequest, runner: TargetRunner) -> _Active:
+        n = len(request.prompt)
+        if not self.fits(n, request.max_new_tokens):
+            raise ValueError(f"a {n}-token prompt with {request.max_new_tokens} new tokens does not fit a batch slot")
+        rows = sorted(set(request.logit_rows) - {n - 1})
+        step = runner.prefill(request.prompt, self.slot_capacity, capture=True, logit_rows=rows)
+        sampling = request.sampling
+        generator = None if sampling.greedy else sampling.generator()
+        first = sample_token(step.logits[-1], sampling, generator)
+        ids = torch.zeros(n, self.top_k, dtype=torch.int32)
+        logprobs = torch.full((n, self.top_k), NO_LOGPROB)
+        top_ids, top_values = self._topk(step.logits)
+        where = torch.tensor([*rows, n - 1])
+        ids[where], logprobs[where] = top_ids, top_values
+        return _Active(request, runner, generator, [first], [step.features], [ids], [logprobs])
+
+    def _step(self, batch: list[tuple[int, _Active]]) -> list[int]:
+        """One forward over every active request's newest token; returns the slots that finished."""
+        states = [state for _, state in batch]
+        steps = verify_batch([s.runner for s in states], [s.tokens[-1] for s in states],
+                             [DraftTree() for _ in states], capture=True)  # fmt: skip
+        logits = torch.cat([step.logits for step in steps])
+        top_ids, top_values = self._topk(logits)
+        done = []
+        for row, ((slot, state), step) in enumerate(zip(batch, steps)):
+            state.runner.commit([0])  # keep the root's keys/values
+            state.features.append(step.features)
+            state.topk_ids.append(top_ids[row : row + 1])
+            state.topk_logprobs.append(top_values[row : row + 1])
+            state.tokens.append(sample_token(logits[row], state.request.sampling, state.generator))
+            if self._finished(state):
+                done.append(slot)
+        return done
+
+    def _finished(self, state: _Active) -> bool:
+        last = state.tokens[-1]
+        room = self.model.cfg.max_position_embeddings - len(state.request.prompt)
+        return last in self.eos or len(state.tokens) >= min(state.request.max_new_tokens, room)
+
+    def _result(self, state: _Active) -> Generated:
+        features = torch.cat(state.features)
+        pad = torch.zeros(1, features.shape[1], dtype=features.dtype, device=features.device)
+        return Generated(
+            key=state.request.key,
+            prompt=state.request.prompt,
+            tokens=state.tokens,
+            finish_reason="stop" if state.tokens[-1] in self.eos else "length",
+            features=torch.cat([features, pad]),
+            topk_ids=torch.cat([*state.topk_ids, torch.zeros(1, self.top_k, dtype=torch.int32)]),
+            topk_logprobs=torch.cat([*state.topk_logprobs, torch.full((1, self.top_k), NO_LOGPROB)]),
+        )

@@ -1,0 +1,119 @@
+"""Where `data regen` writes: numbered flushes of finished conversations, safe to kill.
+
+Flush k writes `train-k.safetensors` and `heldout-k.safetensors` (the shard format of
+`data prepare`: tokens, answer mask, features, top-k ids and log-probabilities, offsets),
+then `answers-k.jsonl` (the text rows, in shard order), each through a temporary file and a
+rename. The answers file is written last, so it marks the flush complete: a rerun counts the
+conversations of the complete flushes as done and overwrites any shard of an incomplete one.
+`regen.json` keeps the settings that shape the output; a rerun with other ones is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from specblock.errors import SpecBlockError
+from specblock.training.prepare import SHARD_KEYS, write_json
+
+SPLITS = ("train", "heldout")
+_ANSWERS = re.compile(r"answers-(\d{5})\.jsonl$")
+
+
+def shard_name(split: str, index: int) -> str:
+    return f"{split}-{index:05d}.safetensors"
+
+
+class RegenStore:
+    def __init__(self, out: Path, settings: dict, shard_size: int = 64) -> None:
+        self.out = Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.shard_size = shard_size
+        self._check_settings(settings)
+        self.index = self._complete_flushes()
+        self._rows: dict[str, list[tuple[dict, dict[str, torch.Tensor]]]] = {s: [] for s in SPLITS}
+
+    def _check_settings(self, settings: dict) -> None:
+        path = self.out / "regen.json"
+        if path.exists():
+            previous = json.loads(path.read_text())
+            if previous != settings:
+                changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
+                raise SpecBlockError(
+                    f"{self.out} holds answers regenerated with other settings ({', '.join(changed)} differ); "
+                    "rerun with the same ones to resume, or use a new --out"
+                )
+        else:
+            write_json(path, settings)
+
+    def _complete_flushes(self) -> int:
+        indices = sorted(int(m.group(1)) for p in self.out.iterdir() if (m := _ANSWERS.match(p.name)))
+        if indices != list(range(len(indices))):
+            raise SpecBlockError(f"{self.out}: answers files are not numbered 0..{len(indices) - 1}; was one removed?")
+        return len(indices)
+
+    def answer_files(self) -> list[Path]:
+        return [self.out / f"answers-{i:05d}.jsonl" for i in range(self.index)]
+
+    def done_ids(self) -> set[str]:
+        ids: set[str] = set()
+        for path in self.answer_files():
+            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                try:
+                    ids.add(str(json.loads(line)["id"]))
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    raise SpecBlockError(f"{path}:{n}: not a regenerated-answer row") from None
+        return ids
+
+    def shard_files(self) -> dict[str, list[str]]:
+        """The shards of the complete flushes, by split (a split can skip a flush)."""
+        return {
+            s: [shard_name(s, i) for i in range(self.index) if (self.out / shard_name(s, i)).exists()] for s in SPLITS
+        }
+
+    @property
+    def buffered(self) -> int:
+        return sum(len(rows) for rows in self._rows.values())
+
+    def add(self, row: dict, record: dict[str, torch.Tensor], heldout: bool) -> None:
+        """Buffer one finished conversation (its JSONL row and its per-token tensors)."""
+        self._rows["heldout" if heldout else "train"].append((row, record))
+        if self.buffered >= self.shard_size:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.buffered:
+            return
+        rows = []
+        for split in SPLITS:
+            path = self.out / shard_name(split, self.index)
+            if self._rows[split]:
+                _save_atomic(path, _shard([record for _, record in self._rows[split]]))
+                rows += [row for row, _ in self._rows[split]]
+            elif path.exists():
+                path.unlink()  # left by an incomplete flush of this index
+        text = "".join(json.dumps(row) + "\n" for row in rows)
+        answers = self.out / f"answers-{self.index:05d}.jsonl"
+        tmp = answers.with_suffix(".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, answers)
+        self.index += 1
+        self._rows = {s: [] for s in SPLITS}
+
+
+def _shard(records: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    shard = {k: torch.cat([r[k] for r in records]).contiguous() for k in SHARD_KEYS if k != "offsets"}
+    lengths = torch.tensor([0] + [r["tokens"].numel() for r in records])
+    shard["offsets"] = lengths.cumsum(0)
+    return shard
+
+
+def _save_atomic(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp))
+    os.replace(tmp, path)
