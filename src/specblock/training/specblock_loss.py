@@ -91,6 +91,8 @@ class LossReport:
     rank_classes: torch.Tensor | None = None  # [B, P, K] predicted rank class (SpecBlock)
     targets: torch.Tensor | None = None  # [B, P, K] draft id of the target's argmax (-1: outside)
     ok: torch.Tensor | None = None  # [B, P, K] the slot's target is trainable
+    block_logits: list[torch.Tensor] = field(default_factory=list)  # every block's logits (SpecBlock, on request)
+    offsets: list[int] = field(default_factory=list)  # the drawn block-transition offsets s
 
 
 def _gather_positions(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -168,6 +170,8 @@ def specblock_loss(
         report.rank_loss += float(rank_l.detach())
         report.slot_correct.append((correct & loss_mask).sum(dim=(0, 1)).float().tolist())
         report.slot_total.append(loss_mask.sum(dim=(0, 1)).float().tolist())
+        if keep_outputs:
+            report.block_logits.append(logits.detach())
         if keep_outputs and block == 0:
             report.logits = logits.detach()
             report.rank_classes = model.rank_logits(out.hidden, logits).argmax(-1).detach()
@@ -176,6 +180,7 @@ def specblock_loss(
             break
         s = int(torch.randint(1, k + 1, (1,), generator=generator))
         offsets.append(s)
+        report.offsets.append(s)
         offset += s
         condition = out.hidden[:, :, s - 1]
         inherited = True
