@@ -69,9 +69,10 @@ def train(
 
 def export(
     drafter: Annotated[Path, typer.Argument(help="An EAGLE-3 drafter checkpoint directory.")],
-    out: Annotated[Path, typer.Option(help="Output directory.")],
-    format: Annotated[str, typer.Option("--format", help="sglang (also what vLLM loads)")] = "sglang",
+    out: Annotated[Path, typer.Option(help="Output directory (sglang) or .gguf file (gguf).")],
+    format: Annotated[str, typer.Option("--format", help="sglang (also what vLLM loads) or gguf (llama.cpp).")] = "sglang",
     target: Annotated[str, typer.Option(help="The target the drafter belongs to (for its config).")] = DEFAULT_TARGET,
+    target_gguf: Annotated[Path | None, typer.Option(help="gguf: the target's GGUF file, whose tokenizer the draft copies (default: the fetched one of a registry target).")] = None,
 ) -> None:
     """Write a drafter in another engine's format."""
     from specblock.drafters.export import export_sglang
@@ -79,7 +80,24 @@ def export(
     from specblock.models.resolve import resolve_model
 
     with user_errors():
-        if format != "sglang":
-            raise InvalidSettingError(f"unknown export format {format!r} (supported: sglang)")
-        export_sglang(drafter, out, resolve_model(target))
-        err.print(f"exported {drafter} -> {out} (SGLang / vLLM EAGLE-3 layout)")
+        if format == "sglang":
+            export_sglang(drafter, out, resolve_model(target))
+            err.print(f"exported {drafter} -> {out} (SGLang / vLLM EAGLE-3 layout)")
+            return
+        if format != "gguf":
+            raise InvalidSettingError(f"unknown export format {format!r} (supported: sglang, gguf)")
+        from specblock.drafters.export_gguf import FEATURE_ARCHS, export_gguf
+        from specblock.models.fetch import gguf_file
+        from specblock.models.registry import MODELS
+
+        if target_gguf is None:
+            if target not in MODELS:
+                raise InvalidSettingError("--target-gguf is needed for a target outside the registry")
+            target_gguf = gguf_file(target)
+        if not Path(target_gguf).is_file():
+            raise InvalidSettingError(f"no target GGUF at {target_gguf} (run `specblock models fetch {target}`)")
+        arch = export_gguf(drafter, out, resolve_model(target), target_gguf)
+        err.print(f"exported {drafter} -> {out} (llama.cpp: llama-server -m TARGET.gguf -md {out} --spec-type draft-eagle3)")
+        if arch not in FEATURE_ARCHS:
+            err.print(f"[yellow]warning:[/yellow] the pinned llama.cpp cannot draft with EAGLE-3 for a {arch!r} target "
+                      "(it extracts target features only for Llama, Qwen3 and a few others)", highlight=False)  # fmt: skip

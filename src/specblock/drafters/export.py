@@ -55,31 +55,39 @@ def aux_layer_ids(target_cfg: ModelConfig) -> tuple[list[int], list[int]]:
     return [i - 1 for i in hf_indices], hf_indices
 
 
-def export_sglang(drafter_dir: Path, out: Path, target_dir: Path) -> None:
-    """Write `out/config.json` + `out/model.safetensors` for SGLang's / vLLM's EAGLE-3 Llama drafter."""
-    drafter_dir, out, target_dir = Path(drafter_dir), Path(out), Path(target_dir)
+def load_for_export(drafter_dir: Path, target_dir: Path, engines: str) -> tuple:
+    """The EAGLE-3 drafter of `drafter_dir` checked against its target: (model, target config,
+    the dtype name it was saved in). `engines` names the destination in error messages."""
     config = read_config(drafter_dir)
     method = config.get("method")
     if method != "eagle3":
         raise SpecBlockError(
             f"{drafter_dir} holds a {method!r} drafter; only EAGLE-3 drafters can be exported "
-            "(SGLang and vLLM have no SpecBlock drafter)"
+            f"({engines} have no SpecBlock drafter)"
         )
     target_cfg = ModelConfig.from_dir(target_dir)
     dtype_name = str(config.get("torch_dtype", "float16"))
     if dtype_name not in DTYPES:
         raise SpecBlockError(f"{drafter_dir}/config.json has an unsupported torch_dtype {dtype_name!r}")
-    sglang_ids, vllm_ids = aux_layer_ids(target_cfg)
-    if any(b <= a for a, b in itertools.pairwise(vllm_ids)):
+    hf_indices = list(target_cfg.feature_layers)
+    if any(b <= a for a, b in itertools.pairwise(hf_indices)):
         # The engines capture each layer once, in layer order; our clamped tiny-model choice repeats
         # or reorders layers, which no engine reproduces.
         raise SpecBlockError(
             f"target {target_dir} has {target_cfg.num_layers} layers, too few for the engines' EAGLE-3 "
-            f"capture: the feature layers {tuple(vllm_ids)} must be distinct and increasing (at least 7 layers)"
+            f"capture: the feature layers {tuple(hf_indices)} must be distinct and increasing (at least 7 layers)"
         )
     # Checks the drafter against the target (hidden size, vocabulary), the weight shapes and the
     # d2t/t2d maps; an empty embedding stands in for the target's, which is not exported.
     model = load_drafter(drafter_dir, target_cfg, torch.zeros(0, target_cfg.hidden_size), method="eagle3")
+    return model, target_cfg, dtype_name
+
+
+def export_sglang(drafter_dir: Path, out: Path, target_dir: Path) -> None:
+    """Write `out/config.json` + `out/model.safetensors` for SGLang's / vLLM's EAGLE-3 Llama drafter."""
+    drafter_dir, out, target_dir = Path(drafter_dir), Path(out), Path(target_dir)
+    model, target_cfg, dtype_name = load_for_export(drafter_dir, target_dir, "SGLang and vLLM")
+    sglang_ids, vllm_ids = aux_layer_ids(target_cfg)
     c = model.cfg
     state = drafter_state(model, DTYPES[dtype_name])
     state["d2t"] = state["d2t"].to(torch.int64)
