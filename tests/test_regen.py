@@ -104,7 +104,7 @@ def test_output_is_ready_for_training(tiny_llama, prompt_files, tmp_path):
     assert seen[0] == (0, 10) and seen[-1] == (10, 10)
     manifest = load_manifest(out)
     assert manifest["conversations"] == 10 and manifest["draft_vocab_size"] > 1
-    sequences = load_sequences(out, "train") + load_sequences(out, "heldout")
+    sequences = [*load_sequences(out, "train"), *load_sequences(out, "heldout")]
     assert len(sequences) == 10
     assert [c.id for c in read_conversations(out)] == [r["id"] for r in got]  # `data prepare` reads it too
 

@@ -33,6 +33,8 @@ def train(
     valid_floor: Annotated[
         float, typer.Option(help="SpecBlock: divide each slot's loss by at least this share of its trainable positions (0 = design).")
     ] = 0.0,
+    precision: Annotated[str, typer.Option(help="auto (bf16 autocast where this machine has native bf16, else fp32) | float32 | bfloat16.")] = "auto",
+    device: Annotated[str, typer.Option(help="cpu or cuda (nccl under torchrun, one GPU per process).")] = "cpu",
 ) -> None:
     """Train a SpecBlock or EAGLE-3 drafter on prepared data (also under torchrun)."""
     import torch
@@ -51,7 +53,10 @@ def train(
             method=method, max_steps=max_steps, batch_size=batch_size, micro_batch=micro_batch, window=window, lr=lr,
             warmup_steps=warmup_steps, seed=seed, checkpoint_every=checkpoint_every, eval_every=eval_every,
             blocks=blocks, valid_prefix=valid_prefix, layer_shift=layer_shift, valid_floor=valid_floor,
+            precision=precision, device=device,
         )  # fmt: skip
+        dtype = settings.autocast_dtype()
+        err.print(f"training on {device} in {'bf16 autocast (fp32 master weights)' if dtype else 'float32'}", highlight=False)
         target_dir = resolve_model(target)
 
         def log(entry: dict) -> None:

@@ -7,22 +7,26 @@ is an answer token and the target's argmax at j lies in the draft vocabulary (de
 
 from __future__ import annotations
 
+import collections.abc
 import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
+from safetensors import safe_open
 
 from specblock.errors import SpecBlockError
 from specblock.training.draft_vocab import DraftVocab
+
+
+SEQUENCE_KEYS = ("tokens", "answer_mask", "features", "topk_ids", "topk_logprobs")
 
 
 @dataclass
 class Sequence:
     tokens: torch.Tensor  # [n] int64
     answer_mask: torch.Tensor  # [n] bool
-    features: torch.Tensor  # [n, 3H] fp16
+    features: torch.Tensor  # [n, 3H] fp16 (data prepare) or bf16 (data regen)
     topk_ids: torch.Tensor  # [n, k] int64 target ids
     topk_logprobs: torch.Tensor  # [n, k] fp16
 
@@ -56,27 +60,48 @@ def load_manifest(data_dir: Path) -> dict:
     return manifest
 
 
-def load_sequences(data_dir: Path, split: str) -> list[Sequence]:
-    """All sequences of the `train` or `heldout` shards."""
+class ShardedSequences(collections.abc.Sequence):
+    """The sequences of one split, read from their shards when indexed. The shards are memory-
+    mapped (safetensors), so a data set larger than RAM trains like a small one: a step reads
+    only the rows of the sequences it draws."""
+
+    def __init__(self, data_dir: Path, names: list[str]) -> None:
+        self._files = []
+        self._index: list[tuple[int, int, int]] = []  # (file, first row, end row) per sequence
+        for name in names:
+            try:
+                f = safe_open(str(Path(data_dir) / name), framework="pt")
+                offsets = f.get_tensor("offsets").tolist()
+                missing = [k for k in SEQUENCE_KEYS if k not in f.keys()]
+            except Exception as exc:  # corrupt or truncated file
+                raise SpecBlockError(f"cannot read shard {name} in {data_dir}: {exc}") from None
+            if missing:
+                raise SpecBlockError(f"shard {name} in {data_dir} lacks {', '.join(missing)}")
+            self._index += [(len(self._files), a, b) for a, b in zip(offsets[:-1], offsets[1:])]
+            self._files.append(f)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        file, a, b = self._index[i]
+        f = self._files[file]
+        rows = {key: f.get_slice(key)[a:b] for key in SEQUENCE_KEYS}
+        return Sequence(
+            tokens=rows["tokens"].long(),
+            answer_mask=rows["answer_mask"].bool(),
+            features=rows["features"],
+            topk_ids=rows["topk_ids"].long(),
+            topk_logprobs=rows["topk_logprobs"],
+        )
+
+
+def load_sequences(data_dir: Path, split: str) -> ShardedSequences:
+    """All sequences of the `train` or `heldout` shards (read on access)."""
     manifest = load_manifest(data_dir)
-    out: list[Sequence] = []
-    for name in manifest["shards"][split]:
-        try:
-            shard = load_file(str(Path(data_dir) / name))
-        except Exception as exc:  # corrupt or truncated file
-            raise SpecBlockError(f"cannot read shard {name} in {data_dir}: {exc}") from None
-        offsets = shard["offsets"].tolist()
-        for a, b in zip(offsets[:-1], offsets[1:]):
-            out.append(
-                Sequence(
-                    tokens=shard["tokens"][a:b].long(),
-                    answer_mask=shard["answer_mask"][a:b].bool(),
-                    features=shard["features"][a:b],
-                    topk_ids=shard["topk_ids"][a:b].long(),
-                    topk_logprobs=shard["topk_logprobs"][a:b],
-                )
-            )
-    return out
+    return ShardedSequences(data_dir, manifest["shards"][split])
 
 
 def collate(seqs: list[Sequence], vocab: DraftVocab) -> Batch:

@@ -18,9 +18,9 @@ from specblock.training.dataset import Batch
 from specblock.training.specblock_loss import SLOT_DECAY, LossReport
 
 
-def ttt_mask(positions: int, step: int) -> torch.Tensor:
+def ttt_mask(positions: int, step: int, device=None) -> torch.Tensor:
     """[P, P*(step+1)]: causal over step 0's keys, then the diagonal of each later step."""
-    pos = torch.arange(positions)
+    pos = torch.arange(positions, device=device)
     parts = [pos[None, :] <= pos[:, None]]
     parts += [pos[None, :] == pos[:, None]] * step
     return torch.cat(parts, dim=1)
@@ -29,11 +29,12 @@ def ttt_mask(positions: int, step: int) -> torch.Tensor:
 def eagle3_loss(model: Eagle3Model, batch: Batch, steps: int | None = None, keep_outputs: bool = False) -> LossReport:
     steps = steps or model.cfg.ttt_steps
     b, p = batch.tokens.shape
-    positions = torch.arange(p)[None]
+    device = batch.tokens.device
+    positions = torch.arange(p, device=device)[None]
     hidden = batch.features
     fused = False
     past = None
-    total = torch.zeros(())
+    total = torch.zeros((), device=device)
     correct_counts, totals = [], []
     draft_total = 0.0
     kept: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
@@ -42,7 +43,7 @@ def eagle3_loss(model: Eagle3Model, batch: Batch, steps: int | None = None, keep
         inside = j <= p - 1
         j = j.clamp(max=p - 1)
         tokens = batch.tokens.gather(1, j)
-        out, kv = model.step(hidden, tokens, positions + 1 + s, ttt_mask(p, s)[None], past, fused=fused)
+        out, kv = model.step(hidden, tokens, positions + 1 + s, ttt_mask(p, s, device)[None], past, fused=fused)
         logits = model.logits(out)
         ok = batch.ok.gather(1, j) & inside
         loss_mask = batch.loss_mask.gather(1, j) & inside

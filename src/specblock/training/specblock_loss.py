@@ -55,7 +55,7 @@ def inherited_mask(positions: int, k: int, offsets: list[int]) -> torch.Tensor:
 
 def ordinal_soft_labels(target: torch.Tensor, classes: int = RANK_CLASSES) -> torch.Tensor:
     """Label smoothing around the true class t: weight 1/(1+|c-t|+max(t-c,0))^2, normalised."""
-    c = torch.arange(classes)
+    c = torch.arange(classes, device=target.device)
     t = target[..., None]
     w = 1.0 / (1 + (c - t).abs() + (t - c).clamp(min=0)).float() ** 2
     return w / w.sum(-1, keepdim=True)
@@ -128,14 +128,14 @@ def specblock_loss(
     b, p = batch.tokens.shape
     device = batch.tokens.device
     positions = torch.arange(p, device=device)[None]
-    decay = SLOT_DECAY ** torch.arange(k, dtype=torch.float32)
+    decay = SLOT_DECAY ** torch.arange(k, dtype=torch.float32, device=device)
     condition = batch.features
     inherited = False
     offsets: list[int] = []
     offset = 0
     past = None
-    report = LossReport(loss=torch.zeros(()))
-    total = torch.zeros(())
+    report = LossReport(loss=torch.zeros((), device=device))
+    total = torch.zeros((), device=device)
     for block in range(blocks):
         token_index = (positions + 1 + offset).clamp(max=p - 1).expand(b, p)
         tokens = batch.tokens.gather(1, token_index)

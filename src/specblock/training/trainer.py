@@ -32,12 +32,14 @@ from specblock.drafters.eagle3_model import Eagle3Config, Eagle3Model
 from specblock.drafters.specblock_model import SpecBlockConfig, SpecBlockModel
 from specblock.errors import InvalidSettingError, SpecBlockError
 from specblock.target.config import ModelConfig
+from specblock.target.kernels import auto_dtype
 from specblock.training.dataset import Batch, Sequence, collate, load_manifest, load_sequences
 from specblock.training.draft_vocab import DraftVocab
 from specblock.training.eagle3_loss import eagle3_loss
 from specblock.training.specblock_loss import LossReport, specblock_loss
 
 METHODS = ("specblock", "eagle3")
+PRECISIONS = ("auto", "float32", "bfloat16")
 
 
 @dataclass
@@ -60,6 +62,8 @@ class TrainSettings:
     valid_prefix: bool = True
     layer_shift: bool = True
     valid_floor: float = 0.0  # see specblock_loss: 0 = the design's exact per-slot mean
+    device: str = "cpu"  # "cuda" trains on the GPU (nccl under torchrun)
+    precision: str = "auto"  # "bfloat16" autocast (fp32 master weights), "float32", or the fastest here
 
     def validate(self, world: int) -> None:
         if self.method not in METHODS:
@@ -72,6 +76,24 @@ class TrainSettings:
             )
         if self.blocks < 1:
             raise InvalidSettingError("blocks must be >= 1")
+        if self.precision not in PRECISIONS:
+            raise InvalidSettingError(f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
+        if not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise InvalidSettingError(f"unknown device {self.device!r}: cpu or cuda")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise InvalidSettingError("--device cuda: no CUDA device is visible to PyTorch")
+
+    def autocast_dtype(self) -> torch.dtype | None:
+        """The autocast dtype of the forward passes, None for plain fp32. `auto` takes bf16 where
+        this machine multiplies bf16 natively (CUDA, AMX, AVX512-BF16), as `--dtype auto` does."""
+        if self.precision == "auto":
+            return torch.bfloat16 if auto_dtype(self.device) == torch.bfloat16 else None
+        return torch.bfloat16 if self.precision == "bfloat16" else None
+
+    def autocast(self):
+        dtype = self.autocast_dtype()
+        device_type = "cuda" if self.device.startswith("cuda") else "cpu"
+        return torch.autocast(device_type, dtype=dtype) if dtype else contextlib.nullcontext()
 
 
 def lr_at(step: int, s: TrainSettings) -> float:
@@ -143,10 +165,14 @@ class Distributed:
     world: int = 1
 
     @classmethod
-    def from_env(cls) -> Distributed:
+    def from_env(cls, device: str = "cpu") -> Distributed:
+        """Under torchrun: gloo on the CPU, nccl on CUDA with one GPU per process (LOCAL_RANK)."""
         world = int(os.environ.get("WORLD_SIZE", "1"))
+        cuda = device.startswith("cuda")
+        if cuda and world > 1:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         if world > 1 and not dist.is_initialized():
-            dist.init_process_group("gloo")  # training runs on the CPU in this version (no --device yet)
+            dist.init_process_group("nccl" if cuda else "gloo")
         return cls(int(os.environ.get("RANK", "0")), world)
 
 
@@ -176,7 +202,8 @@ def accumulate_gradients(
     for n, index in enumerate(mine):
         local = ddp.world > 1 and n < per_rank - 1
         with wrapped.no_sync() if local else contextlib.nullcontext():
-            rep = wrapped(micro_batches[index], step, index)
+            with settings.autocast():
+                rep = wrapped(micro_batches[index].to(settings.device), step, index)
             (rep.loss / per_rank).backward()
         reports.append(rep)
     return reports
@@ -243,11 +270,12 @@ def evaluate(model, seqs: list[Sequence], vocab: DraftVocab, s: TrainSettings) -
     gen = torch.Generator().manual_seed(12345)
     rights, total = [], 0
     for i in range(0, min(len(seqs), s.eval_sequences), s.micro_batch):
-        batch = collate([crop(q, s.window, gen) for q in seqs[i : i + s.micro_batch]], vocab)
-        if s.method == "eagle3":
-            rep = eagle3_loss(model, batch, steps=4)
-        else:
-            rep = specblock_loss(model, batch, torch.Generator().manual_seed(0), blocks=1)
+        batch = collate([crop(seqs[j], s.window, gen) for j in range(i, min(i + s.micro_batch, len(seqs)))], vocab)
+        with s.autocast():
+            if s.method == "eagle3":
+                rep = eagle3_loss(model, batch.to(s.device), steps=4)
+            else:
+                rep = specblock_loss(model, batch.to(s.device), torch.Generator().manual_seed(0), blocks=1)
         rights.append(rep.slot_correct[0])
         total += rep.slot_total[0][0]
     model.train()
@@ -269,8 +297,8 @@ def train(
     report: Callable[[str, int, int], None] | None = None,
     log: Callable[[dict], None] | None = None,
 ) -> dict:
-    ddp = Distributed.from_env()
-    settings.validate(ddp.world)
+    settings.validate(int(os.environ.get("WORLD_SIZE", "1")))
+    ddp = Distributed.from_env(settings.device)
     manifest = load_manifest(data_dir)
     target_cfg = ModelConfig.from_dir(target_dir)
     if manifest["hidden_size"] != target_cfg.hidden_size or manifest["target_vocab_size"] != target_cfg.vocab_size:
@@ -278,7 +306,7 @@ def train(
     vocab = DraftVocab.load(Path(data_dir) / "draft_vocab.safetensors")
     train_seqs = load_sequences(data_dir, "train")
     heldout = load_sequences(data_dir, "heldout")
-    model = new_model(settings, target_cfg, vocab, target_embeddings(target_dir))
+    model = new_model(settings, target_cfg, vocab, target_embeddings(target_dir)).to(settings.device)
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, betas=(0.9, 0.95), weight_decay=0.0)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
