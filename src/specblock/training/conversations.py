@@ -3,6 +3,8 @@
 - UltraChat-style JSONL: `{"messages": [{"role", "content"}, ...]}` (also our regen output);
 - ShareGPT JSON or JSONL: `{"conversations": [{"from": "human"|"gpt", "value"}]}`;
 - GSM8K-style JSONL: `{"question": ...}` (a single user turn);
+- Spec-Bench JSONL: `{"question_id", "category", "turns": [...]}` (user turns; the category is
+  the source). For evaluation only: its answers measure, never train;
 - Alpaca JSON: `{"instruction", "input", "output"}`: the prompt is the instruction, then a
   blank line and the input when there is one. The `output` was written by another model, so
   it is not read (the target writes its own answer).
@@ -97,7 +99,7 @@ def read_conversations(path: Path) -> list[Conversation]:
     for n, row in enumerate(_records(path)):
         if not isinstance(row, dict):
             raise InvalidSettingError(f"{path}: record {n} is not a JSON object")
-        source = str(row.get("source", default_source))
+        source = str(row.get("source", row.get("category", default_source)))
         rid = str(row.get("id", row.get("question_id", f"{default_source}-{n}")))
         extra = {k: row[k] for k in ("finish_reason",) if k in row}
         if "messages" in row:
@@ -111,13 +113,15 @@ def read_conversations(path: Path) -> list[Conversation]:
                 messages.append({"role": role, "content": m["value"]})
         elif "question" in row:
             messages = [{"role": "user", "content": row["question"]}]
+        elif "turns" in row:  # Spec-Bench / MT-bench questions: the user turns only (evaluation)
+            messages = [{"role": "user", "content": str(t)} for t in row["turns"]]
         elif "instruction" in row:
             extra_input = str(row.get("input") or "").strip()
             prompt = str(row["instruction"]).strip() + (f"\n\n{extra_input}" if extra_input else "")
             messages = [{"role": "user", "content": prompt}]
         else:
             raise InvalidSettingError(
-                f"{path}: record {n} has none of 'messages', 'conversations', 'question' or 'instruction' "
+                f"{path}: record {n} has none of 'messages', 'conversations', 'question', 'turns' or 'instruction' "
                 f"(keys: {sorted(row)})"
             )
         if not messages:

@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from specblock.errors import InvalidSettingError, SpecBlockError
 from specblock.target.transformer import Transformer
@@ -155,10 +156,10 @@ def complete_manifest(out: Path, manifest: dict, shard_files: dict[str, list[str
     counts = torch.zeros(vocab_total, dtype=torch.long)
     tokens_kept = 0
     for name in shard_files["train"]:
-        shard = load_file(str(out / name))
-        answer = shard["tokens"][shard["answer_mask"].bool()].long()
-        counts += torch.bincount(answer, minlength=vocab_total)
-        tokens_kept += shard["tokens"].numel()
+        with safe_open(str(out / name), framework="pt") as shard:  # just two columns, not the features
+            tokens, answer_mask = shard.get_tensor("tokens"), shard.get_tensor("answer_mask")
+        counts += torch.bincount(tokens[answer_mask.bool()].long(), minlength=vocab_total)
+        tokens_kept += tokens.numel()
     vocab = DraftVocab.from_counts(counts, min(vocab_size, int((counts > 0).sum()) + 1), always=[eos_id])
     vocab.save(out / "draft_vocab.safetensors")
     coverage = float(counts[vocab.target_ids].sum()) / max(1, int(counts.sum()))

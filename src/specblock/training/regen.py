@@ -155,9 +155,7 @@ class _Regeneration:
         self.model = Transformer.load(model_dir, parse_dtype(settings.dtype, settings.device), settings.device)
         self.tok = ChatTokenizer.load(model_dir)
         self.eos = self.tok.eos_token_ids(self.model.cfg)
-        if not self.eos:
-            raise InvalidSettingError(f"{model_dir}: neither config nor tokenizer names an EOS token")
-        self.eos_id = self.tok.hf.eos_token_id if self.tok.hf.eos_token_id is not None else self.eos[0]
+        self.eos_id = _eos_id(self.tok, self.model.cfg)
         capacity = min(self.model.cfg.max_position_embeddings, settings.max_prompt_tokens + 2 * settings.max_new_tokens)
         self.engine = BatchedGeneration(self.model, settings.batch_size, capacity + 2, self.eos, settings.top_k)
         self.next_turns: deque[GenerationRequest] = deque()
@@ -275,20 +273,38 @@ def regenerate(prompts: list[Path], out: Path, settings: RegenSettings, report: 
     done, total = len(convs) - len(pending), len(convs)
     if report:
         report("regen", done, total)
-    if not pending and (Path(out) / "manifest.json").exists():
-        return 0
-    job = _Regeneration(settings, store, report)
+    written = 0
     if pending:
+        job = _Regeneration(settings, store, report)
         job.run(pending, done, total)
-    if job.skipped:
-        log.warning("skipped %d prompt(s) longer than --max-prompt-tokens or the batch slot", job.skipped)
-    if job.prefix_mismatches:
-        log.warning("%d later turn(s): the chat template re-tokenized earlier answers; only their newest answer is trained on",
-                    job.prefix_mismatches)  # fmt: skip
-    cfg = job.model.cfg
-    manifest = {"settings": settings.identity(dtype), "conversations": len(finished) + job.written,
+        written = job.written
+        if job.skipped:
+            log.warning("skipped %d prompt(s) longer than --max-prompt-tokens or the batch slot", job.skipped)
+        if job.prefix_mismatches:
+            log.warning("%d later turn(s): the chat template re-tokenized earlier answers; only their newest answer "
+                        "is trained on", job.prefix_mismatches)  # fmt: skip
+    _finish(Path(out), settings, dtype, store, len(finished) + written)
+    return written
+
+
+def _finish(out: Path, settings: RegenSettings, dtype: str, store: RegenStore, conversations: int) -> None:
+    """The manifest and the draft vocabulary (of `--vocab-size`, so a rerun can resize it)."""
+    from specblock.models.resolve import resolve_model
+    from specblock.target.config import ModelConfig
+    from specblock.text import ChatTokenizer
+
+    model_dir = resolve_model(settings.target)
+    cfg = ModelConfig.from_dir(model_dir)
+    manifest = {"settings": settings.identity(dtype), "conversations": conversations,
                 "hidden_size": cfg.hidden_size, "feature_width": 3 * cfg.hidden_size,
                 "target_vocab_size": cfg.vocab_size, "feature_layers": list(cfg.feature_layers),
                 "complete": False}  # fmt: skip
-    complete_manifest(Path(out), manifest, store.shard_files(), settings.vocab_size, job.eos_id)
-    return job.written
+    complete_manifest(out, manifest, store.shard_files(), settings.vocab_size, _eos_id(ChatTokenizer.load(model_dir), cfg))
+
+
+def _eos_id(tok, cfg) -> int:
+    """The end-of-turn token: the tokenizer's EOS, else the config's first."""
+    eos = tok.eos_token_ids(cfg)
+    if not eos:
+        raise InvalidSettingError("neither the config nor the tokenizer names an EOS token")
+    return tok.hf.eos_token_id if tok.hf.eos_token_id is not None else eos[0]
