@@ -49,12 +49,13 @@ def eagle3_loss(model: Eagle3Model, batch: Batch, steps: int | None = None, keep
         loss_mask = batch.loss_mask.gather(1, j) & inside
         draft_ids = batch.draft_ids.gather(1, j[..., None].expand(b, p, batch.draft_ids.shape[-1]))
         draft_probs = batch.draft_probs.gather(1, j[..., None].expand(b, p, batch.draft_probs.shape[-1]))
-        logp = F.log_softmax(logits.float(), dim=-1)
+        wide = logits.float()  # one fp32 copy serves the loss and the argmax (bf16 argmax is slow on CPUs)
+        logp = F.log_softmax(wide, dim=-1)
         ce = -(draft_probs * logp.gather(-1, draft_ids.clamp(min=0))).sum(-1)
         step_loss = (ce * ok).sum() / ok.sum().clamp(min=1)
         total = total + SLOT_DECAY**s * step_loss
         draft_total += float(step_loss.detach())
-        argmax = logits.argmax(-1)
+        argmax = wide.detach().argmax(-1)
         correct = (model.d2t[argmax] + argmax) == batch.target_argmax.gather(1, j)
         if keep_outputs:
             kept.append((logits.detach(), draft_ids[..., 0], ok))

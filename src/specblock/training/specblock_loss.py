@@ -151,9 +151,11 @@ def specblock_loss(
         target_argmax = _gather_positions(batch.target_argmax, j)
         draft_ids = _gather_positions(batch.draft_ids, j)
         draft_probs = _gather_positions(batch.draft_probs, j)
-        logp = F.log_softmax(logits.float(), dim=-1)
+        wide = logits.float()  # one fp32 copy serves the loss and the argmax (bf16 argmax is slow on CPUs)
+        logp = F.log_softmax(wide, dim=-1)
         ce = -(draft_probs * logp.gather(-1, draft_ids.clamp(min=0))).sum(-1)
-        drafted = model.d2t[logits.argmax(-1)] + logits.argmax(-1)  # target id of the drafter's argmax
+        best = wide.detach().argmax(-1)
+        drafted = model.d2t[best] + best  # target id of the drafter's argmax
         correct = drafted == target_argmax
         v = valid_prefix(ok, correct) if use_valid_prefix else ok
         counts = torch.maximum(v.sum(dim=(0, 1)), valid_floor * ok.sum(dim=(0, 1))).clamp(min=1)
