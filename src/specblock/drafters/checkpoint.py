@@ -2,11 +2,13 @@
 
 The frozen target embeddings are never saved; the loader copies them from the target.
 Loading checks the drafter against the target it is meant for (hidden size, vocabulary,
-feature width) and reports any mismatch in one clear sentence. No pickles are read.
+feature width, and the fingerprint of the target's embeddings saved with it) and reports any
+mismatch in one clear sentence. No pickles are read.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -45,13 +47,24 @@ def drafter_state(model: DrafterModel, dtype: torch.dtype | None = None) -> dict
     return state
 
 
+def target_fingerprint(embed: torch.Tensor) -> str:
+    """A digest of the target's token embeddings (a sample of rows, as bf16 bits, so the target's
+    compute dtype does not change it): two models with the same shapes but other weights differ."""
+    sample = embed.detach()[::61, :64].to(torch.bfloat16).cpu().contiguous()
+    digest = hashlib.sha256(f"{tuple(embed.shape)}".encode() + sample.view(torch.int16).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def save_drafter(model: DrafterModel, out: Path, dtype: torch.dtype = torch.float16, meta: dict | None = None) -> None:
-    """Write the checkpoint atomically (a temporary directory renamed into place)."""
+    """Write the checkpoint atomically (a temporary directory renamed into place), with the
+    fingerprint of the target whose embeddings the drafter holds."""
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     config = model.cfg.to_dict() | {"torch_dtype": str(dtype).removeprefix("torch."), **(meta or {})}
+    if model.embed_tokens.numel():
+        config["target_fingerprint"] = target_fingerprint(model.embed_tokens)
     (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     save_file(drafter_state(model, dtype), str(tmp / "model.safetensors"))
     if out.exists() and any(out.iterdir()) and not (out / "config.json").is_file():
@@ -100,6 +113,12 @@ def load_drafter(path: Path, target_cfg, embed: torch.Tensor, method: str | None
         raise SpecBlockError(
             f"drafter {path} was trained for a target vocabulary of {c.target_vocab_size} tokens, "
             f"but this target has {target_cfg.vocab_size}"
+        )
+    wanted = config.get("target_fingerprint")
+    if wanted and embed.numel() and target_fingerprint(embed) != wanted:
+        raise SpecBlockError(
+            f"drafter {path} was trained for another target: its fingerprint is {wanted}, this target's is "
+            f"{target_fingerprint(embed)} (same shapes, other weights); use the drafter trained for this model"
         )
     try:
         weights = load_file(str(path / "model.safetensors"))

@@ -28,6 +28,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from specblock.drafters.checkpoint import save_drafter
+from specblock.drafters.model_card import write_model_card
 from specblock.drafters.eagle3_model import Eagle3Config, Eagle3Model
 from specblock.drafters.specblock_model import SpecBlockConfig, SpecBlockModel
 from specblock.errors import InvalidSettingError, SpecBlockError
@@ -342,12 +343,16 @@ def train(
                 _save_training_state(out, model, opt, done, settings)
     summary = {"steps": settings.max_steps, "resumed_from": start, "wall_s_this_run": round(time.time() - t0, 1)}
     if ddp.rank == 0:
-        meta = {"training": asdict(settings) | {"data": str(data_dir), "draft_vocab_coverage": manifest.get("draft_vocab_coverage")}}
+        autocast = settings.autocast_dtype()
+        meta = {"training": asdict(settings) | {"data": str(data_dir), "draft_vocab_coverage": manifest.get("draft_vocab_coverage"),
+                                                "autocast": "bf16 autocast" if autocast else "float32"}}  # fmt: skip
         if settings.method == "specblock" and settings.blocks == 1:
             meta["drafting"] = {"blocks": 1}  # the no-inheritance ablation drafts as it trained (M = 1)
         save_drafter(model, out / "drafter", meta=meta)
         summary |= evaluate(model, heldout, vocab, settings)
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        target_name = manifest.get("settings", {}).get("target", str(target_dir))
+        write_model_card(out / "drafter", target_name, manifest, summary, meta["training"])
     if ddp.world > 1:
         dist.barrier()
     return summary
