@@ -278,3 +278,17 @@ def test_method_variants_find_their_own_drafter():
     }  # fmt: skip
     with pytest.raises(InvalidSettingError, match="draft-model"):
         parse_drafters("draft-model:x=c")
+
+
+def test_llama_cpp_speculative_references_say_why_they_cannot_run(tiny_llama):
+    """A local target has no GGUF file and no shipped EAGLE-3 drafter: each reference is listed
+    with its reason instead of failing the benchmark."""
+    from specblock import SpecGenerator
+    from specblock.bench.runner import start_references
+
+    vanilla = SpecGenerator.load(str(tiny_llama), "vanilla", dtype="float32")
+    settings = {}
+    engines = start_references(["llama.cpp-server-ngram", "llama.cpp-server-eagle3"], str(tiny_llama), vanilla, settings)
+    assert engines == {}
+    assert "no GGUF file" in settings["references_unavailable"]["llama.cpp-server-ngram"]
+    assert "--drafters eagle3=DIR" in settings["references_unavailable"]["llama.cpp-server-eagle3"]

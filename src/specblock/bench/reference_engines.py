@@ -56,9 +56,11 @@ class LlamaCpp:
 
 class LlamaServer:
     """llama.cpp's own `llama-server` on the GGUF file, 2 threads, one slot, greedy, on a free
-    loopback port; each request is timed from sending the prompt to the last token."""
+    loopback port; each request is timed from sending the prompt to the last token. `extra`:
+    more server flags (its speculative modes: `--spec-type ngram-simple`, or `-md DRAFT.gguf
+    --spec-type draft-eagle3`)."""
 
-    def __init__(self, gguf_path: str, binary: str) -> None:
+    def __init__(self, gguf_path: str, binary: str, *extra: str) -> None:
         import socket
 
         with socket.socket() as s:
@@ -68,7 +70,7 @@ class LlamaServer:
 
         self.log = tempfile.NamedTemporaryFile("w", prefix="llama-server-", suffix=".log", delete=False)
         cmd = [binary, "-m", gguf_path, "-t", "2", "-tb", "2", "-np", "1", "-c", "4096", "--host", "127.0.0.1",
-               "--port", str(self.port)]  # fmt: skip
+               "--port", str(self.port), *extra]  # fmt: skip
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 120
         while time.time() < deadline:
@@ -156,7 +158,7 @@ def serve(kind: str, args: list[str]) -> None:
         if kind == "hf":
             engine = HFGenerate(args[0], int(args[1]), *args[2:])
         elif kind == "llama-server":
-            engine = LlamaServer(args[0], args[1])
+            engine = LlamaServer(*args)
         else:
             engine = LlamaCpp(args[0])
     except ImportError as exc:

@@ -20,12 +20,16 @@ from specblock.bench.machine import machine_description
 from specblock.bench.methods import MethodSpec, parse_drafters, parse_methods
 from specblock.bench.prompts import Prompt, load_prompts
 from specblock.bench.results import ResultsFile, check_settings, write_settings
-from specblock.errors import InvalidSettingError
+from specblock.errors import InvalidSettingError, SpecBlockError
 
 Reporter = Callable[[str, int, int], None]
 WARMUP_PROMPT = "Say hello."
 PROGRESS_STAGE = "measuring (question x turn x method x run)"
-REFERENCES = ("hf-generate", "llama.cpp", "llama.cpp-server")  # what users would run instead: speed rows, run 1 only
+# What users would run instead: speed rows, run 1 only. The llama.cpp-server ones run its own
+# speculative modes on the same GGUF: n-gram lookup, and EAGLE-3 with our exported drafter.
+REFERENCES = ("hf-generate", "llama.cpp", "llama.cpp-server", "llama.cpp-server-ngram", "llama.cpp-server-eagle3")
+LLAMA_NGRAM_FLAGS = ("--spec-type", "ngram-simple")
+LLAMA_DRAFT_MAX = 8  # --spec-draft-n-max for EAGLE-3 (llama.cpp's default is 3)
 
 
 def request_seed(seed: int, question_id: object, run: int, turn: int) -> int:
@@ -109,7 +113,7 @@ def run_bench(
         for s in specs:
             if s.name in NEURAL_METHODS:
                 gens[s.spec].enable_adaptation()
-    engines = start_references(references or [], str(target), gens["vanilla"], settings)  # warmed up inside
+    engines = start_references(references or [], str(target), gens["vanilla"], settings, drafters)  # warmed up inside
     write_settings(out, settings)
     for g in gens.values():
         g.generate(WARMUP_PROMPT, max_new_tokens=8)
@@ -163,12 +167,33 @@ def llama_server_binary() -> Path:
     return Path(os.environ.get("SPECBLOCK_LLAMA_SERVER", cache_root() / "llama.cpp" / "build" / "bin" / "llama-server"))
 
 
-def start_references(names: list[str], target: str, vanilla: SpecGenerator, settings: dict) -> dict:
+def eagle3_gguf(target: str, drafter: str | None) -> Path:
+    """The EAGLE-3 drafter (`--drafters eagle3=DIR`, else the shipped one) exported for llama.cpp,
+    cached beside the target's GGUF under the drafter's content digest."""
+    from specblock.drafters.export_gguf import export_gguf
+    from specblock.drafters.shipped import shipped_drafter
+    from specblock.models.fetch import gguf_file
+    from specblock.models.resolve import resolve_model
+
+    source = Path(drafter) if drafter else shipped_drafter(str(target), "eagle3")
+    if source is None:
+        raise SpecBlockError(f"no EAGLE-3 drafter for {target}: pass --drafters eagle3=DIR")
+    digest = hashlib.sha256((source / "model.safetensors").read_bytes()).hexdigest()[:12]
+    out = gguf_file(str(target)).with_name(f"{target}-eagle3-{digest}.gguf")
+    if not out.exists():
+        export_gguf(source, out, resolve_model(target), gguf_file(str(target)))
+    return out
+
+
+def start_references(
+    names: list[str], target: str, vanilla: SpecGenerator, settings: dict, drafters: dict[str, str] | None = None
+) -> dict:
     """The reference engines that can run here; the others are listed in the settings."""
     from specblock.bench.reference_engines import ReferenceProcess
     from specblock.models.fetch import gguf_file, model_dir
 
     engines, missing = {}, {}
+    drafters = drafters or {}
     for name in names:
         if name not in REFERENCES:
             raise InvalidSettingError(f"unknown reference engine {name!r}; use {', '.join(REFERENCES)}")
@@ -177,8 +202,17 @@ def start_references(names: list[str], target: str, vanilla: SpecGenerator, sett
             hf_dir = Path(target) if local else model_dir(target)
             dtype = str(vanilla.target.dtype).removeprefix("torch.")  # the same dtype as this engine's rows
             args = ("hf", str(hf_dir), str(vanilla.tokenizer.eos_token_ids(vanilla.target.cfg)[0]), dtype)
-        elif name == "llama.cpp-server":
+        elif name.startswith("llama.cpp-server"):
             args = ("llama-server", "" if local else str(gguf_file(target)), str(llama_server_binary()))
+            if name.endswith("-ngram"):
+                args += LLAMA_NGRAM_FLAGS
+            elif name.endswith("-eagle3"):
+                try:
+                    draft = eagle3_gguf(target, drafters.get("eagle3"))
+                except SpecBlockError as exc:
+                    missing[name] = f"no EAGLE-3 draft GGUF: {exc}"
+                    continue
+                args += ("-md", str(draft), "--spec-type", "draft-eagle3", "--spec-draft-n-max", str(LLAMA_DRAFT_MAX))
         else:
             args = ("llama.cpp", "" if local else str(gguf_file(target)))
         try:

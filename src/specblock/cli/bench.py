@@ -42,7 +42,8 @@ def bench(
     ] = False,
     references: Annotated[
         str, typer.Option(help="Reference engines timed on the same prompts (run 1): hf-generate, llama.cpp (the Python "
-                 "binding), llama.cpp-server (scripts/build_llama_cpp.sh's llama-server, over HTTP).")
+                 "binding), llama.cpp-server (scripts/build_llama_cpp.sh's llama-server, over HTTP), llama.cpp-server-ngram "
+                 "(its n-gram lookup), llama.cpp-server-eagle3 (its EAGLE-3 with our EAGLE-3 drafter exported to GGUF).")
     ] = "",
 ) -> None:
     """Run every method on the same prompts, interleaved and resumable; write a report with tables and plots."""
