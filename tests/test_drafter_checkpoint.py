@@ -104,11 +104,14 @@ def test_load_into_another_target_fails_clearly(target, tmp_path, kwargs, words)
 
 def test_a_target_of_the_same_shapes_but_other_weights_is_refused(target, tiny_llama, tmp_path):
     path = saved(random_eagle3(target), tmp_path / "d")
-    assert len(json.loads((path / "config.json").read_text())["target_fingerprint"]) == 16
+    assert len(json.loads((path / "config.json").read_text())["target_fingerprint"]) == 32
     twin = Transformer.load(build_tiny_model(tmp_path / "twin", seed=9, tokenizer=False))  # same shapes as tiny_llama
     with pytest.raises(SpecBlockError, match="trained for another target"):
         load(path, twin)
-    load_drafter(path, target.cfg, Transformer.load(tiny_llama, torch.bfloat16).embed, method="eagle3")  # any dtype
+    for dtype in (torch.bfloat16, torch.float16):  # the target in any compute dtype is the same target
+        load_drafter(path, target.cfg, Transformer.load(tiny_llama, dtype).embed, method="eagle3")
+    half = saved(random_eagle3(Transformer.load(tiny_llama, torch.float16)), tmp_path / "from_fp16")
+    load(half, target)  # and a drafter saved beside an fp16 target loads for the fp32 one
     config = json.loads((path / "config.json").read_text())
     del config["target_fingerprint"]  # checkpoints from before fingerprints still load
     (path / "config.json").write_text(json.dumps(config))

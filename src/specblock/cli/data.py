@@ -77,7 +77,7 @@ def data_regen(
     max_turns: Annotated[int, typer.Option(help="User turns answered per conversation (UltraChat has several).")] = 4,
     max_prompt_tokens: Annotated[int, typer.Option(help="Skip first prompts longer than this.")] = 1536,
     batch_size: Annotated[int, typer.Option(help="Requests generated together (continuous batching).")] = 32,
-    dtype: Annotated[str, typer.Option(help="auto (fastest here), float32 or bfloat16.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto (fastest here), float32, bfloat16, float16 or int8 (the target's compute dtype).")] = "auto",
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     vocab_size: Annotated[int, typer.Option(help="Draft vocabulary size written with the data.")] = 4096,
     seed: Annotated[int, typer.Option(help="Seed for the temperature mix and sampling.")] = 0,

@@ -13,7 +13,7 @@ from specblock.models.registry import DEFAULT_TARGET
 
 def train(
     method: Annotated[str, typer.Option(help="specblock | eagle3")],
-    data: Annotated[Path, typer.Option(help="Directory written by `specblock data prepare`.")],
+    data: Annotated[Path, typer.Option(help="Directory written by `specblock data regen` (or `data prepare`).")],
     out: Annotated[Path, typer.Option(help="Run directory: log, checkpoint (resumed from), final drafter.")],
     target: Annotated[str, typer.Option(help="Registry name or local model directory.")] = DEFAULT_TARGET,
     max_steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 1000,

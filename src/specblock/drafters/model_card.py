@@ -24,7 +24,7 @@ def write_model_card(drafter_dir: Path, target: str, manifest: dict, summary: di
         f"{'A SpecBlock (design §4)' if method == 'specblock' else 'An EAGLE-3 (design §7)'} drafter: "
         f"{config['torch_dtype']} safetensors, {size_mb:.1f} MB, draft vocabulary {config['draft_vocab_size']} tokens "
         f"(covering {100 * (manifest.get('draft_vocab_coverage') or 0):.1f}% of the training answer tokens). "
-        f"Target fingerprint `{config.get('target_fingerprint', '?')}`: loading it for another target fails.",
+        "It holds its target's fingerprint (the embeddings at 32 places): loading it for another model fails.",
         "",
         "## Data",
         f"- {manifest.get('conversations', '?')} conversations, {manifest.get('tokens', '?')} kept tokens "

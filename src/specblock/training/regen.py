@@ -4,7 +4,10 @@ A drafter learns to predict the target's own text, so its training answers are w
 the target (design §5). Every user turn of a conversation is answered in order (UltraChat's
 later turns follow the target's own earlier answers), up to `max_turns` and the batch slot's
 room. Generation runs in this project's engine, `batch_size` requests at a time
-(`regen_engine`): a request's tokens equal those of decoding it alone in the same dtype.
+(`regen_engine`). On a batch-invariant target (bf16 on CPUs whose kernel table finds
+row-invariant products) a request's tokens equal those of decoding it alone in that dtype;
+in fp32 and on CUDA the batched rows round differently and may part from solo decoding at
+near-ties (still faithful samples of the target).
 
 The same pass keeps what training needs per token (features, top-k log-probabilities), so no
 second target pass over the text is needed: the output directory is ready for
@@ -17,6 +20,7 @@ the same command.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 from collections import deque
@@ -29,7 +33,7 @@ import torch
 from specblock.errors import InvalidSettingError
 from specblock.sampling import SamplingParams
 from specblock.training.conversations import Conversation, read_conversations
-from specblock.training.prepare import complete_manifest, tokenize_conversation
+from specblock.training.prepare import complete_manifest, tokenize_conversation, write_json
 from specblock.training.regen_engine import NO_LOGPROB, BatchedGeneration, Generated, GenerationRequest
 from specblock.training.regen_store import RegenStore
 
@@ -178,7 +182,8 @@ class _Regeneration:
         if len(prompt) > limit or not self.engine.fits(len(prompt), s.max_new_tokens):
             return None
         state.messages = messages
-        state.prompt_mask = self._prompt_mask(messages, prompt)
+        # turn 0: nothing before the first user turn is the target's (a file's own assistant text is not)
+        state.prompt_mask = self._prompt_mask(messages, prompt) if state.turn else [0] * len(prompt)
         rows = [j for j in range(len(prompt) - 1) if state.prompt_mask[j + 1]]
         temperature = state.temperature
         seed = sample_seed(s.seed, f"{state.conv.id}#{state.turn}")
@@ -250,12 +255,15 @@ class _Regeneration:
                 return self.next_turns.popleft()
             return next(first, None)
 
+        rate = 0.0
         for result in self.engine.run(next_request):
             self.finished(result)
             if self.report:
                 rate = self.new_tokens / max(1e-9, time.perf_counter() - t0)
                 self.report("regen", done + self.written + self.skipped, total, f"{rate:.0f} tok/s")
         self.store.flush()
+        if self.report:  # prompts skipped after the last answer count too
+            self.report("regen", done + self.written + self.skipped, total, f"{rate:.0f} tok/s")
 
 
 def regenerate(prompts: list[Path], out: Path, settings: RegenSettings, report: Reporter | None = None) -> int:
@@ -275,6 +283,9 @@ def regenerate(prompts: list[Path], out: Path, settings: RegenSettings, report: 
         report("regen", done, total)
     written = 0
     if pending:
+        manifest_path = Path(out) / "manifest.json"
+        if manifest_path.exists():  # until this run ends, the directory is not a finished data set
+            write_json(manifest_path, json.loads(manifest_path.read_text()) | {"complete": False})
         job = _Regeneration(settings, store, report)
         job.run(pending, done, total)
         written = job.written

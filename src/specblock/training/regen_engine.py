@@ -3,9 +3,10 @@
 `data regen` has thousands of answers to write, so it runs up to `max_batch` requests at a
 time: each iteration ONE target forward (`runner.verify_batch` with empty trees) takes the
 newest token of every active request. Requests join as others finish; a newcomer's prefill
-runs alone. Because the engine's attention is layout-invariant and its products
-row-invariant (the server's exactness argument), a request's tokens are those of decoding it
-alone, greedy or seeded.
+runs alone. On a batch-invariant target (layout-invariant attention and row-invariant
+products: the server's exactness argument, bf16 on CPUs whose kernel table finds them) a
+request's tokens are those of decoding it alone, greedy or seeded; elsewhere (fp32, CUDA)
+they may part at near-ties.
 
 While generating, it keeps per token what `data prepare` would otherwise recompute in a
 second pass over the text: the three captured target features after the token, and the

@@ -14,6 +14,7 @@ are written atomically every `checkpoint_every` steps; a killed run resumes from
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -252,8 +253,8 @@ def _load_training_state(out: Path, model, opt: torch.optim.Optimizer, s: TrainS
     for name, p in params.items():
         if f"{name}.exp_avg" in moments:
             opt.state[p] = {
-                "exp_avg": moments[f"{name}.exp_avg"].clone(),
-                "exp_avg_sq": moments[f"{name}.exp_avg_sq"].clone(),
+                "exp_avg": moments[f"{name}.exp_avg"].to(p.device).clone(),
+                "exp_avg_sq": moments[f"{name}.exp_avg_sq"].to(p.device).clone(),
                 "step": torch.tensor(float(moments[f"{name}.step"][0])),
             }
     return int(state["step"])
@@ -300,6 +301,8 @@ def train(
 ) -> dict:
     settings.validate(int(os.environ.get("WORLD_SIZE", "1")))
     ddp = Distributed.from_env(settings.device)
+    if ddp.world > 1 and settings.device.startswith("cuda"):  # each process its own GPU, whatever --device named
+        settings = dataclasses.replace(settings, device=f"cuda:{os.environ.get('LOCAL_RANK', '0')}")
     manifest = load_manifest(data_dir)
     target_cfg = ModelConfig.from_dir(target_dir)
     if manifest["hidden_size"] != target_cfg.hidden_size or manifest["target_vocab_size"] != target_cfg.vocab_size:
