@@ -36,9 +36,10 @@ def _block_one_by_loops(model, features, tokens):
     return model.blocks(features, nxt, torch.arange(p)[None], mask[None])
 
 
-def _block_two_by_loops(model, tokens, first, s):
+def _block_two_by_loops(model, tokens, first, s, own_earlier=True):
     """Block 2 after offset s: condition = block 1's slot s-1 hidden, token x_{i+1+s}; keys =
-    block 1 at positions < i (all slots) and at i (slots < s), then its own block's rule."""
+    block 1 at positions < i (all slots) and at i (slots < s), then its own block's rule
+    (without its earlier positions when not `own_earlier`: what drafting sees)."""
     b, p = tokens.shape
     cond = first.hidden[:, :, s - 1]
     toks = torch.stack([tokens[:, min(i + 1 + s, p - 1)] for i in range(p)], dim=1)
@@ -48,7 +49,7 @@ def _block_two_by_loops(model, tokens, first, s):
         for c in range(p * K):
             ci, ck = divmod(c, K)
             mask[r, c] = ci < i or (ci == i and ck < s)
-            mask[r, p * K + c] = ci < i or (ci == i and ck <= k)
+            mask[r, p * K + c] = (ci < i and own_earlier) or (ci == i and ck <= k)
     return model.blocks(cond, toks, torch.arange(p)[None], mask[None], past=first.kv, inherited=True)
 
 
@@ -261,16 +262,7 @@ def test_drafting_block_two_equals_training_block_two_later_in_the_context(targe
     batch = _batch(target, model, seed=4, b=1, p=p)
     with torch.no_grad():
         first = _block_one_by_loops(model, batch.features, batch.tokens)
-        cond = first.hidden[:, :, s - 1]
-        toks = torch.stack([batch.tokens[:, min(i + 1 + s, p - 1)] for i in range(p)], dim=1)
-        mask = torch.zeros(p * K, 2 * p * K, dtype=torch.bool)
-        for r in range(p * K):
-            i, k = divmod(r, K)
-            for c in range(p * K):
-                ci, ck = divmod(c, K)
-                mask[r, c] = ci < i or (ci == i and ck < s)
-                mask[r, p * K + c] = ci == i and ck <= k  # own block: this position only
-        second = model.blocks(cond, toks, torch.arange(p)[None], mask[None], past=first.kv, inherited=True)
+        second = _block_two_by_loops(model, batch.tokens, first, s, own_earlier=False)
     i = p - 2  # the drafting position pairs h_i with x_{i+1}; its block 2 seed takes x_{i+1+s}
     drafter = SpecBlockDrafter(model)
     prompt = batch.tokens[0, : i + 1].tolist()
@@ -281,7 +273,7 @@ def test_drafting_block_two_equals_training_block_two_later_in_the_context(targe
     with torch.inference_mode():
         hidden, _ = drafter._block_one()
         pool = CandidatePool()
-        node = pool.add(int(toks[0, i]), ROOT, 0.0)
+        node = pool.add(int(batch.tokens[0, min(i + 1 + s, p - 1)]), ROOT, 0.0)  # the token training gives it
         drafter._block_two(pool, [(node, s - 1)], hidden)
     torch.testing.assert_close(hidden.float(), first.hidden[0, i], atol=1e-4, rtol=0)
     torch.testing.assert_close(model.logits(seen[-1][0].float()), model.logits(second.hidden[0, i]), atol=1e-4, rtol=0)
