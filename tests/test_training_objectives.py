@@ -225,6 +225,23 @@ def test_eagle3_loss_equals_the_design_computed_step_by_step(target):
     assert float(report.loss) == pytest.approx(expected, rel=1e-5)
 
 
+def _drafted_blocks(model, batch, i, seed_token, s):
+    """Drafting with the context up to position i (features h_0..h_i, the root x_{i+1}): block 1's
+    hiddens at the drafting position, and block 2's for one seed of `seed_token` at slot s-1,
+    both [K, H], through the drafter's own `_block_one` / `_block_two`."""
+    drafter = SpecBlockDrafter(model)
+    prompt = batch.tokens[0, : i + 1].tolist()
+    drafter.begin(PrefillFeedback(prompt, batch.features[0, : i + 1], int(batch.tokens[0, i + 1]), max_length=32))
+    seen = []
+    real_heads = drafter._heads
+    drafter._heads = lambda hidden: seen.append(hidden.clone()) or real_heads(hidden)
+    with torch.inference_mode():
+        hidden, _ = drafter._block_one()
+        pool = CandidatePool()
+        drafter._block_two(pool, [(pool.add(seed_token, ROOT, 0.0), s - 1)], hidden)
+    return hidden, seen[-1][0]
+
+
 @pytest.mark.parametrize("s", [1, 2, 3, 4])
 def test_drafting_block_two_equals_training_block_two(target, s):
     """At the first position (where training's own-block keys of earlier positions do not
@@ -237,20 +254,9 @@ def test_drafting_block_two_equals_training_block_two(target, s):
     with torch.no_grad():
         report = specblock_loss(model, batch, torch.Generator().manual_seed(seed), blocks=2, keep_outputs=True)
     assert report.offsets == [s]
-    drafter = SpecBlockDrafter(model)
-    features = batch.features[0, :1]
-    drafter.begin(PrefillFeedback([int(batch.tokens[0, 0])], features, int(batch.tokens[0, 1]), max_length=16))
-    seen = []
-    real_heads = drafter._heads
-    drafter._heads = lambda hidden: seen.append(hidden.clone()) or real_heads(hidden)
-    with torch.inference_mode():
-        hidden, _ = drafter._block_one()
-        pool = CandidatePool()
-        node = pool.add(int(batch.tokens[0, 1 + s]), ROOT, 0.0)  # the token at offset s: x_{i+1+s}
-        drafter._block_two(pool, [(node, s - 1)], hidden)
-    drafted = model.logits(seen[-1][0].float())  # [K, V]
+    hidden, seeded = _drafted_blocks(model, batch, 0, int(batch.tokens[0, 1 + s]), s)  # token x_{i+1+s}
     torch.testing.assert_close(model.logits(hidden.float()), report.block_logits[0][0, 0], atol=1e-4, rtol=0)
-    torch.testing.assert_close(drafted, report.block_logits[1][0, 0], atol=1e-4, rtol=0)
+    torch.testing.assert_close(model.logits(seeded.float()), report.block_logits[1][0, 0], atol=1e-4, rtol=0)
 
 
 def test_drafting_block_two_equals_training_block_two_later_in_the_context(target):
@@ -264,16 +270,6 @@ def test_drafting_block_two_equals_training_block_two_later_in_the_context(targe
         first = _block_one_by_loops(model, batch.features, batch.tokens)
         second = _block_two_by_loops(model, batch.tokens, first, s, own_earlier=False)
     i = p - 2  # the drafting position pairs h_i with x_{i+1}; its block 2 seed takes x_{i+1+s}
-    drafter = SpecBlockDrafter(model)
-    prompt = batch.tokens[0, : i + 1].tolist()
-    drafter.begin(PrefillFeedback(prompt, batch.features[0, : i + 1], int(batch.tokens[0, i + 1]), max_length=32))
-    seen = []
-    real_heads = drafter._heads
-    drafter._heads = lambda hidden: seen.append(hidden.clone()) or real_heads(hidden)
-    with torch.inference_mode():
-        hidden, _ = drafter._block_one()
-        pool = CandidatePool()
-        node = pool.add(int(batch.tokens[0, min(i + 1 + s, p - 1)]), ROOT, 0.0)  # the token training gives it
-        drafter._block_two(pool, [(node, s - 1)], hidden)
+    hidden, seeded = _drafted_blocks(model, batch, i, int(batch.tokens[0, min(i + 1 + s, p - 1)]), s)
     torch.testing.assert_close(hidden.float(), first.hidden[0, i], atol=1e-4, rtol=0)
-    torch.testing.assert_close(model.logits(seen[-1][0].float()), model.logits(second.hidden[0, i]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(model.logits(seeded.float()), model.logits(second.hidden[0, i]), atol=1e-4, rtol=0)

@@ -32,6 +32,7 @@ from specblock.training.draft_vocab import DraftVocab
 
 Reporter = Callable[[str, int, int], None]
 SHARD_KEYS = ("tokens", "answer_mask", "features", "topk_ids", "topk_logprobs", "offsets")
+LOGPROB_FLOOR = -60.0  # stored top-k log-probabilities are clamped here (fp16-safe; nothing likely)
 
 
 @dataclass
@@ -78,8 +79,7 @@ def _shard_path(out: Path, split: str, index: int) -> Path:
 
 
 def _prepare_shard(model: Transformer, rows: list[tuple[list[int], list[int]]], s: PrepareSettings) -> dict[str, torch.Tensor]:
-    parts: dict[str, list[torch.Tensor]] = {k: [] for k in SHARD_KEYS if k != "offsets"}
-    offsets = [0]
+    records = []
     for ids, mask in rows:
         tokens = torch.tensor(ids, dtype=torch.long)
         cache = model.new_cache(len(ids))
@@ -87,15 +87,29 @@ def _prepare_shard(model: Transformer, rows: list[tuple[list[int], list[int]]], 
         keep = slice(max(0, len(ids) - s.window), len(ids))
         logprobs = torch.log_softmax(model.logits(out.hidden[keep]), dim=-1)
         top = logprobs.topk(s.top_k, dim=-1)
-        parts["tokens"].append(tokens[keep].to(torch.int32))
-        parts["answer_mask"].append(torch.tensor(mask[keep], dtype=torch.uint8))
-        parts["features"].append(out.features[keep].to(torch.float16))
-        parts["topk_ids"].append(top.indices.to(torch.int32))
-        parts["topk_logprobs"].append(top.values.clamp(min=-60).to(torch.float16))
-        offsets.append(offsets[-1] + parts["tokens"][-1].numel())
-    shard = {k: torch.cat(v).contiguous() for k, v in parts.items()}
-    shard["offsets"] = torch.tensor(offsets, dtype=torch.long)
+        records.append({
+            "tokens": tokens[keep].to(torch.int32),
+            "answer_mask": torch.tensor(mask[keep], dtype=torch.uint8),
+            "features": out.features[keep].to(torch.float16),
+            "topk_ids": top.indices.to(torch.int32),
+            "topk_logprobs": top.values.clamp(min=LOGPROB_FLOOR).to(torch.float16),
+        })  # fmt: skip
+    return pack_shard(records)
+
+
+def pack_shard(records: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Per-sequence columns (`SHARD_KEYS` but offsets) -> one shard: each column concatenated,
+    plus `offsets`, where sequence n spans rows offsets[n]:offsets[n+1]."""
+    shard = {k: torch.cat([r[k] for r in records]).contiguous() for k in SHARD_KEYS if k != "offsets"}
+    shard["offsets"] = torch.tensor([0] + [r["tokens"].numel() for r in records], dtype=torch.long).cumsum(0)
     return shard
+
+
+def save_shard(path: Path, shard: dict[str, torch.Tensor]) -> None:
+    """Write a shard through a temporary file and a rename: a kill never leaves half a shard."""
+    tmp = path.with_suffix(".tmp")
+    save_file(shard, str(tmp))
+    os.replace(tmp, path)
 
 
 def prepare(
@@ -138,10 +152,7 @@ def prepare(
             chunk = split_rows[begin : begin + settings.shard_size]
             path = _shard_path(out, split, index)
             if not path.exists():
-                shard = _prepare_shard(model, chunk, settings)
-                tmp = path.with_suffix(".tmp")
-                save_file(shard, str(tmp))
-                os.replace(tmp, path)
+                save_shard(path, _prepare_shard(model, chunk, settings))
             shard_files[split].append(path.name)
             done += len(chunk)
             if report:
@@ -175,7 +186,11 @@ def complete_manifest(out: Path, manifest: dict, shard_files: dict[str, list[str
     return manifest
 
 
-def write_json(path: Path, obj: dict) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def write_json(path: Path, obj: dict) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")

@@ -25,11 +25,12 @@ import torch
 from specblock.decoding import cache_slots_for
 from specblock.sampling import SamplingParams
 from specblock.target.runner import TargetRunner, verify_batch
+from specblock.training.prepare import LOGPROB_FLOOR
 from specblock.target.transformer import Transformer
 from specblock.tree import DraftTree
 from specblock.verify import sample_token
 
-NO_LOGPROB = -60.0  # stored top-k log-probability where none was computed (never trained on)
+NO_LOGPROB = LOGPROB_FLOOR  # top-k log-probability where none was computed (rows never trained on)
 
 
 @dataclass

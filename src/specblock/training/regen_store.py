@@ -11,15 +11,12 @@ conversations of the complete flushes as done and overwrites any shard of an inc
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
-
 from specblock.errors import SpecBlockError
-from specblock.training.prepare import SHARD_KEYS, write_json
+from specblock.training.prepare import pack_shard, save_shard, write_json, write_text_atomic
 
 SPLITS = ("train", "heldout")
 _ANSWERS = re.compile(r"answers-(\d{5})\.jsonl$")
@@ -93,27 +90,10 @@ class RegenStore:
         for split in SPLITS:
             path = self.out / shard_name(split, self.index)
             if self._rows[split]:
-                _save_atomic(path, _shard([record for _, record in self._rows[split]]))
+                save_shard(path, pack_shard([record for _, record in self._rows[split]]))
                 rows += [row for row, _ in self._rows[split]]
             elif path.exists():
                 path.unlink()  # left by an incomplete flush of this index
-        text = "".join(json.dumps(row) + "\n" for row in rows)
-        answers = self.out / f"answers-{self.index:05d}.jsonl"
-        tmp = answers.with_suffix(".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, answers)
+        write_text_atomic(self.out / f"answers-{self.index:05d}.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
         self.index += 1
         self._rows = {s: [] for s in SPLITS}
-
-
-def _shard(records: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    shard = {k: torch.cat([r[k] for r in records]).contiguous() for k in SHARD_KEYS if k != "offsets"}
-    lengths = torch.tensor([0] + [r["tokens"].numel() for r in records])
-    shard["offsets"] = lengths.cumsum(0)
-    return shard
-
-
-def _save_atomic(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, path)

@@ -131,7 +131,6 @@ def specblock_loss(
     decay = SLOT_DECAY ** torch.arange(k, dtype=torch.float32, device=device)
     condition = batch.features
     inherited = False
-    offsets: list[int] = []
     offset = 0
     past = None
     report = LossReport(loss=torch.zeros((), device=device))
@@ -139,7 +138,7 @@ def specblock_loss(
     for block in range(blocks):
         token_index = (positions + 1 + offset).clamp(max=p - 1).expand(b, p)
         tokens = batch.tokens.gather(1, token_index)
-        mask = inherited_mask(p, k, offsets).to(device)[None]
+        mask = inherited_mask(p, k, report.offsets).to(device)[None]
         out = model.blocks(condition, tokens, positions, mask, past, inherited=inherited)
         logits = model.logits(out.hidden)  # [B, P, K, V]
         # slot k of position i is trained at j = i+1+offset+k
@@ -181,7 +180,6 @@ def specblock_loss(
         if block + 1 == blocks:
             break
         s = int(torch.randint(1, k + 1, (1,), generator=generator))
-        offsets.append(s)
         report.offsets.append(s)
         offset += s
         condition = out.hidden[:, :, s - 1]
