@@ -271,3 +271,33 @@ def test_cli_data_regen(tiny_llama, prompt_files, tmp_path):
     assert again.exit_code == 0 and "0 conversations written" in again.output
     bad = CliRunner().invoke(app, [*args[:-1], "0"])
     assert bad.exit_code == 1 and "batch-size" in bad.output and "Traceback" not in bad.output
+
+
+def test_heldout_questions_mix_the_sources_and_feed_the_bench(tmp_path):
+    from specblock.bench.prompts import read_questions
+
+    out = tmp_path / "regen"
+    out.mkdir()
+
+    def row(i, source, split):
+        messages = [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"},
+                    {"role": "user", "content": f"more {i}"}, {"role": "assistant", "content": "b"}]  # fmt: skip
+        return json.dumps({"id": f"{source}-{i}", "source": source, "messages": messages, "split": split}) + "\n"
+
+    first = row(0, "gsm8k", "heldout") + row(1, "gsm8k", "train") + row(2, "gsm8k", "heldout")
+    (out / "answers-00000.jsonl").write_text(first)
+    (out / "answers-00001.jsonl").write_text(row(3, "code", "heldout") + row(4, "gsm8k", "heldout"))
+    questions = tmp_path / "q" / "heldout.jsonl"
+    args = ["data", "heldout-questions", "--data", str(out), "--out", str(questions), "--max-turns", "2"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    got = read_questions(questions)
+    assert [(q.question_id, q.category) for q in got] == [  # one source after another, then the rest
+        ("code-3", "code"), ("gsm8k-0", "gsm8k"), ("gsm8k-2", "gsm8k"), ("gsm8k-4", "gsm8k"),
+    ]  # fmt: skip
+    assert got[0].turns == ("q3", "more 3")
+    result = CliRunner().invoke(app, [*args, "--sources", "gsm8k", "--per-source", "2", "--max-turns", "1"])
+    assert result.exit_code == 0, result.output
+    assert [(q.question_id, q.turns) for q in read_questions(questions)] == [("gsm8k-0", ("q0",)), ("gsm8k-2", ("q2",))]
+    missing = CliRunner().invoke(app, [*args, "--sources", "ultrachat"])
+    assert missing.exit_code == 1 and "no held-out conversations of ultrachat" in missing.output

@@ -208,10 +208,12 @@ def test_a_killed_run_resumes_to_the_uninterrupted_weights(tiny_data, target, tm
     data, _ = tiny_data
     s = TrainSettings(
         method=method, max_steps=4, batch_size=4, micro_batch=2, window=WINDOW, warmup_steps=2,
-        checkpoint_every=2, log_every=1, eval_every=100, eval_sequences=2,
+        checkpoint_every=2, log_every=1, eval_every=100, eval_sequences=2, snapshot_every=2,
     )  # fmt: skip
     train(s, data, target, tmp_path / "whole")
     whole = weights_and_moments(tmp_path / "whole")
+    snapshots = sorted(p.name for p in (tmp_path / "whole" / "snapshots").iterdir())
+    assert snapshots == ["step-000002"]  # the last step's drafter is OUT/drafter, not a snapshot
 
     def kill_during_step_3(stage: str, done: int, total: int) -> None:
         if done == 3:  # step 3 is done but not checkpointed: the last checkpoint is step 2's
@@ -220,6 +222,10 @@ def test_a_killed_run_resumes_to_the_uninterrupted_weights(tiny_data, target, tm
     with pytest.raises(Killed):
         train(s, data, target, tmp_path / "killed", report=kill_during_step_3)
     assert '"step": 2' in (tmp_path / "killed" / "checkpoint" / "state.json").read_text()
+    snapshot = load_file(str(tmp_path / "whole" / "snapshots" / "step-000002" / "model.safetensors"))
+    at_step_2 = load_file(str(tmp_path / "killed" / "checkpoint" / "weights.safetensors"))
+    for name, weight in at_step_2.items():  # the snapshot is the step-2 drafter (in fp16)
+        assert torch.equal(snapshot[name], weight.half()), name
     assert not (tmp_path / "killed" / "drafter").exists()
     summary = train(s, data, target, tmp_path / "killed")
     assert summary["resumed_from"] == 2

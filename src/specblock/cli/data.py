@@ -94,3 +94,29 @@ def data_regen(
         with progress_reporter() as report:
             written = regenerate(prompts, out, settings, report=report)
         err.print(f"{written} conversations written to {out}")
+
+
+@data_app.command("heldout-questions")
+def data_heldout_questions(
+    data: Annotated[Path, typer.Option(help="A `specblock data regen` directory.")],
+    out: Annotated[Path, typer.Option(help="Question file to write (Spec-Bench JSONL: question_id, category, turns).")],
+    sources: Annotated[str | None, typer.Option(help="Only these sources, comma-separated (e.g. code_alpaca_4535,code_alpaca_2k).")] = None,
+    per_source: Annotated[int | None, typer.Option(help="At most this many questions of each source.")] = None,
+    max_turns: Annotated[int, typer.Option(help="User turns kept per question.")] = 1,
+) -> None:
+    """Write the held-out conversations as a question file for `specblock bench --data` (never trained on)."""
+    import json
+
+    from specblock.training.prepare import write_text_atomic
+    from specblock.training.regen_store import heldout_questions
+
+    with user_errors():
+        if max_turns < 1 or (per_source is not None and per_source < 1):
+            raise InvalidSettingError("--max-turns and --per-source must be >= 1")
+        wanted = {s.strip() for s in sources.split(",") if s.strip()} if sources else None
+        questions = heldout_questions(data, wanted, per_source, max_turns)
+        if not questions:
+            raise InvalidSettingError(f"{data} holds no held-out conversations")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out, "".join(json.dumps(q) + "\n" for q in questions))
+        err.print(f"{len(questions)} held-out questions written to {out}")

@@ -26,6 +26,7 @@ def train(
     seed: Annotated[int, typer.Option()] = 0,
     checkpoint_every: Annotated[int, typer.Option(help="Steps between resumable checkpoints.")] = 50,
     eval_every: Annotated[int, typer.Option(help="Steps between held-out evaluations.")] = 200,
+    snapshot_every: Annotated[int, typer.Option(help="Keep the drafter every this many steps in OUT/snapshots (0 = never), for scaling curves.")] = 0,
     threads: Annotated[int | None, typer.Option(help="PyTorch CPU threads per process.")] = None,
     blocks: Annotated[int, typer.Option(help="SpecBlock: blocks per training example (1 = no inheritance).")] = 3,
     valid_prefix: Annotated[bool, typer.Option(help="SpecBlock: valid-prefix loss mask.")] = True,
@@ -52,6 +53,7 @@ def train(
         settings = TrainSettings(
             method=method, max_steps=max_steps, batch_size=batch_size, micro_batch=micro_batch, window=window, lr=lr,
             warmup_steps=warmup_steps, seed=seed, checkpoint_every=checkpoint_every, eval_every=eval_every,
+            snapshot_every=snapshot_every,
             blocks=blocks, valid_prefix=valid_prefix, layer_shift=layer_shift, valid_floor=valid_floor,
             precision=precision, device=device,
         )  # fmt: skip

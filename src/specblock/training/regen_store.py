@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+
 from specblock.errors import SpecBlockError
 from specblock.training.prepare import pack_shard, save_shard, write_json, write_text_atomic
 
@@ -97,3 +99,36 @@ class RegenStore:
         write_text_atomic(self.out / f"answers-{self.index:05d}.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
         self.index += 1
         self._rows = {s: [] for s in SPLITS}
+
+
+def answer_rows(out: Path) -> Iterator[dict]:
+    """Every conversation row of a regen directory's complete flushes, in flush order."""
+    out = Path(out)
+    if not out.is_dir():
+        raise SpecBlockError(f"{out} is not a `data regen` directory")
+    for path in sorted(p for p in out.iterdir() if _ANSWERS.match(p.name)):
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                raise SpecBlockError(f"{path}:{n}: not a regenerated-answer row") from None
+
+
+def heldout_questions(
+    out: Path, sources: set[str] | None = None, per_source: int | None = None, max_turns: int = 1
+) -> list[dict]:
+    """The held-out conversations as Spec-Bench questions (`question_id`, `category` = the
+    source, `turns` = their first `max_turns` user turns), taken one source after another so
+    that any prefix of the list mixes the sources. `specblock bench --data` reads them."""
+    by_source: dict[str, list[dict]] = {}
+    for row in answer_rows(out):
+        if row.get("split") != "heldout" or (sources and row["source"] not in sources):
+            continue
+        rows = by_source.setdefault(row["source"], [])
+        if per_source is None or len(rows) < per_source:
+            turns = [m["content"] for m in row["messages"] if m["role"] == "user"][:max_turns]
+            rows.append({"question_id": row["id"], "category": row["source"], "turns": turns})
+    if sources and (missing := sorted(sources - set(by_source))):
+        raise SpecBlockError(f"{out} holds no held-out conversations of {', '.join(missing)}")
+    queues = [rows for _, rows in sorted(by_source.items())]
+    return [q[i] for i in range(max(map(len, queues), default=0)) for q in queues if i < len(q)]

@@ -58,6 +58,7 @@ class TrainSettings:
     log_every: int = 10
     eval_every: int = 200
     checkpoint_every: int = 50
+    snapshot_every: int = 0  # > 0: keep the drafter every this many steps (OUT/snapshots/step-N), for scaling curves
     eval_sequences: int = 32
     # SpecBlock only (the ablations of design §9 switch these off)
     blocks: int = 3
@@ -342,15 +343,14 @@ def train(
                     f.write(json.dumps(entry) + "\n")
                 if log:
                     log(entry)
+            if settings.snapshot_every and done % settings.snapshot_every == 0 and done < settings.max_steps:
+                snapshot_meta = _drafter_meta(settings, data_dir, manifest) | {"snapshot_step": done}
+                save_drafter(model, out / "snapshots" / f"step-{done:06d}", meta=snapshot_meta)
             if done % settings.checkpoint_every == 0 or done == settings.max_steps:
                 _save_training_state(out, model, opt, done, settings)
     summary = {"steps": settings.max_steps, "resumed_from": start, "wall_s_this_run": round(time.time() - t0, 1)}
     if ddp.rank == 0:
-        autocast = settings.autocast_dtype()
-        meta = {"training": asdict(settings) | {"data": str(data_dir), "draft_vocab_coverage": manifest.get("draft_vocab_coverage"),
-                                                "autocast": "bf16 autocast" if autocast else "float32"}}  # fmt: skip
-        if settings.method == "specblock" and settings.blocks == 1:
-            meta["drafting"] = {"blocks": 1}  # the no-inheritance ablation drafts as it trained (M = 1)
+        meta = _drafter_meta(settings, data_dir, manifest)
         save_drafter(model, out / "drafter", meta=meta)
         summary |= evaluate(model, heldout, vocab, settings)
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -359,6 +359,16 @@ def train(
     if ddp.world > 1:
         dist.barrier()
     return summary
+
+
+def _drafter_meta(settings: TrainSettings, data_dir: Path, manifest: dict) -> dict:
+    """What a saved drafter records about its training (and drafting-time switches)."""
+    autocast = "bf16 autocast" if settings.autocast_dtype() else "float32"
+    coverage = manifest.get("draft_vocab_coverage")
+    meta = {"training": asdict(settings) | {"data": str(data_dir), "draft_vocab_coverage": coverage, "autocast": autocast}}
+    if settings.method == "specblock" and settings.blocks == 1:
+        meta["drafting"] = {"blocks": 1}  # the no-inheritance ablation drafts as it trained (M = 1)
+    return meta
 
 
 def _drop_log_after(path: Path, step: int) -> None:
