@@ -232,6 +232,13 @@ def test_a_killed_run_resumes_to_the_uninterrupted_weights(tiny_data, target, tm
     assert_same(weights_and_moments(tmp_path / "killed"), whole)
     assert (tmp_path / "killed" / "drafter" / "model.safetensors").is_file()
 
+    # a run stopped at step 2 (schedule of 4 steps) leaves its drafter as a snapshot and goes on
+    stopped = train(replace(s, stop_at=2, snapshot_every=0), data, target, tmp_path / "stopped")
+    assert stopped["stopped_at"] == 2 and not (tmp_path / "stopped" / "drafter").exists()
+    assert (tmp_path / "stopped" / "snapshots" / "step-000002" / "model.safetensors").is_file()
+    assert train(s, data, target, tmp_path / "stopped")["resumed_from"] == 2
+    assert_same(weights_and_moments(tmp_path / "stopped"), whole)
+
     # a finished 2-step run continued to 4 steps (the warm-up's rates do not depend on max_steps)
     train(replace(s, max_steps=2), data, target, tmp_path / "longer")
     assert train(s, data, target, tmp_path / "longer")["resumed_from"] == 2

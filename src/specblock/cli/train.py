@@ -26,6 +26,7 @@ def train(
     seed: Annotated[int, typer.Option()] = 0,
     checkpoint_every: Annotated[int, typer.Option(help="Steps between resumable checkpoints.")] = 50,
     eval_every: Annotated[int, typer.Option(help="Steps between held-out evaluations.")] = 200,
+    stop_at: Annotated[int, typer.Option(help="End this run after this step (0 = at --max-steps), the learning-rate schedule still that of --max-steps; its drafter lands in OUT/snapshots.")] = 0,
     snapshot_every: Annotated[int, typer.Option(help="Keep the drafter every this many steps in OUT/snapshots (0 = never), for scaling curves.")] = 0,
     threads: Annotated[int | None, typer.Option(help="PyTorch CPU threads per process.")] = None,
     blocks: Annotated[int, typer.Option(help="SpecBlock: blocks per training example (1 = no inheritance).")] = 3,
@@ -53,7 +54,7 @@ def train(
         settings = TrainSettings(
             method=method, max_steps=max_steps, batch_size=batch_size, micro_batch=micro_batch, window=window, lr=lr,
             warmup_steps=warmup_steps, seed=seed, checkpoint_every=checkpoint_every, eval_every=eval_every,
-            snapshot_every=snapshot_every,
+            snapshot_every=snapshot_every, stop_at=stop_at,
             blocks=blocks, valid_prefix=valid_prefix, layer_shift=layer_shift, valid_floor=valid_floor,
             precision=precision, device=device,
         )  # fmt: skip
@@ -70,7 +71,9 @@ def train(
 
         with progress_reporter() as report:
             summary = run_training(settings, data, target_dir, out, report=report, log=log)
-        if "chain_tau4" in summary:
+        if "stopped_at" in summary:
+            err.print(f"stopped after step {summary['stopped_at']}; its drafter is in {out / 'snapshots'}")
+        elif "chain_tau4" in summary:
             err.print(f"drafter saved to {out / 'drafter'}; held-out chain tau (4 deep) {summary['chain_tau4']}")
 
 

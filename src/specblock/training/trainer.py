@@ -59,6 +59,7 @@ class TrainSettings:
     eval_every: int = 200
     checkpoint_every: int = 50
     snapshot_every: int = 0  # > 0: keep the drafter every this many steps (OUT/snapshots/step-N), for scaling curves
+    stop_at: int = 0  # > 0: end this run after that step, the schedule still that of max_steps (budgeted ablations)
     eval_sequences: int = 32
     # SpecBlock only (the ablations of design §9 switch these off)
     blocks: int = 3
@@ -79,6 +80,8 @@ class TrainSettings:
             )
         if self.blocks < 1:
             raise InvalidSettingError("blocks must be >= 1")
+        if not 0 <= self.stop_at <= self.max_steps or self.snapshot_every < 0:
+            raise InvalidSettingError("stop_at must lie in 0..max_steps and snapshot_every be >= 0")
         if self.precision not in PRECISIONS:
             raise InvalidSettingError(f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
         if not (self.device == "cpu" or self.device.startswith("cuda")):
@@ -323,7 +326,8 @@ def train(
     if ddp.rank == 0:
         _drop_log_after(log_path, start)  # a killed run may have logged steps past its last checkpoint
     t0 = time.time()
-    for step in range(start, settings.max_steps):
+    end = settings.stop_at or settings.max_steps
+    for step in range(start, end):
         for g in opt.param_groups:
             g["lr"] = lr_at(step, settings)
         micro = step_micro_batches(train_seqs, vocab, settings, step)
@@ -343,12 +347,17 @@ def train(
                     f.write(json.dumps(entry) + "\n")
                 if log:
                     log(entry)
-            if settings.snapshot_every and done % settings.snapshot_every == 0 and done < settings.max_steps:
+            keep = settings.snapshot_every and done % settings.snapshot_every == 0
+            if done < settings.max_steps and (keep or done == settings.stop_at):
                 snapshot_meta = _drafter_meta(settings, data_dir, manifest) | {"snapshot_step": done}
                 save_drafter(model, out / "snapshots" / f"step-{done:06d}", meta=snapshot_meta)
-            if done % settings.checkpoint_every == 0 or done == settings.max_steps:
+            if done % settings.checkpoint_every == 0 or done in (settings.max_steps, settings.stop_at):
                 _save_training_state(out, model, opt, done, settings)
     summary = {"steps": settings.max_steps, "resumed_from": start, "wall_s_this_run": round(time.time() - t0, 1)}
+    if end < settings.max_steps:  # stopped early: the drafter of that step is its snapshot, the run can go on
+        if ddp.world > 1:
+            dist.barrier()
+        return summary | {"stopped_at": end}
     if ddp.rank == 0:
         meta = _drafter_meta(settings, data_dir, manifest)
         save_drafter(model, out / "drafter", meta=meta)
