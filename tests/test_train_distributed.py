@@ -251,6 +251,17 @@ def test_resuming_with_other_settings_is_refused(tiny_data, target, tmp_path):
     train(s, data, target, tmp_path / "out")
     with pytest.raises(SpecBlockError, match="window"):
         train(replace(s, max_steps=3, window=32), data, target, tmp_path / "out")
+    with pytest.raises(SpecBlockError, match="intermediate_size"):
+        train(replace(s, max_steps=3, intermediate_size=24), data, target, tmp_path / "out")
+
+
+@pytest.mark.parametrize("method", ["specblock", "eagle3"])
+def test_a_compact_drafter_has_the_asked_mlp_width_and_loads(tiny_data, target, tmp_path, method):
+    data, _ = tiny_data
+    s = TrainSettings(method=method, max_steps=1, batch_size=2, micro_batch=2, window=WINDOW, intermediate_size=24)
+    train(s, data, target, tmp_path / "out")
+    generator = SpecGenerator.load(str(target), method, drafter=tmp_path / "out" / "drafter", node_budget=4, dtype="float32")
+    assert generator.drafter.model.cfg.intermediate_size == 24 != ModelConfig.from_dir(target).intermediate_size
 
 
 def trained_drafter_run(method: str, data: Path, target: Path, out: Path) -> dict:

@@ -35,6 +35,7 @@ def train(
     valid_floor: Annotated[
         float, typer.Option(help="SpecBlock: divide each slot's loss by at least this share of its trainable positions (0 = design).")
     ] = 0.0,
+    intermediate_size: Annotated[int, typer.Option(help="Both drafters' MLP width (0 = the target's, as design §4; smaller = a compact drafter).")] = 0,
     precision: Annotated[str, typer.Option(help="auto (bf16 autocast where this machine has native bf16, else fp32) | float32 | bfloat16.")] = "auto",
     device: Annotated[str, typer.Option(help="cpu or cuda (nccl under torchrun, one GPU per process).")] = "cpu",
 ) -> None:
@@ -56,7 +57,7 @@ def train(
             warmup_steps=warmup_steps, seed=seed, checkpoint_every=checkpoint_every, eval_every=eval_every,
             snapshot_every=snapshot_every, stop_at=stop_at,
             blocks=blocks, valid_prefix=valid_prefix, layer_shift=layer_shift, valid_floor=valid_floor,
-            precision=precision, device=device,
+            precision=precision, device=device, intermediate_size=intermediate_size,
         )  # fmt: skip
         dtype = settings.autocast_dtype()
         err.print(f"training on {device} in {'bf16 autocast (fp32 master weights)' if dtype else 'float32'}", highlight=False)

@@ -38,7 +38,7 @@ class Eagle3Config:
 
     @classmethod
     def for_target(cls, target_cfg, draft_vocab_size: int, **overrides) -> "Eagle3Config":
-        return cls(**target_shaped(target_cfg, draft_vocab_size), **overrides)
+        return cls(**(target_shaped(target_cfg, draft_vocab_size) | overrides))
 
     def to_dict(self) -> dict:
         return {"architectures": ["Eagle3Drafter"], "method": "eagle3", **asdict(self)}

@@ -50,7 +50,7 @@ class SpecBlockConfig:
     @classmethod
     def for_target(cls, target_cfg, draft_vocab_size: int, **overrides) -> "SpecBlockConfig":
         """A drafter shaped like the target (hidden size, heads, MLP width), as §4 prescribes."""
-        return cls(**target_shaped(target_cfg, draft_vocab_size), **overrides)
+        return cls(**(target_shaped(target_cfg, draft_vocab_size) | overrides))
 
     def to_dict(self) -> dict:
         return {"architectures": ["SpecBlockDrafter"], "method": "specblock", **asdict(self)}

@@ -42,6 +42,9 @@ from specblock.training.specblock_loss import LossReport, specblock_loss
 
 METHODS = ("specblock", "eagle3")
 PRECISIONS = ("auto", "float32", "bfloat16")
+# settings that shape the weights: a resumed run must keep them (the others, e.g. max_steps, may change)
+RESUME_KEYS = ("method", "batch_size", "micro_batch", "window", "seed", "blocks", "valid_prefix", "layer_shift",
+               "valid_floor", "intermediate_size")  # fmt: skip
 
 
 @dataclass
@@ -66,6 +69,7 @@ class TrainSettings:
     valid_prefix: bool = True
     layer_shift: bool = True
     valid_floor: float = 0.0  # see specblock_loss: 0 = the design's exact per-slot mean
+    intermediate_size: int = 0  # both drafters' MLP width; 0 = the target's (design §4), less = a compact drafter
     device: str = "cpu"  # "cuda" trains on the GPU (nccl under torchrun)
     precision: str = "auto"  # "bfloat16" autocast (fp32 master weights), "float32", or the fastest here
 
@@ -78,8 +82,8 @@ class TrainSettings:
             raise InvalidSettingError(
                 f"batch_size {self.batch_size} must be a multiple of micro_batch x processes ({self.micro_batch} x {world})"
             )
-        if self.blocks < 1:
-            raise InvalidSettingError("blocks must be >= 1")
+        if self.blocks < 1 or self.intermediate_size < 0:
+            raise InvalidSettingError("blocks must be >= 1 and intermediate_size >= 0")
         if not 0 <= self.stop_at <= self.max_steps or self.snapshot_every < 0:
             raise InvalidSettingError("stop_at must lie in 0..max_steps and snapshot_every be >= 0")
         if self.precision not in PRECISIONS:
@@ -155,10 +159,11 @@ def target_embeddings(model_dir: Path) -> torch.Tensor:
 
 def new_model(s: TrainSettings, target_cfg: ModelConfig, vocab: DraftVocab, embed: torch.Tensor):
     torch.manual_seed(s.seed)
+    width = {"intermediate_size": s.intermediate_size} if s.intermediate_size else {}
     if s.method == "specblock":
-        model = SpecBlockModel(SpecBlockConfig.for_target(target_cfg, vocab.size, layer_shift=s.layer_shift))
+        model = SpecBlockModel(SpecBlockConfig.for_target(target_cfg, vocab.size, layer_shift=s.layer_shift, **width))
     else:
-        model = Eagle3Model(Eagle3Config.for_target(target_cfg, vocab.size))
+        model = Eagle3Model(Eagle3Config.for_target(target_cfg, vocab.size, **width))
     model.embed_tokens = embed
     model.d2t = vocab.d2t.clone()
     model.t2d = vocab.t2d.clone()
@@ -242,7 +247,7 @@ def _load_training_state(out: Path, model, opt: torch.optim.Optimizer, s: TrainS
     state = json.loads((ckpt / "state.json").read_text())
     saved = state["settings"]
     defaults = asdict(TrainSettings(method=s.method))  # settings added later read as their default
-    changed = {k for k in ("method", "batch_size", "micro_batch", "window", "seed", "blocks", "valid_prefix", "layer_shift", "valid_floor") if saved.get(k, defaults[k]) != asdict(s)[k]}
+    changed = {k for k in RESUME_KEYS if saved.get(k, defaults[k]) != asdict(s)[k]}
     if changed:
         raise SpecBlockError(f"{ckpt} was trained with other settings ({', '.join(sorted(changed))}); use a new --out")
     try:
