@@ -125,8 +125,11 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=24)
     ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--sequences", type=int, default=64, help="held-out sequences for the chain tau")
+    ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     header = run_header()
     target = SpecGenerator.load(args.target, "vanilla", dtype="float32")
     prompts = heldout_questions(args.data)[: args.prompts]  # one source after another
