@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# The drafter recipe of issue 15, one target at a time: regenerate the training answers with
+# the target, measure the draft-vocabulary coverage, train the SpecBlock and EAGLE-3 drafters
+# on the same data, steps and tokens per step (with snapshots), and plot the scaling curve.
+# Every stage resumes: rerun the same command after a kill (each stage skips what is done).
+# Hours of CPU per target (see docs/drafters.md); never run it next to a benchmark.
+#
+#   TARGET=smollm2-135m bash benchmarks/drafter_recipe.sh
+#   TARGET=qwen2.5-coder-1.5b PER_SOURCE=1000 VOCAB=8192 WIDTH=2048 STEPS=1500 bash benchmarks/drafter_recipe.sh
+#
+# Stages can be run alone: STAGES="regen vocab" (default: regen vocab specblock eagle3 scaling).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TARGET=${TARGET:-smollm2-135m}
+WORK=${WORK:-/work}
+DATA=${DATA:-$WORK/data/regen-$TARGET}
+RUNS=${RUNS:-$WORK/runs}
+PER_SOURCE=${PER_SOURCE:-2500}     # prompts per source (six sources; ShareGPT has 500)
+VOCAB=${VOCAB:-4096}               # draft vocabulary, chosen from the coverage run
+WIDTH=${WIDTH:-0}                  # drafter MLP width (0 = the target's)
+STEPS=${STEPS:-3000}
+LR=${LR:-8e-4}
+STAGES=${STAGES:-regen vocab specblock eagle3 scaling}
+SRC=../shared/data/train
+log() { echo "$(date -u +%FT%TZ) $*"; }
+
+for stage in $STAGES; do
+  case $stage in
+  regen)
+    log "regen $TARGET -> $DATA"
+    .venv/bin/specblock data regen --target "$TARGET" --prompts $SRC/ultrachat_small.jsonl \
+      --prompts $SRC/sharegpt_v3_filtered_500.json --prompts $SRC/gsm8k_train.jsonl \
+      --prompts $SRC/code_alpaca_4535.json --prompts $SRC/code_alpaca_2k.json \
+      --prompts $SRC/gpteacher_roleplay.json --max-per-source "$PER_SOURCE" --max-new-tokens 256 \
+      --batch-size 32 --vocab-size "$VOCAB" --out "$DATA"
+    ;;
+  vocab)
+    log "Spec-Bench answers and vocabulary coverage"
+    .venv/bin/specblock data regen --target "$TARGET" --prompts ../shared/data/eval/spec_bench_question.jsonl \
+      --max-new-tokens 128 --batch-size 32 --out "$WORK/data/specbench-$TARGET"
+    .venv/bin/python benchmarks/draft_vocab_coverage.py --data "$DATA" --eval "$WORK/data/specbench-$TARGET" \
+      --out "benchmarks/results/draft_vocab_$TARGET"
+    ;;
+  specblock | eagle3)
+    out=$RUNS/$TARGET-$stage
+    if [ -f "$out/drafter/config.json" ]; then log "$out is trained"; continue; fi
+    log "train $stage -> $out"
+    extra=()
+    [ "$stage" = specblock ] && extra=(--valid-floor 0.1)
+    .venv/bin/specblock train --method "$stage" --target "$TARGET" --data "$DATA" --out "$out" \
+      --max-steps "$STEPS" --batch-size 8 --micro-batch 2 --window 128 --lr "$LR" --warmup-steps 100 \
+      --intermediate-size "$WIDTH" --eval-every 250 --checkpoint-every 50 --snapshot-every 250 --threads 2 "${extra[@]}"
+    ;;
+  scaling)
+    log "scaling curve"
+    .venv/bin/python benchmarks/scaling_curve.py --target "$TARGET" --data "$DATA" \
+      --run "$RUNS/$TARGET-specblock" --run "$RUNS/$TARGET-eagle3" --out "benchmarks/results/scaling_$TARGET"
+    ;;
+  *) echo "unknown stage $stage" >&2; exit 2 ;;
+  esac
+done
