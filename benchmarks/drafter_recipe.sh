@@ -2,8 +2,9 @@
 # The drafter recipe of issue 15, one target at a time: regenerate the training answers with
 # the target, measure the draft-vocabulary coverage, train the SpecBlock and EAGLE-3 drafters
 # on the same data, steps and tokens per step (with snapshots), and plot the scaling curve.
-# Every stage resumes: rerun the same command after a kill (each stage skips what is done).
-# Hours of CPU per target (see docs/drafters.md); never run it next to a benchmark.
+# Rerun the same command after a kill: regen and training resume from their last flush or
+# checkpoint (a trained drafter is skipped); the coverage and scaling stages run again whole.
+# Hours of CPU per target (docs/drafters.md, "The recipe"); never run it next to a benchmark.
 #
 #   TARGET=smollm2-135m bash benchmarks/drafter_recipe.sh
 #   TARGET=qwen2.5-coder-1.5b PER_SOURCE=1000 VOCAB=8192 WIDTH=2048 STEPS=1500 bash benchmarks/drafter_recipe.sh
@@ -28,10 +29,10 @@ for stage in $STAGES; do
   case $stage in
   regen)
     log "regen $TARGET -> $DATA"
-    .venv/bin/specblock data regen --target "$TARGET" --prompts $SRC/ultrachat_small.jsonl \
-      --prompts $SRC/sharegpt_v3_filtered_500.json --prompts $SRC/gsm8k_train.jsonl \
-      --prompts $SRC/code_alpaca_4535.json --prompts $SRC/code_alpaca_2k.json \
-      --prompts $SRC/gpteacher_roleplay.json --max-per-source "$PER_SOURCE" --max-new-tokens 256 \
+    .venv/bin/specblock data regen --target "$TARGET" --prompts "$SRC/ultrachat_small.jsonl" \
+      --prompts "$SRC/sharegpt_v3_filtered_500.json" --prompts "$SRC/gsm8k_train.jsonl" \
+      --prompts "$SRC/code_alpaca_4535.json" --prompts "$SRC/code_alpaca_2k.json" \
+      --prompts "$SRC/gpteacher_roleplay.json" --max-per-source "$PER_SOURCE" --max-new-tokens 256 \
       --batch-size 32 --vocab-size "$VOCAB" --out "$DATA"
     ;;
   vocab)
@@ -45,8 +46,8 @@ for stage in $STAGES; do
     out=$RUNS/$TARGET-$stage
     if [ -f "$out/drafter/config.json" ]; then log "$out is trained"; continue; fi
     log "train $stage -> $out"
-    extra=()
-    [ "$stage" = specblock ] && extra=(--valid-floor 0.1)
+    extra=(--precision auto)
+    [ "$stage" = specblock ] && extra+=(--valid-floor 0.1)
     .venv/bin/specblock train --method "$stage" --target "$TARGET" --data "$DATA" --out "$out" \
       --max-steps "$STEPS" --batch-size 8 --micro-batch 2 --window 128 --lr "$LR" --warmup-steps 100 \
       --intermediate-size "$WIDTH" --eval-every 250 --checkpoint-every 50 --snapshot-every 250 --threads 2 "${extra[@]}"

@@ -8,7 +8,10 @@ OUT/drafter is the last step) this measures:
   the target's own) of the first user turn of `--prompts` held-out conversations, taken in
   turn from each source; tau = new tokens / target forwards, the prefill counted (pooled).
 
-Training tokens = step x batch size x window (the positions a step trains on). Writes
+Training tokens = step x batch size x window: the positions the steps' crops span (an upper
+bound: a shorter conversation gives a shorter crop, and the prompt positions of a crop carry
+no loss). The points are snapshots of one run, whose learning rate decays to 0 only at its
+last step: a curve along one schedule, not one fully trained drafter per budget. Writes
 scaling.json, scaling.md and scaling.png under --out.
 
     .venv/bin/python benchmarks/scaling_curve.py --data DATA --run RUN_SPECBLOCK --run RUN_EAGLE3 --out DIR
@@ -25,19 +28,24 @@ import torch
 from benchmarks_common import run_header
 
 from specblock import SpecGenerator
+from specblock.adapt.updates import vocab_of
 from specblock.drafters.checkpoint import load_drafter, read_config
 from specblock.training.dataset import load_sequences
-from specblock.training.draft_vocab import DraftVocab
 from specblock.training.regen_store import heldout_questions
 from specblock.training.trainer import TrainSettings, evaluate
 
 
 def kept_drafters(run: Path) -> list[tuple[int, Path]]:
-    """(step, drafter directory) for each snapshot of a run and its final drafter, by step."""
+    """(step, drafter directory) for each snapshot of a run, and its final drafter unless the
+    last snapshot already is that step, by step."""
     found = [(int(p.name.split("-")[1]), p) for p in (run / "snapshots").glob("step-*") if (p / "config.json").is_file()]
     final = run / "drafter"
     if (final / "config.json").is_file():
-        found.append((read_config(final)["training"]["max_steps"], final))
+        last = read_config(final)["training"]["max_steps"]
+        if last not in {step for step, _ in found}:
+            found.append((last, final))
+    if not found:
+        raise SystemExit(f"{run} holds no drafter (OUT/drafter or OUT/snapshots/step-N)")
     return sorted(found)
 
 
@@ -58,7 +66,7 @@ def tree_tau(generator: SpecGenerator, prompts: list[dict], max_new_tokens: int)
     }
 
 
-def measure_run(run: Path, args, target: SpecGenerator, prompts: list[dict], heldout, vocab: DraftVocab) -> list[dict]:
+def measure_run(run: Path, args, target: SpecGenerator, prompts: list[dict], heldout) -> list[dict]:
     rows = []
     for step, drafter_dir in kept_drafters(run):
         config = read_config(drafter_dir)
@@ -70,7 +78,7 @@ def measure_run(run: Path, args, target: SpecGenerator, prompts: list[dict], hel
         t0 = time.time()
         row = {"run": str(run), "method": method, "step": step,
                "training_tokens": step * training["batch_size"] * training["window"]}  # fmt: skip
-        row |= evaluate(net, heldout, vocab, settings)
+        row |= evaluate(net, heldout, vocab_of(net), settings)  # the drafter's own vocabulary
         generator = target.with_method(method, drafter=drafter_dir, node_budget=args.nodes, target_name=args.target)
         row |= tree_tau(generator, prompts, args.max_new_tokens)
         row["measure_s"] = round(time.time() - t0, 1)
@@ -133,11 +141,12 @@ def main() -> None:
     header = run_header()
     target = SpecGenerator.load(args.target, "vanilla", dtype="float32")
     prompts = heldout_questions(args.data)[: args.prompts]  # one source after another
+    if not prompts:
+        raise SystemExit(f"{args.data} holds no held-out conversations")
     heldout = load_sequences(args.data, "heldout")
-    vocab = DraftVocab.load(args.data / "draft_vocab.safetensors")
     rows = []
     for run in args.run:
-        rows += measure_run(run, args, target, prompts, heldout, vocab)
+        rows += measure_run(run, args, target, prompts, heldout)
     args.out.mkdir(parents=True, exist_ok=True)
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "run"}
     result = header | {"settings": settings, "runs": [str(r) for r in args.run], "prompts": [p["question_id"] for p in prompts], "rows": rows}

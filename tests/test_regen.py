@@ -286,14 +286,15 @@ def test_heldout_questions_mix_the_sources_and_feed_the_bench(tmp_path):
 
     first = row(0, "gsm8k", "heldout") + row(1, "gsm8k", "train") + row(2, "gsm8k", "heldout")
     (out / "answers-00000.jsonl").write_text(first)
-    (out / "answers-00001.jsonl").write_text(row(3, "code", "heldout") + row(4, "gsm8k", "heldout"))
+    second = row(3, "code", "heldout") + row(4, "gsm8k", "heldout") + row(5, "code", "heldout")
+    (out / "answers-00001.jsonl").write_text(second)
     questions = tmp_path / "q" / "heldout.jsonl"
     args = ["data", "heldout-questions", "--data", str(out), "--out", str(questions), "--max-turns", "2"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     got = read_questions(questions)
     assert [(q.question_id, q.category) for q in got] == [  # one source after another, then the rest
-        ("code-3", "code"), ("gsm8k-0", "gsm8k"), ("gsm8k-2", "gsm8k"), ("gsm8k-4", "gsm8k"),
+        ("code-3", "code"), ("gsm8k-0", "gsm8k"), ("code-5", "code"), ("gsm8k-2", "gsm8k"), ("gsm8k-4", "gsm8k"),
     ]  # fmt: skip
     assert got[0].turns == ("q3", "more 3")
     result = CliRunner().invoke(app, [*args, "--sources", "gsm8k", "--per-source", "2", "--max-turns", "1"])
@@ -301,3 +302,8 @@ def test_heldout_questions_mix_the_sources_and_feed_the_bench(tmp_path):
     assert [(q.question_id, q.turns) for q in read_questions(questions)] == [("gsm8k-0", ("q0",)), ("gsm8k-2", ("q2",))]
     missing = CliRunner().invoke(app, [*args, "--sources", "ultrachat"])
     assert missing.exit_code == 1 and "no held-out conversations of ultrachat" in missing.output
+    empty = CliRunner().invoke(app, [*args, "--sources", ","])
+    assert empty.exit_code == 1 and "names no source" in empty.output
+    (out / "answers-00002.jsonl").write_text("not json\n")
+    broken = CliRunner().invoke(app, args)
+    assert broken.exit_code == 1 and "answers-00002.jsonl:1: not a regenerated-answer row" in broken.output

@@ -213,7 +213,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_weights(tiny_data, target, tm
     train(s, data, target, tmp_path / "whole")
     whole = weights_and_moments(tmp_path / "whole")
     snapshots = sorted(p.name for p in (tmp_path / "whole" / "snapshots").iterdir())
-    assert snapshots == ["step-000002"]  # the last step's drafter is OUT/drafter, not a snapshot
+    assert snapshots == ["step-000002", "step-000004"]  # the last step's too, beside OUT/drafter
 
     def kill_during_step_3(stage: str, done: int, total: int) -> None:
         if done == 3:  # step 3 is done but not checkpointed: the last checkpoint is step 2's
@@ -232,12 +232,15 @@ def test_a_killed_run_resumes_to_the_uninterrupted_weights(tiny_data, target, tm
     assert_same(weights_and_moments(tmp_path / "killed"), whole)
     assert (tmp_path / "killed" / "drafter" / "model.safetensors").is_file()
 
-    # a run stopped at step 2 (schedule of 4 steps) leaves its drafter as a snapshot and goes on
-    stopped = train(replace(s, stop_at=2, snapshot_every=0), data, target, tmp_path / "stopped")
-    assert stopped["stopped_at"] == 2 and not (tmp_path / "stopped" / "drafter").exists()
-    assert (tmp_path / "stopped" / "snapshots" / "step-000002" / "model.safetensors").is_file()
-    assert train(s, data, target, tmp_path / "stopped")["resumed_from"] == 2
+    # a run stopped at step 3 (schedule of 4 steps, checkpoints every 2) keeps that step's
+    # drafter and checkpoint, and goes on to the uninterrupted weights
+    stopped = train(replace(s, stop_at=3, snapshot_every=0), data, target, tmp_path / "stopped")
+    assert stopped["stopped_at"] == 3 and not (tmp_path / "stopped" / "drafter").exists()
+    assert sorted(p.name for p in (tmp_path / "stopped" / "snapshots").iterdir()) == ["step-000003"]
+    assert train(s, data, target, tmp_path / "stopped")["resumed_from"] == 3
     assert_same(weights_and_moments(tmp_path / "stopped"), whole)
+    with pytest.raises(SpecBlockError, match="past this run's end"):
+        train(replace(s, stop_at=2), data, target, tmp_path / "stopped")
 
     # a finished 2-step run continued to 4 steps (the warm-up's rates do not depend on max_steps)
     train(replace(s, max_steps=2), data, target, tmp_path / "longer")

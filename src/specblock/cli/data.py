@@ -12,6 +12,14 @@ from specblock.cli.common import err, progress_reporter, user_errors
 from specblock.errors import InvalidSettingError
 from specblock.models.registry import DEFAULT_TARGET
 
+def source_names(text: str) -> set[str]:
+    """The comma-separated --sources value as a set; an empty one is an error, not "all"."""
+    names = {s.strip() for s in text.split(",") if s.strip()}
+    if not names:
+        raise InvalidSettingError("--sources names no source")
+    return names
+
+
 data_app = typer.Typer(help="Make drafter training data: regenerate answers, prepare features.", no_args_is_help=True)
 
 
@@ -41,8 +49,8 @@ def data_prepare(
         if window < 8:
             raise InvalidSettingError("--window must be at least 8 tokens")
         convs = [c for path in answers for c in read_conversations(path)]
-        if sources:
-            wanted = {s.strip() for s in sources.split(",") if s.strip()}
+        if sources is not None:
+            wanted = source_names(sources)
             convs = [c for c in convs if c.source in wanted]
         convs = [c for c in convs if any(m["role"] == "assistant" for m in c.messages)]
         if shuffle_seed is not None:
@@ -113,7 +121,7 @@ def data_heldout_questions(
     with user_errors():
         if max_turns < 1 or (per_source is not None and per_source < 1):
             raise InvalidSettingError("--max-turns and --per-source must be >= 1")
-        wanted = {s.strip() for s in sources.split(",") if s.strip()} if sources else None
+        wanted = source_names(sources) if sources is not None else None
         questions = heldout_questions(data, wanted, per_source, max_turns)
         if not questions:
             raise InvalidSettingError(f"{data} holds no held-out conversations")

@@ -60,14 +60,7 @@ class RegenStore:
         return [self.out / f"answers-{i:05d}.jsonl" for i in range(self.index)]
 
     def done_ids(self) -> set[str]:
-        ids: set[str] = set()
-        for path in self.answer_files():
-            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-                try:
-                    ids.add(str(json.loads(line)["id"]))
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    raise SpecBlockError(f"{path}:{n}: not a regenerated-answer row") from None
-        return ids
+        return {str(row["id"]) for row in answer_rows(self.out)}
 
     def shard_files(self) -> dict[str, list[str]]:
         """The shards of the complete flushes, by split (a split can skip a flush)."""
@@ -109,9 +102,12 @@ def answer_rows(out: Path) -> Iterator[dict]:
     for path in sorted(p for p in out.iterdir() if _ANSWERS.match(p.name)):
         for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             try:
-                yield json.loads(line)
+                row = json.loads(line)
             except json.JSONDecodeError:
-                raise SpecBlockError(f"{path}:{n}: not a regenerated-answer row") from None
+                row = None
+            if not isinstance(row, dict) or "id" not in row:
+                raise SpecBlockError(f"{path}:{n}: not a regenerated-answer row")
+            yield row
 
 
 def heldout_questions(

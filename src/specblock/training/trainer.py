@@ -330,8 +330,11 @@ def train(
     log_path = out / "train_log.jsonl"
     if ddp.rank == 0:
         _drop_log_after(log_path, start)  # a killed run may have logged steps past its last checkpoint
-    t0 = time.time()
     end = settings.stop_at or settings.max_steps
+    if start > end:
+        raise SpecBlockError(f"{out / 'checkpoint'} is at step {start}, past this run's end (step {end}); "
+                             "use a later --stop-at / --max-steps or a new --out")  # fmt: skip
+    t0 = time.time()
     for step in range(start, end):
         for g in opt.param_groups:
             g["lr"] = lr_at(step, settings)
@@ -343,20 +346,20 @@ def train(
         done = step + 1
         if ddp.rank == 0:
             if report:
-                report("train", done, settings.max_steps)
-            if done % settings.log_every == 0 or done == settings.max_steps:
+                report("train", done, end)
+            if done % settings.log_every == 0 or done == end:
                 entry = _log_entry(done, reports, float(grad_norm), lr_at(step, settings), time.time() - t0, settings)
-                if done % settings.eval_every == 0 or done == settings.max_steps:
+                if done % settings.eval_every == 0 or done == end:
                     entry |= evaluate(model, heldout, vocab, settings)
                 with open(log_path, "a") as f:
                     f.write(json.dumps(entry) + "\n")
                 if log:
                     log(entry)
-            keep = settings.snapshot_every and done % settings.snapshot_every == 0
-            if done < settings.max_steps and (keep or done == settings.stop_at):
+            # every snapshot step is kept, the last one too: a finished run continued later keeps its end point
+            if settings.snapshot_every and done % settings.snapshot_every == 0 or done == settings.stop_at:
                 snapshot_meta = _drafter_meta(settings, data_dir, manifest) | {"snapshot_step": done}
                 save_drafter(model, out / "snapshots" / f"step-{done:06d}", meta=snapshot_meta)
-            if done % settings.checkpoint_every == 0 or done in (settings.max_steps, settings.stop_at):
+            if done % settings.checkpoint_every == 0 or done == end:
                 _save_training_state(out, model, opt, done, settings)
     summary = {"steps": settings.max_steps, "resumed_from": start, "wall_s_this_run": round(time.time() - t0, 1)}
     if end < settings.max_steps:  # stopped early: the drafter of that step is its snapshot, the run can go on
