@@ -37,9 +37,19 @@ def per_question_tau(rows: list[dict]) -> dict[str, float]:
 
 
 def training_summary(runs: Path, name: str) -> dict:
-    """The held-out figures the trainer wrote (the fixed top-k variant shares the control's weights)."""
-    path = runs / ("control" if name == "fixedtopk" else name) / "summary.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+    """The held-out figures the trainer wrote for a variant's drafter (the fixed top-k variant
+    shares the control's weights): the run's summary.json for a finished run's OUT/drafter,
+    else the train_log.jsonl entry of a snapshot's step (`runs/drafters.json` says which)."""
+    name = "control" if name == "fixedtopk" else name
+    listed = runs / "drafters.json"
+    drafter = Path(json.loads(listed.read_text())[name]) if listed.exists() else runs / name / "drafter"
+    if drafter.name == "drafter":
+        path = drafter.parent / "summary.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+    step = int(drafter.name.split("-")[1])  # OUT/snapshots/step-N
+    log = drafter.parent.parent / "train_log.jsonl"
+    entries = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
+    return next((e for e in entries if e["step"] == step and "chain_tau4" in e), {})
 
 
 def _f(x: float | None, digits: int = 2, sign: bool = False) -> str:
@@ -64,7 +74,7 @@ def main() -> None:
     out = [
         "# SpecBlock ablations, smollm2-135m",
         "",
-        f"Each drafter trained like the shipped one with a smaller, equal budget; benchmark: {settings['per_category']} "
+        f"Each drafter trained on the same data, schedule and steps; benchmark: {settings['per_category']} "
         f"questions per category, {settings['max_new_tokens']} new tokens, T={settings['temperature']}, "
         f"{settings['runs']} run(s), node budget {control.rsplit('@', 1)[1]}. Tests are paired over questions against the control.",
         "",

@@ -1,26 +1,52 @@
 #!/usr/bin/env bash
-# SpecBlock ablations (design §9, issue 4): a full-SpecBlock control and one drafter per removed
-# mechanism, all trained on the same data, vocabulary, steps and batches; then one interleaved
-# benchmark of all of them at the same node budget. Resumable: a finished training is skipped
-# (train resumes from its checkpoint), and the benchmark resumes from its results.jsonl.
+# SpecBlock ablations (design §9, issues 4 and 15): one drafter per removed mechanism, trained
+# on the same data, vocabulary, schedule and batches as the control; then one interleaved
+# benchmark of all of them at the same node budget, with paired tests against the control.
+# Resumable: a finished training is skipped (train resumes from its checkpoint), and the
+# benchmark resumes from its results.jsonl.
 #
+#   Issue 4 (each variant and the control trained to the end of a short schedule):
 #   DATA=/work/runs/data-uc-gsm8k RUNS=/work/runs/ablations STEPS=180 bash benchmarks/ablations.sh
+#
+#   Issue 15 (budgeted: the variants follow the full run's 3,000-step schedule but stop at
+#   STOP_AT; the control is the full run's own snapshot at that step, so it is not trained again):
+#   DATA=/work/data/regen-smollm2-135m RUNS=/work/runs/ablations-15 STEPS=3000 STOP_AT=1000 \
+#     CONTROL_RUN=/work/runs/smollm2-135m-specblock WARMUP=100 EVAL_EVERY=250 BUDGET=16 \
+#     DATA_Q=heldout.jsonl OUT=benchmarks/results/ablations_smollm2-135m_15 bash benchmarks/ablations.sh
 #
 # Never run it next to another CPU job: the benchmark's timings would be wrong.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DATA=${DATA:?prepared data directory (specblock data prepare)}
+DATA=${DATA:?prepared data directory (specblock data prepare / data regen)}
 RUNS=${RUNS:?output directory for the ablation drafters}
 STEPS=${STEPS:-180}
+STOP_AT=${STOP_AT:-0}          # > 0: stop every variant after this step of the STEPS schedule
+CONTROL_RUN=${CONTROL_RUN:-}   # with STOP_AT: the full run whose snapshot at STOP_AT is the control
+WARMUP=${WARMUP:-20}
 EVAL_EVERY=${EVAL_EVERY:-60}
 BUDGET=${BUDGET:-8}
 PER_CATEGORY=${PER_CATEGORY:-5}
+DATA_Q=${DATA_Q:-../shared/data/eval/spec_bench_question.jsonl}
 OUT=${OUT:-benchmarks/results/ablations_smollm2-135m}
-COMMON=(--method specblock --data "$DATA" --max-steps "$STEPS" --batch-size 8 --micro-batch 2 --window 128
-        --lr 8e-4 --warmup-steps 20 --valid-floor 0.1 --eval-every "$EVAL_EVERY" --checkpoint-every 20 --threads 2)
+COMMON=(--method specblock --data "$DATA" --max-steps "$STEPS" --stop-at "$STOP_AT" --batch-size 8 --micro-batch 2
+        --window 128 --lr 8e-4 --warmup-steps "$WARMUP" --valid-floor 0.1 --eval-every "$EVAL_EVERY"
+        --checkpoint-every 20 --threads 2)
 declare -A EXTRA=([control]="" [noshift]="--no-layer-shift" [oneblock]="--blocks 1" [novalidprefix]="--no-valid-prefix")
-for name in control noshift oneblock novalidprefix; do
-  if [ ! -f "$RUNS/$name/drafter/config.json" ]; then
+# where a variant's drafter lands: the end of the schedule, or its snapshot at STOP_AT
+drafter_of() {
+  if [ "$STOP_AT" -gt 0 ]; then printf '%s/snapshots/step-%06d' "$1" "$STOP_AT"; else printf '%s/drafter' "$1"; fi
+}
+variants=(noshift oneblock novalidprefix)
+if [ -n "$CONTROL_RUN" ]; then
+  [ "$STOP_AT" -gt 0 ] || { echo "CONTROL_RUN needs STOP_AT" >&2; exit 2; }
+  control_dir=$(drafter_of "$CONTROL_RUN")
+  [ -f "$control_dir/config.json" ] || { echo "no control snapshot $control_dir yet" >&2; exit 2; }
+else
+  variants=(control "${variants[@]}")
+  control_dir=$(drafter_of "$RUNS/control")
+fi
+for name in "${variants[@]}"; do
+  if [ ! -f "$(drafter_of "$RUNS/$name")/config.json" ]; then
     # shellcheck disable=SC2086
     .venv/bin/specblock train "${COMMON[@]}" --out "$RUNS/$name" ${EXTRA[$name]}
   fi
@@ -28,16 +54,29 @@ done
 # fixed top-k: the control's weights, drafted with width 4 at every slot after slot 0
 if [ ! -f "$RUNS/fixedtopk/config.json" ]; then
   mkdir -p "$RUNS/fixedtopk"
-  cp "$RUNS/control/drafter/model.safetensors" "$RUNS/fixedtopk/"
-  .venv/bin/python - "$RUNS/control/drafter/config.json" "$RUNS/fixedtopk/config.json" <<'PY'
+  cp "$control_dir/model.safetensors" "$RUNS/fixedtopk/"
+  .venv/bin/python - "$control_dir/config.json" "$RUNS/fixedtopk/config.json" <<'PY'
 import json, sys
 config = json.load(open(sys.argv[1]))
 config["drafting"] = {"fixed_topk": 4}
 json.dump(config, open(sys.argv[2], "w"), indent=2)
 PY
 fi
-.venv/bin/specblock bench --target smollm2-135m \
-  --methods "vanilla,specblock:control@$BUDGET,specblock:noshift@$BUDGET,specblock:oneblock@$BUDGET,specblock:fixedtopk@$BUDGET,specblock:novalidprefix@$BUDGET" \
-  --drafters "specblock:control=$RUNS/control/drafter,specblock:noshift=$RUNS/noshift/drafter,specblock:oneblock=$RUNS/oneblock/drafter,specblock:fixedtopk=$RUNS/fixedtopk,specblock:novalidprefix=$RUNS/novalidprefix/drafter" \
-  --data ../shared/data/eval/spec_bench_question.jsonl --per-category "$PER_CATEGORY" --runs 1 --max-new-tokens 128 \
+# which drafter each variant is, for ablation_report.py (its held-out chain tau comes from the run's log)
+.venv/bin/python - "$RUNS/drafters.json" "$control_dir" "$RUNS/fixedtopk" "$(drafter_of "$RUNS/noshift")" \
+  "$(drafter_of "$RUNS/oneblock")" "$(drafter_of "$RUNS/novalidprefix")" <<'PY'
+import json, sys
+names = ["control", "fixedtopk", "noshift", "oneblock", "novalidprefix"]
+json.dump(dict(zip(names, sys.argv[2:])), open(sys.argv[1], "w"), indent=2)
+PY
+drafters=""
+methods="vanilla"
+for name in control noshift oneblock fixedtopk novalidprefix; do
+  dir=$(.venv/bin/python -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$RUNS/drafters.json" "$name")
+  drafters="$drafters${drafters:+,}specblock:$name=$dir"
+  methods="$methods,specblock:$name@$BUDGET"
+done
+.venv/bin/specblock bench --target smollm2-135m --methods "$methods" --drafters "$drafters" \
+  --data "$DATA_Q" --per-category "$PER_CATEGORY" --runs 1 --max-new-tokens 128 \
   --compare "specblock:control@$BUDGET,specblock:noshift@$BUDGET" --out "$OUT"
+.venv/bin/python benchmarks/ablation_report.py --bench "$OUT" --runs "$RUNS"
