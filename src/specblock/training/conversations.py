@@ -21,6 +21,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from specblock.errors import InvalidSettingError
 
@@ -56,6 +57,15 @@ def is_heldout(source: str, conv_id: str, fraction: float = HELDOUT_FRACTION) ->
     of a conversation never changes as data grows, and each source keeps about `fraction` out."""
     digest = hashlib.sha256(f"heldout\0{source}\0{conv_id}".encode()).digest()
     return int.from_bytes(digest[:8], "big") < fraction * 2**64
+
+
+T = TypeVar("T")
+
+
+def round_robin(queues: list[list[T]]) -> list[T]:
+    """One item of each queue in turn (each in its own order) until all are empty, so that any
+    prefix of the result mixes every queue: how the sources are interleaved."""
+    return [q[i] for i in range(max(map(len, queues), default=0)) for q in queues if i < len(q)]
 
 
 def _records(path: Path) -> Iterator[dict]:

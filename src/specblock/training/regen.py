@@ -32,7 +32,7 @@ import torch
 
 from specblock.errors import InvalidSettingError
 from specblock.sampling import SamplingParams
-from specblock.training.conversations import Conversation, read_conversations
+from specblock.training.conversations import Conversation, read_conversations, round_robin
 from specblock.training.prepare import complete_manifest, tokenize_conversation, write_json
 from specblock.training.regen_engine import NO_LOGPROB, BatchedGeneration, Generated, GenerationRequest
 from specblock.training.regen_store import RegenStore
@@ -130,8 +130,7 @@ def _interleaved(convs: list[Conversation]) -> list[Conversation]:
     by_source: dict[str, list[Conversation]] = {}
     for conv in convs:
         by_source.setdefault(conv.source, []).append(conv)
-    queues = list(by_source.values())
-    return [q[i] for i in range(max(map(len, queues), default=0)) for q in queues if i < len(q)]
+    return round_robin(list(by_source.values()))
 
 
 @dataclass

@@ -25,8 +25,8 @@ import torch
 from specblock.decoding import cache_slots_for
 from specblock.sampling import SamplingParams
 from specblock.target.runner import TargetRunner, verify_batch
-from specblock.training.prepare import LOGPROB_FLOOR
 from specblock.target.transformer import Transformer
+from specblock.training.prepare import LOGPROB_FLOOR
 from specblock.tree import DraftTree
 from specblock.verify import sample_token
 

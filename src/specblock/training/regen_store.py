@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from specblock.errors import SpecBlockError
+from specblock.training.conversations import round_robin
 from specblock.training.prepare import pack_shard, save_shard, write_json, write_text_atomic
 
 SPLITS = ("train", "heldout")
@@ -55,9 +56,6 @@ class RegenStore:
         if indices != list(range(len(indices))):
             raise SpecBlockError(f"{self.out}: answers files are not numbered 0..{len(indices) - 1}; was one removed?")
         return len(indices)
-
-    def answer_files(self) -> list[Path]:
-        return [self.out / f"answers-{i:05d}.jsonl" for i in range(self.index)]
 
     def done_ids(self) -> set[str]:
         return {str(row["id"]) for row in answer_rows(self.out)}
@@ -126,5 +124,4 @@ def heldout_questions(
             rows.append({"question_id": row["id"], "category": row["source"], "turns": turns})
     if sources and (missing := sorted(sources - set(by_source))):
         raise SpecBlockError(f"{out} holds no held-out conversations of {', '.join(missing)}")
-    queues = [rows for _, rows in sorted(by_source.items())]
-    return [q[i] for i in range(max(map(len, queues), default=0)) for q in queues if i < len(q)]
+    return round_robin([rows for _, rows in sorted(by_source.items())])
