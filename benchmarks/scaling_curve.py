@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -38,7 +39,9 @@ from specblock.training.trainer import TrainSettings, evaluate
 def kept_drafters(run: Path) -> list[tuple[int, Path]]:
     """(step, drafter directory) for each snapshot of a run, and its final drafter unless the
     last snapshot already is that step, by step."""
-    found = [(int(p.name.split("-")[1]), p) for p in (run / "snapshots").glob("step-*") if (p / "config.json").is_file()]
+    found = [
+        (int(p.name.split("-")[1]), p) for p in (run / "snapshots").glob("step-*") if (p / "config.json").is_file()
+    ]
     final = run / "drafter"
     if (final / "config.json").is_file():
         last = read_config(final)["training"]["max_steps"]
@@ -66,8 +69,10 @@ def tree_tau(generator: SpecGenerator, prompts: list[dict], max_new_tokens: int)
     }
 
 
-def measure_run(run: Path, args, target: SpecGenerator, prompts: list[dict], heldout) -> list[dict]:
-    rows = []
+def measure_run(
+    run: Path, args, target: SpecGenerator, prompts: list[dict], heldout, done: Callable[[dict], None]
+) -> None:
+    """Measure every kept drafter of a run; `done` gets each row as soon as it is measured."""
     for step, drafter_dir in kept_drafters(run):
         config = read_config(drafter_dir)
         training = config["training"]
@@ -82,9 +87,11 @@ def measure_run(run: Path, args, target: SpecGenerator, prompts: list[dict], hel
         generator = target.with_method(method, drafter=drafter_dir, node_budget=args.nodes, target_name=args.target)
         row |= tree_tau(generator, prompts, args.max_new_tokens)
         row["measure_s"] = round(time.time() - t0, 1)
-        print(f"{method} step {step}: chain tau {row.get('chain_tau4')} tree tau@{args.nodes} {row['tree_tau']}", flush=True)
-        rows.append(row)
-    return rows
+        print(
+            f"{method} step {step}: chain tau {row.get('chain_tau4')} tree tau@{args.nodes} {row['tree_tau']}",
+            flush=True,
+        )
+        done(row)
 
 
 def write_markdown(path: Path, header: dict, rows: list[dict], nodes: int) -> None:
@@ -97,7 +104,9 @@ def write_markdown(path: Path, header: dict, rows: list[dict], nodes: int) -> No
         "|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['method']} | {r['step']} | {r['training_tokens']:,} | {r.get('chain_tau4', '')} | {r['tree_tau']} |")
+        lines.append(
+            f"| {r['method']} | {r['step']} | {r['training_tokens']:,} | {r.get('chain_tau4', '')} | {r['tree_tau']} |"
+        )
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -140,19 +149,28 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     header = run_header()
     target = SpecGenerator.load(args.target, "vanilla", dtype="float32")
-    prompts = heldout_questions(args.data)[: args.prompts]  # one source after another
+    prompts = heldout_questions(args.data)[: args.prompts]  # the sources in turn
     if not prompts:
         raise SystemExit(f"{args.data} holds no held-out conversations")
     heldout = load_sequences(args.data, "heldout")
-    rows = []
-    for run in args.run:
-        rows += measure_run(run, args, target, prompts, heldout)
     args.out.mkdir(parents=True, exist_ok=True)
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "run"}
-    result = header | {"settings": settings, "runs": [str(r) for r in args.run], "prompts": [p["question_id"] for p in prompts], "rows": rows}
-    (args.out / "scaling.json").write_text(json.dumps(result, indent=2) + "\n")
-    write_markdown(args.out / "scaling.md", header, rows, args.nodes)
-    plot(args.out / "scaling.png", rows, args.nodes)
+    rows: list[dict] = []
+
+    def write(row: dict) -> None:  # all three files after every drafter: a killed run keeps what it measured
+        rows.append(row)
+        result = header | {
+            "settings": settings,
+            "runs": [str(r) for r in args.run],
+            "prompts": [p["question_id"] for p in prompts],
+            "rows": rows,
+        }
+        (args.out / "scaling.json").write_text(json.dumps(result, indent=2) + "\n")
+        write_markdown(args.out / "scaling.md", header, rows, args.nodes)
+        plot(args.out / "scaling.png", rows, args.nodes)
+
+    for run in args.run:
+        measure_run(run, args, target, prompts, heldout, write)
     print(f"wrote {args.out}/scaling.json, scaling.md, scaling.png")
 
 

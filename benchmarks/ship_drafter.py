@@ -1,5 +1,6 @@
 """Copy a trained (and calibrated) drafter into the package as a shipped drafter, with a
-model card built from its training log and the benchmark summary.
+model card: the training card's sections (shape, data manifest, settings, held-out accuracy),
+the commands, the wall clock from the training log and the benchmark summary's rows.
 
     .venv/bin/python benchmarks/ship_drafter.py --method specblock --run /work/runs/train-specblock \
         --bench benchmarks/results/drafters_smollm2-135m
@@ -11,6 +12,10 @@ import argparse
 import json
 import shutil
 from pathlib import Path
+
+from benchmarks_common import machine_description
+
+from specblock.drafters.model_card import card_sections
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,9 +40,39 @@ def deviations(method: str, t: dict) -> list[str]:
             "batches the design's plain mean let 0-2 positions of slots 2-3 dominate the gradient and the drafter "
             "did not learn (see docs/drafters.md)."
         )
-    if method == "specblock" and (t.get("blocks", 3) != 3 or not t.get("valid_prefix", True) or not t.get("layer_shift", True)):
-        out.append(f"- Ablation switches on: blocks {t.get('blocks')}, valid_prefix {t.get('valid_prefix')}, layer_shift {t.get('layer_shift')}.")
+    if method == "specblock" and (
+        t.get("blocks", 3) != 3 or not t.get("valid_prefix", True) or not t.get("layer_shift", True)
+    ):
+        out.append(
+            f"- Ablation switches on: blocks {t.get('blocks')}, valid_prefix {t.get('valid_prefix')}, layer_shift {t.get('layer_shift')}."
+        )
     return out
+
+
+def measured_lines(method: str, config: dict, bench: dict) -> list[str]:
+    """The calibration the drafter carries and its rows of a `specblock bench` summary."""
+    lines = []
+    cal = config.get("calibration")
+    if cal:
+        pairs = ", ".join(
+            f"{b}: {tau:.2f} ({ms:.0f} ms)" for b, tau, ms in zip(cal["budgets"], cal["tau"], cal["draft_ms"])
+        )
+        lines.append(
+            f"- calibration (tau and drafter ms per iteration by node budget, used by `auto`): {pairs}; {cal['prompts']}."
+        )
+    settings = bench["settings"]
+    for spec, cats in bench["table"].items():
+        if spec.partition("@")[0] == method:
+            a = cats["all"]
+            lines.append(
+                f"- `{settings.get('data', 'Spec-Bench')}` ({settings.get('per_category')} per category, "
+                f"{'greedy' if not settings.get('temperature') else 'temperature ' + str(settings['temperature'])}, "
+                f"{settings.get('max_new_tokens')} new tokens, {settings.get('dtype_resolved', settings.get('dtype', '?'))}), `{spec}`: tau {a['tau']:.2f}, "
+                f"speedup {a['speedup_mean']:.2f}x over vanilla, {a['drafter_forwards_per_iteration']:.1f} drafter "
+                f"forwards and {a['draft_ms_per_iteration']:.1f} ms per iteration, output equal to vanilla: "
+                f"{a['equal_to_vanilla_count']}."
+            )
+    return lines
 
 
 def main() -> None:
@@ -48,65 +83,36 @@ def main() -> None:
     ap.add_argument("--target", default="smollm2-135m")
     ap.add_argument("--train-command", required=True)
     ap.add_argument("--data-command", required=True)
+    ap.add_argument("--train-machine", default=machine_description(), help="where the training ran (default: here)")
     args = ap.parse_args()
     out = ROOT / "src/specblock/shipped" / f"{args.target}-{args.method}"
     out.mkdir(parents=True, exist_ok=True)
     for name in ("config.json", "model.safetensors"):
         shutil.copy2(args.run / "drafter" / name, out / name)
     config = json.loads((out / "config.json").read_text())
+    t = config["training"]
     log = [json.loads(line) for line in (args.run / "train_log.jsonl").read_text().splitlines() if line.strip()]
     summary = json.loads((args.run / "summary.json").read_text())
+    manifest = json.loads((Path(t["data"]) / "manifest.json").read_text())
     bench = json.loads((args.bench / "summary.json").read_text())
-    size_mb = (out / "model.safetensors").stat().st_size / 1e6
-    t = config["training"]
-    lines = [
-        f"# {args.method} drafter for {args.target}",
-        "",
-        f"A {'SpecBlock (design §4)' if args.method == 'specblock' else 'EAGLE-3 (design §7)'} drafter, "
-        f"fp16 safetensors, {size_mb:.1f} MB, draft vocabulary {config['draft_vocab_size']} tokens "
-        f"(covering {100 * (t.get('draft_vocab_coverage') or 0):.1f}% of the training answer tokens).",
-        "",
-        "## Data",
-        "- 640 UltraChat + GSM8K prompts (seed-0 shuffle of the 1,494 such rows of "
-        "`../shared/data/regen/smollm2-135m.jsonl`; no ShareGPT, no Spec-Bench), 608 for training and 32 held out.",
-        "- Answers: written by the same SmolLM2 weights through llama.cpp (greedy, Q4_1); features and top-20 "
-        "target distributions computed on them by this project's fp32 target.",
-        f"- `{args.data_command}`",
-        "",
-        "## Training",
+    lines = card_sections(out, args.target, manifest, summary, t)
+    lines[lines.index("## Training") : lines.index("## Training")] = [f"- `{args.data_command}`", ""]
+    lines += [
         f"- `{args.train_command}`",
-        f"- {t['max_steps']} AdamW steps x {t['batch_size']} sequence crops of {t['window']} positions "
-        f"(the same data, vocabulary and step budget for both shipped drafters), lr {t['lr']} "
-        f"(warm-up {t['warmup_steps']}, linear decay), grad clip {t['grad_clip']}.",
         *deviations(args.method, t),
-        f"- wall-clock: {wall_clock_s(log) / 60:.1f} min on 2 CPU threads (the project's 2-core AVX2 machine; "
-        "summed over resumed segments).",
-        f"- held-out teacher-forced accuracy at depths 1-4: {summary.get('heldout_accuracy')}; "
-        f"4-deep chain tau estimate {summary.get('chain_tau4')}.",
+        (
+            f"- Wall clock: {wall_clock_s(log) / 60:.1f} min on {t.get('device', 'cpu')} ({args.train_machine}; "
+            "summed over resumed segments)."
+        ),
         "",
         "## Measured",
-    ]
-    cal = config.get("calibration")
-    if cal:
-        pairs = ", ".join(f"{b}: {tau:.2f} ({ms:.0f} ms)" for b, tau, ms in zip(cal["budgets"], cal["tau"], cal["draft_ms"]))
-        lines.append(f"- calibration (tau and drafter ms per iteration by node budget, used by `auto`): {pairs}; {cal['prompts']}.")
-    for spec, cats in bench["table"].items():
-        if spec.partition("@")[0] == args.method:
-            a = cats["all"]
-            lines.append(
-                f"- Spec-Bench ({bench['settings'].get('per_category')} per category, greedy, "
-                f"{bench['settings'].get('max_new_tokens')} new tokens), `{spec}`: tau {a['tau']:.2f}, "
-                f"speedup {a['speedup_mean']:.2f}x over vanilla, {a['drafter_forwards_per_iteration']:.1f} drafter "
-                f"forwards and {a['draft_ms_per_iteration']:.1f} ms per iteration, output equal to vanilla: "
-                f"{a['equal_to_vanilla_count']}."
-            )
-    lines += [
+        *measured_lines(args.method, config, bench),
         "",
         "tau = new tokens / target forwards, the prefill counted as one (plain decoding: 1).",
-        "Full report: `benchmarks/results/drafters_smollm2-135m/report.md`.",
+        f"Full report: `{args.bench.resolve().relative_to(ROOT) if args.bench.resolve().is_relative_to(ROOT) else args.bench}/report.md`.",
     ]
     (out / "README.md").write_text("\n".join(lines) + "\n")
-    print(f"shipped to {out} ({size_mb:.1f} MB)")
+    print(f"shipped to {out} ({(out / 'model.safetensors').stat().st_size / 1e6:.1f} MB)")
 
 
 if __name__ == "__main__":

@@ -280,7 +280,7 @@ def test_a_trained_drafter_decodes_losslessly_with_drafts_accepted(tiny_data, ta
     data, conversations = tiny_data
     trained_drafter_run(method, data, target, tmp_path / "out")
     card = (tmp_path / "out" / "drafter" / "README.md").read_text()  # the model card beside the weights
-    assert f"# {method} drafter for" in card and "fingerprint" in card and "chain tau" in card
+    assert f"# {method} drafter for" in card and "fingerprint" in card and "chain tau" in card and "MLP width" in card
     vanilla = SpecGenerator.load(str(target), "vanilla", dtype="float32")
     drafted = SpecGenerator.load(str(target), method, drafter=tmp_path / "out" / "drafter", node_budget=8, dtype="float32")
     new_tokens = forwards = 0

@@ -1,9 +1,10 @@
 """The model card `specblock train` writes beside a drafter it saves (`README.md`).
 
 It records what a user needs to trust or reproduce the drafter: the target and its
-fingerprint, the data (conversations, tokens, draft-vocabulary coverage), the training
-settings and budget, the held-out accuracy, and how to run it. Speed figures are not in it:
-they belong to a benchmark run (`specblock bench`), added by whoever measures them.
+fingerprint, the drafter's shape, the data (conversations, tokens, draft-vocabulary coverage),
+the training settings and budget, the held-out accuracy, and how to run it. Speed figures are
+not in it: they belong to a benchmark run, added when a drafter ships
+(`benchmarks/ship_drafter.py` appends a "Measured" section to these same sections).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import json
 from pathlib import Path
 
 
-def write_model_card(drafter_dir: Path, target: str, manifest: dict, summary: dict, settings: dict) -> Path:
+def card_sections(drafter_dir: Path, target: str, manifest: dict, summary: dict, settings: dict) -> list[str]:
+    """The title, shape, data and training lines of a drafter's card, as Markdown lines."""
     drafter_dir = Path(drafter_dir)
     config = json.loads((drafter_dir / "config.json").read_text())
     size_mb = (drafter_dir / "model.safetensors").stat().st_size / 1e6
@@ -21,14 +23,20 @@ def write_model_card(drafter_dir: Path, target: str, manifest: dict, summary: di
     lines = [
         f"# {method} drafter for {target}",
         "",
-        f"{'A SpecBlock (design §4)' if method == 'specblock' else 'An EAGLE-3 (design §7)'} drafter: "
-        f"{config['torch_dtype']} safetensors, {size_mb:.1f} MB, draft vocabulary {config['draft_vocab_size']} tokens "
-        f"(covering {100 * (manifest.get('draft_vocab_coverage') or 0):.1f}% of the training answer tokens). "
-        "It holds its target's fingerprint (the embeddings at 32 places): loading it for another model fails.",
+        (
+            f"{'A SpecBlock (design §4)' if method == 'specblock' else 'An EAGLE-3 (design §7)'} drafter: "
+            f"{config['torch_dtype']} safetensors, {size_mb:.1f} MB, {config.get('num_hidden_layers', 1)} decoder "
+            f"layer{'s' if config.get('num_hidden_layers', 1) > 1 else ''} of width {config['hidden_size']} with MLP width "
+            f"{config['intermediate_size']}, draft vocabulary {config['draft_vocab_size']} tokens "
+            f"(covering {100 * (manifest.get('draft_vocab_coverage') or 0):.1f}% of the training answer tokens). "
+            "It holds its target's fingerprint (the embeddings at 32 places): loading it for another model fails."
+        ),
         "",
         "## Data",
-        f"- {manifest.get('conversations', '?')} conversations, {manifest.get('tokens', '?')} kept tokens "
-        f"({manifest.get('answer_tokens', '?')} answer tokens in the training split), from `{settings.get('data')}`.",
+        (
+            f"- {manifest.get('conversations', '?')} conversations, {manifest.get('tokens', '?')} kept tokens "
+            f"({manifest.get('answer_tokens', '?')} answer tokens in the training split), from `{settings.get('data')}`."
+        ),
         f"- Answers written by the target itself ({data.get('dtype', '?')}, "
         f"{'temperature mix' if data.get('temperature_mix') else 'greedy'}, at most {data.get('max_new_tokens', '?')} "
         "tokens a turn), features recorded as they were generated (`specblock data regen`)."
@@ -37,9 +45,11 @@ def write_model_card(drafter_dir: Path, target: str, manifest: dict, summary: di
         f"files (last {data.get('window', '?')} tokens of each conversation).",
         "",
         "## Training",
-        f"- {settings['max_steps']} AdamW steps x {settings['batch_size']} crops of {settings['window']} positions, "
-        f"lr {settings['lr']} ({settings['warmup_steps']} warm-up steps, linear decay), grad clip {settings['grad_clip']}, "
-        f"{settings.get('autocast', 'float32')} compute, seed {settings['seed']}.",
+        (
+            f"- {settings['max_steps']} AdamW steps x {settings['batch_size']} crops of {settings['window']} positions, "
+            f"lr {settings['lr']} ({settings['warmup_steps']} warm-up steps, linear decay), grad clip {settings['grad_clip']}, "
+            f"{settings.get('autocast', 'float32')} compute, seed {settings['seed']}."
+        ),
     ]
     if method == "specblock":
         lines.append(
@@ -51,12 +61,18 @@ def write_model_card(drafter_dir: Path, target: str, manifest: dict, summary: di
             f"- Held-out teacher-forced accuracy at depths 1-4: {summary['heldout_accuracy']}; "
             f"4-deep chain tau estimate {summary['chain_tau4']}."
         )
+    return lines
+
+
+def write_model_card(drafter_dir: Path, target: str, manifest: dict, summary: dict, settings: dict) -> Path:
+    lines = card_sections(drafter_dir, target, manifest, summary, settings)
+    method = json.loads((Path(drafter_dir) / "config.json").read_text())["method"]
     lines += [
         f"- Wall clock of the last run: {summary.get('wall_s_this_run', '?')} s (resumed from step {summary.get('resumed_from', 0)}).",
         "",
         "## Use",
-        f"`specblock generate --target {target} --method {method} --drafter {drafter_dir} --prompt \"...\"`",
+        f'`specblock generate --target {target} --method {method} --drafter {drafter_dir} --prompt "..."`',
     ]
-    path = drafter_dir / "README.md"
+    path = Path(drafter_dir) / "README.md"
     path.write_text("\n".join(lines) + "\n")
     return path
