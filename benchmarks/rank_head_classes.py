@@ -2,8 +2,8 @@
 slot width it picks differ from fixed top-k? Explains the fixed-top-4 ablation (issue 4).
 
 Runs block 1 of the drafter over held-out training sequences (features stored by `data
-prepare`, no target forward) and counts, at slots k >= 1 of positions the drafter could
-draft, the predicted class and the pair (width from the rank head, width with fixed top-k),
+prepare` or `data regen`, no target forward) and counts, at slots k >= 1 of positions the
+drafter could draft, the predicted class, the true class (the target token's rank) and the pair (width from the rank head, width with fixed top-k),
 both after the top-1 probability caps that drafting applies.
 
   python benchmarks/rank_head_classes.py --data /work/runs/data-uc-gsm8k DRAFTER_DIR [...]
@@ -20,25 +20,39 @@ import torch
 from specblock.adapt.updates import vocab_of
 from specblock.drafters.checkpoint import load_drafter
 from specblock.drafters.specblock import RANK_TOPK, slot_width
+from specblock.drafters.specblock_model import rank_class
 from specblock.models.resolve import resolve_model
 from specblock.target.transformer import Transformer
 from specblock.training.dataset import collate, load_sequences
 from specblock.training.specblock_loss import specblock_loss
 
 
-def count(net, sequences, fixed: int) -> tuple[collections.Counter, collections.Counter]:
+def true_classes(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The class the rank head is trained to predict: the target token's rank in the logits
+    (class 3 when the token is outside the draft vocabulary), as the SpecBlock loss computes it."""
+    target_logit = logits.gather(-1, targets.clamp(min=0)[..., None])
+    rank = 1 + (logits > target_logit).sum(-1)
+    return rank_class(torch.where(targets >= 0, rank, torch.full_like(rank, 10**6)))
+
+
+def count(net, sequences, fixed: int) -> tuple[collections.Counter, collections.Counter, collections.Counter]:
+    """Counters of predicted classes, true classes and (rank-head width, fixed width) pairs."""
     vocab = vocab_of(net)
-    classes, widths = collections.Counter(), collections.Counter()
+    classes, truth, widths = collections.Counter(), collections.Counter(), collections.Counter()
     with torch.no_grad():
         for seq in sequences:
-            rep = specblock_loss(net, collate([seq], vocab), torch.Generator().manual_seed(0), blocks=1, keep_outputs=True)
+            rep = specblock_loss(
+                net, collate([seq], vocab), torch.Generator().manual_seed(0), blocks=1, keep_outputs=True
+            )
             top1 = torch.softmax(rep.logits.float(), -1).amax(-1)
+            actual = true_classes(rep.logits.float(), rep.targets)
             for slot in range(1, rep.rank_classes.shape[-1]):
                 chosen = rep.ok[..., slot]
+                truth.update(actual[..., slot][chosen].tolist())
                 for c, p in zip(rep.rank_classes[..., slot][chosen].tolist(), top1[..., slot][chosen].tolist()):
                     classes[c] += 1
                     widths[(slot_width(slot, p, c), slot_width(slot, p, 0, fixed=fixed))] += 1
-    return classes, widths
+    return classes, truth, widths
 
 
 def main() -> None:
@@ -54,11 +68,12 @@ def main() -> None:
     print(f"rank classes: 0 = rank 1, 1 = rank 2-4, 2 = rank 5-10, 3 = beyond 10; widths {RANK_TOPK}")
     for path in args.drafters:
         net = load_drafter(path, model.cfg, model.embed.float(), method="specblock").eval()
-        classes, widths = count(net, sequences, args.fixed)
+        classes, truth, widths = count(net, sequences, args.fixed)
         n = sum(classes.values())
         same = sum(v for (a, b), v in widths.items() if a == b)
         print(f"\n{path}: {n} slot predictions (slots 1-3, {len(sequences)} held-out sequences)")
-        print("  class shares: " + ", ".join(f"{c}: {classes[c] / n:.1%}" for c in range(len(RANK_TOPK))))
+        print("  predicted class shares: " + ", ".join(f"{c}: {classes[c] / n:.1%}" for c in range(len(RANK_TOPK))))
+        print("  true class shares:      " + ", ".join(f"{c}: {truth[c] / n:.1%}" for c in range(len(RANK_TOPK))))
         print(f"  width equal to fixed top-{args.fixed}: {same / n:.1%}")
         print("  (rank-head width, fixed width): " + ", ".join(f"{k}: {v}" for k, v in sorted(widths.items())))
 
