@@ -4,8 +4,12 @@ target's verify-latency profile (src/specblock/budget.py).
 
     .venv/bin/python benchmarks/calibrate_drafter.py --method specblock --drafter DIR
 
-Calibration prompts are training-set prompts that `data prepare` did not use (UltraChat and
-GSM8K rows after the first 640 of the seed-0 shuffle), never Spec-Bench evaluation prompts.
+Calibration prompts are never Spec-Bench evaluation prompts. For a drafter trained on `data
+regen` output, `--data DIR` takes the first user turns of DIR's held-out conversations after the
+first `--skip` (48: the held-out benchmark file `specblock data heldout-questions --per-source 8`
+writes, and the 24 the scaling curve decodes, are among them), so the sources alternate.
+Without it: training-set prompts that the issue 3 `data prepare` did not use (UltraChat and
+GSM8K rows after the first 640 of the seed-0 shuffle).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import specblock  # noqa: F401  (sets the OpenMP wait policy before torch loads)
 
 from specblock import SpecGenerator
 from specblock.training.conversations import read_conversations
+from specblock.training.regen_store import heldout_questions
 
 from benchmarks_common import machine_description
 
@@ -41,10 +46,20 @@ def main() -> None:
     ap.add_argument("--budgets", default="4,8,12,16,24,59")
     ap.add_argument("--prompts", type=int, default=6)
     ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--data", type=Path, help="the drafter's `data regen` directory: calibrate on its held-out prompts")
+    ap.add_argument("--skip", type=int, default=48, help="with --data: held-out prompts left for evaluation")
     args = ap.parse_args()
     budgets = [int(b) for b in args.budgets.split(",")]
     base = SpecGenerator.load(args.target, method="vanilla")
-    prompts = calibration_prompts(args.prompts)
+    if args.data:
+        questions = heldout_questions(args.data)[args.skip : args.skip + args.prompts]
+        if len(questions) < args.prompts:
+            raise SystemExit(f"{args.data} has fewer than {args.skip + args.prompts} held-out conversations")
+        prompts = [[{"role": "user", "content": q["turns"][0]}] for q in questions]
+        described = f"{args.prompts} held-out prompts of {args.data} (after the first {args.skip})"
+    else:
+        prompts = calibration_prompts(args.prompts)
+        described = f"{args.prompts} unused UltraChat/GSM8K training prompts"
     taus, draft_ms = [], []
     for budget in budgets:
         gen = base.with_method(args.method, node_budget=budget, drafter=args.drafter, target_name=args.target)
@@ -64,7 +79,7 @@ def main() -> None:
     config = json.loads(config_path.read_text())
     config["calibration"] = {
         "budgets": budgets, "tau": taus, "draft_ms": draft_ms,
-        "prompts": f"{args.prompts} unused UltraChat/GSM8K training prompts, {args.max_new_tokens} new tokens, greedy",
+        "prompts": f"{described}, {args.max_new_tokens} new tokens, greedy",
         "command": "python " + " ".join(sys.argv),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_description(),

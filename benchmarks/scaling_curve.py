@@ -115,6 +115,7 @@ def plot(path: Path, rows: list[dict], nodes: int) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
     for method in sorted({r["method"] for r in rows}):
@@ -126,11 +127,13 @@ def plot(path: Path, rows: list[dict], nodes: int) -> None:
     axes[1].set_title(f"tree tau at {nodes} nodes (greedy decoding)")
     for ax in axes:
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # the minor labels overlap
         ax.set_xlabel("training tokens")
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)  # plotted again after every drafter
 
 
 def main() -> None:

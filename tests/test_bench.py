@@ -292,3 +292,19 @@ def test_llama_cpp_speculative_references_say_why_they_cannot_run(tiny_llama):
     assert engines == {}
     assert "no GGUF file" in settings["references_unavailable"]["llama.cpp-server-ngram"]
     assert "--drafters eagle3=DIR" in settings["references_unavailable"]["llama.cpp-server-eagle3"]
+
+
+def test_llama_server_rows_count_its_target_forwards_from_the_accepted_drafts():
+    from specblock.bench.prompts import Prompt
+    from specblock.bench.reference_engines import server_timings
+    from specblock.bench.runner import reference_row
+
+    prompt = Prompt(category="qa", label="qa", question_id=1, turns=("q",))
+    # 10 tokens: the prompt's forward gives the first, 6 accepted drafts ride on 3 more forwards
+    out = {"tokens_predicted": 10, "timings": {"prompt_ms": 250.0, "draft_n": 12, "draft_n_accepted": 6}}
+    row = reference_row(prompt, 0, "llama.cpp-server-ngram", {"new_tokens": 10, "wall_s": 1.0} | server_timings(out), 5)
+    assert (row["iterations"], row["prefill_s"], row["draft_tokens"], row["draft_accepted"]) == (4, 0.25, 12, 6)
+    assert summarise([row])["table"]["llama.cpp-server-ngram"]["all"]["tau"] == pytest.approx(2.5)  # the report's tau
+    plain = {"tokens_predicted": 10, "timings": {"prompt_ms": 40.0}}  # no speculative mode: no draft keys
+    row = reference_row(prompt, 0, "llama.cpp-server", {"new_tokens": 10, "wall_s": 1.0} | server_timings(plain), 5)
+    assert row["iterations"] == 10 and row["draft_accepted"] == 0

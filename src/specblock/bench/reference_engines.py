@@ -109,12 +109,23 @@ class LlamaServer:
                     "dies in batched evaluation: rebuild with scripts/build_llama_cpp.sh (GGML_NATIVE=OFF)"
                 ) from None
             raise RuntimeError(f"llama-server request failed: {exc}") from None
-        return {"new_tokens": int(out["tokens_predicted"]), "wall_s": time.perf_counter() - t}
+        return {"new_tokens": int(out["tokens_predicted"]), "wall_s": time.perf_counter() - t} | server_timings(out)
 
     def close(self) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=30)
         self.log.close()
+
+
+def server_timings(out: dict) -> dict:
+    """llama-server's own figures for one request: the prompt time, and with a speculative mode
+    the draft tokens it proposed and accepted (absent when it drafted nothing)."""
+    timings = out.get("timings") or {}
+    return {
+        "prefill_s": float(timings.get("prompt_ms", 0.0)) / 1000,
+        "draft_tokens": int(timings.get("draft_n", 0)),
+        "draft_accepted": int(timings.get("draft_n_accepted", 0)),
+    }
 
 
 class ReferenceProcess:

@@ -225,11 +225,16 @@ def start_references(
 
 
 def reference_row(prompt: Prompt, turn: int, name: str, r: dict, prompt_tokens: int) -> dict:
-    """A reference engine's row: speed only (one forward per token, no drafting figures)."""
+    """A reference engine's row: its speed, and for llama-server its prompt time and its target
+    forwards. Each forward after the prompt's commits its accepted draft tokens plus one, so
+    forwards = new tokens - accepted draft tokens (the prefill counted, as in our tau); an
+    engine that reports no drafting counts one forward per token."""
+    accepted = r.get("draft_accepted", 0)
     return {
         "category": prompt.category, "label": prompt.label, "question_id": prompt.question_id, "turn": turn,
         "method": name, "run": 1, "node_budget": 0, "prompt_tokens": prompt_tokens, "new_tokens": r["new_tokens"],
-        "iterations": r["new_tokens"], "wall_s": r["wall_s"], "prefill_s": 0.0, "drafter_forwards": 0,
+        "iterations": max(1, r["new_tokens"] - accepted), "wall_s": r["wall_s"], "prefill_s": r.get("prefill_s", 0.0),
+        "draft_tokens": r.get("draft_tokens", 0), "draft_accepted": accepted, "drafter_forwards": 0,
         "mean_tree_nodes": 0.0, "stop_reason": None, "accepted_lengths": [], "draft_ms": [], "target_ms": [],
         "equal_to_vanilla": None, "token_ids": [], "reference": True,
     }  # fmt: skip
