@@ -96,7 +96,8 @@ def main() -> None:
     manifest = json.loads((Path(t["data"]) / "manifest.json").read_text())
     bench = json.loads((args.bench / "summary.json").read_text())
     lines = card_sections(out, args.target, manifest, summary, t)
-    lines[lines.index("## Training") : lines.index("## Training")] = [f"- `{args.data_command}`", ""]
+    data_end = lines.index("## Training") - 1  # the blank line that closes the Data section
+    lines.insert(data_end, f"- `{args.data_command}`")
     lines += [
         f"- `{args.train_command}`",
         *deviations(args.method, t),
