@@ -20,19 +20,10 @@ import torch
 from specblock.adapt.updates import vocab_of
 from specblock.drafters.checkpoint import load_drafter
 from specblock.drafters.specblock import RANK_TOPK, slot_width
-from specblock.drafters.specblock_model import rank_class
 from specblock.models.resolve import resolve_model
 from specblock.target.transformer import Transformer
 from specblock.training.dataset import collate, load_sequences
-from specblock.training.specblock_loss import specblock_loss
-
-
-def true_classes(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """The class the rank head is trained to predict: the target token's rank in the logits
-    (class 3 when the token is outside the draft vocabulary), as the SpecBlock loss computes it."""
-    target_logit = logits.gather(-1, targets.clamp(min=0)[..., None])
-    rank = 1 + (logits > target_logit).sum(-1)
-    return rank_class(torch.where(targets >= 0, rank, torch.full_like(rank, 10**6)))
+from specblock.training.specblock_loss import specblock_loss, target_rank_class
 
 
 def count(net, sequences, fixed: int) -> tuple[collections.Counter, collections.Counter, collections.Counter]:
@@ -45,7 +36,7 @@ def count(net, sequences, fixed: int) -> tuple[collections.Counter, collections.
                 net, collate([seq], vocab), torch.Generator().manual_seed(0), blocks=1, keep_outputs=True
             )
             top1 = torch.softmax(rep.logits.float(), -1).amax(-1)
-            actual = true_classes(rep.logits.float(), rep.targets)
+            actual = target_rank_class(rep.logits, rep.targets)  # the class the head is trained to predict
             for slot in range(1, rep.rank_classes.shape[-1]):
                 chosen = rep.ok[..., slot]
                 truth.update(actual[..., slot][chosen].tolist())

@@ -49,6 +49,12 @@ def deviations(method: str, t: dict) -> list[str]:
     return out
 
 
+def report_path(bench: Path) -> str:
+    """The bench's report as the card names it: relative to the repository when inside it."""
+    report = bench.resolve() / "report.md"
+    return str(report.relative_to(ROOT) if report.is_relative_to(ROOT) else bench / "report.md")
+
+
 def measured_lines(method: str, config: dict, bench: dict) -> list[str]:
     """The calibration the drafter carries and its rows of a `specblock bench` summary."""
     lines = []
@@ -110,7 +116,7 @@ def main() -> None:
         *measured_lines(args.method, config, bench),
         "",
         "tau = new tokens / target forwards, the prefill counted as one (plain decoding: 1).",
-        f"Full report: `{args.bench.resolve().relative_to(ROOT) if args.bench.resolve().is_relative_to(ROOT) else args.bench}/report.md`.",
+        f"Full report: `{report_path(args.bench)}`.",
     ]
     (out / "README.md").write_text("\n".join(lines) + "\n")
     print(f"shipped to {out} ({(out / 'model.safetensors').stat().st_size / 1e6:.1f} MB)")

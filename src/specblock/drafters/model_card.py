@@ -20,13 +20,14 @@ def card_sections(drafter_dir: Path, target: str, manifest: dict, summary: dict,
     size_mb = (drafter_dir / "model.safetensors").stat().st_size / 1e6
     method = config["method"]
     data = manifest.get("settings", {})
+    layers = config.get("num_hidden_layers", 1)  # EAGLE-3 configs name no count: one layer
     lines = [
         f"# {method} drafter for {target}",
         "",
         (
             f"{'A SpecBlock (design §4)' if method == 'specblock' else 'An EAGLE-3 (design §7)'} drafter: "
-            f"{config['torch_dtype']} safetensors, {size_mb:.1f} MB, {config.get('num_hidden_layers', 1)} decoder "
-            f"layer{'s' if config.get('num_hidden_layers', 1) > 1 else ''} of width {config['hidden_size']} with MLP width "
+            f"{config['torch_dtype']} safetensors, {size_mb:.1f} MB, {layers} decoder "
+            f"layer{'s' if layers > 1 else ''} of width {config['hidden_size']} with MLP width "
             f"{config['intermediate_size']}, draft vocabulary {config['draft_vocab_size']} tokens "
             f"(covering {100 * (manifest.get('draft_vocab_coverage') or 0):.1f}% of the training answer tokens). "
             "It holds its target's fingerprint (the embeddings at 32 places): loading it for another model fails."
@@ -66,7 +67,7 @@ def card_sections(drafter_dir: Path, target: str, manifest: dict, summary: dict,
 
 def write_model_card(drafter_dir: Path, target: str, manifest: dict, summary: dict, settings: dict) -> Path:
     lines = card_sections(drafter_dir, target, manifest, summary, settings)
-    method = json.loads((Path(drafter_dir) / "config.json").read_text())["method"]
+    method = settings["method"]
     lines += [
         f"- Wall clock of the last run: {summary.get('wall_s_this_run', '?')} s (resumed from step {summary.get('resumed_from', 0)}).",
         "",

@@ -21,6 +21,14 @@ from specblock.training.dataset import Batch
 SLOT_DECAY = 0.8
 
 
+def target_rank_class(logits: torch.Tensor, target_draft_id: torch.Tensor) -> torch.Tensor:
+    """[...] the rank head's training target: the class of the target token's rank in the
+    drafter's logits [..., V] (class 3 when the token is outside the draft vocabulary, id < 0)."""
+    target_logit = logits.gather(-1, target_draft_id.clamp(min=0)[..., None])
+    rank = 1 + (logits > target_logit).sum(-1)
+    return rank_class(torch.where(target_draft_id >= 0, rank, torch.full_like(rank, 10**6)))
+
+
 def valid_prefix(ok: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
     """[..., K] chain mask: v0 = ok0; vk = v(k-1) and correct(k-1) and ok(k).
 
@@ -159,13 +167,9 @@ def specblock_loss(
         v = valid_prefix(ok, correct) if use_valid_prefix else ok
         counts = torch.maximum(v.sum(dim=(0, 1)), valid_floor * ok.sum(dim=(0, 1))).clamp(min=1)
         draft = ((ce * v).sum(dim=(0, 1)) / counts * decay).sum()
-        # rank head: class of the target token's rank in the drafter's logits
         target_draft_id = draft_ids[..., 0]  # the top-1 entry is the target's argmax
-        target_logit = logits.gather(-1, target_draft_id.clamp(min=0)[..., None])
-        rank = 1 + (logits > target_logit).sum(-1)
-        rank = torch.where(target_draft_id >= 0, rank, torch.full_like(rank, 10**6))
         r_mask = valid_prefix(loss_mask, correct)
-        rank_l = rank_loss(model.rank_logits(out.hidden, logits), rank_class(rank), r_mask)
+        rank_l = rank_loss(model.rank_logits(out.hidden, logits), target_rank_class(logits, target_draft_id), r_mask)
         total = total + draft + rank_weight * rank_l
         report.draft_loss += float(draft.detach())
         report.rank_loss += float(rank_l.detach())
