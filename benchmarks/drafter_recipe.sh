@@ -7,7 +7,10 @@
 # Hours of CPU per target (docs/drafters.md, "The recipe"); never run it next to a benchmark.
 #
 #   TARGET=smollm2-135m bash benchmarks/drafter_recipe.sh
-#   TARGET=qwen2.5-coder-1.5b PER_SOURCE=1000 VOCAB=8192 WIDTH=2048 STEPS=1500 bash benchmarks/drafter_recipe.sh
+#   TARGET=qwen2.5-coder-1.5b PER_SOURCE=1000 WIDTH=1472 STEPS=1500 bash benchmarks/drafter_recipe.sh
+#   (the 1.5B's compact pair: 4,096 draft tokens, MLP width 1472, the largest multiple of 64 that
+#   keeps the fp16 pair within 160 MB: 100.5 + 57.8 MB; width 1536 would be 160.07 MB.
+#   1,500 steps of 8 x 128 positions are about one pass over the ~1.5M kept tokens.)
 #
 # Stages can be run alone: STAGES="regen vocab" (default: regen vocab specblock eagle3 scaling).
 set -euo pipefail

@@ -7,7 +7,7 @@ import torch
 from specblock.drafters.base import PrefillFeedback
 from specblock.drafters.eagle3 import Eagle3Drafter, scaled_shape
 from specblock.drafters.scored_tree import ROOT, CandidatePool
-from specblock.drafters.specblock import SpecBlockDrafter, slot_width
+from specblock.drafters.specblock import SpecBlockDrafter, block_two_seeds, slot_width
 from specblock.drafters.specblock_model import block_mask
 from specblock.drafters.vanilla import VanillaDrafter
 from specblock.target.transformer import Transformer
@@ -50,6 +50,20 @@ def test_scored_pool_merges_and_keeps_ancestors_within_budget():
     assert tree.tokens == [5, 6, 7] and tree.parents == [-1, 0, 1]
     tree.validate(3)
     assert pool.best(2) == [a, b] and c not in pool.best(2)
+
+
+def test_block_two_runs_the_best_reachable_seeds_at_most_budget_over_k():
+    pool = CandidatePool()
+    scores = [-0.1, -0.5, -0.2, -0.9, -0.3, -0.4, -2.0]
+    nodes = [pool.add(tok, ROOT, score) for tok, score in enumerate(scores)]
+    seeds = [(node, slot) for slot, node in enumerate(nodes)]
+    # budget 8, K = 4: all 7 nodes reachable, 2 seeds run, the best two in growth order
+    assert block_two_seeds(pool, seeds, 8, 4) == [seeds[0], seeds[2]]
+    # budget 6: the worst node is outside the best 6 and never runs; cap 6 // 1 = 6 keeps the rest
+    assert block_two_seeds(pool, seeds, 6, 1) == seeds[:6]
+    assert block_two_seeds(pool, seeds, 3, 4) == [seeds[0]]  # at least one seed
+    # a seed outside the budget's best nodes never runs, even when the cap has room
+    assert block_two_seeds(pool, seeds[3:], 5, 1) == [seeds[4], seeds[5]]
 
 
 def test_slot_widths_follow_the_design_tables():

@@ -7,11 +7,16 @@
 2. Every alternative, every chain node that branched and the chain end seed a new block
    (condition = that slot's pre-norm hidden, token = the node's token, seeing block 1 up to
    that slot); all seeds run as ONE batched forward, block 2, whose slots branch by the same
-   rules. Block 1 yields at most 25 nodes, so at the parity budget (59) every seed runs.
-   At the small budgets a CPU wants, seeds outside the budget's best block-1 nodes are
-   skipped to save drafter time: their own descendants score lower than they do, so they
-   could only matter by merging into (and lifting) an existing node, which is rare. At a
-   budget of at most K nodes block 2 does not run at all (one forward per iteration).
+   rules. Two cuts save drafter time (`block_two_seeds`; the design runs every seed):
+   - seeds outside the budget's best block-1 nodes are skipped: their own descendants score
+     lower than they do, so they could only matter by merging into (and lifting) an existing
+     node, which is rare;
+   - at most budget // K seeds run, the best by score, so block 2 computes at most as many
+     rows as the tree has nodes. Measured with the smollm2 drafter on 8 Spec-Bench prompts:
+     at 16 nodes the seeds ranked below 8 supplied 4% of block 2's kept nodes, and 4 seeds
+     instead of all 16 gave tau 1.940 against 1.942; at 32 nodes 8 seeds instead of 21 gave
+     2.038 against 2.041 (no block 2 at all: 1.832 at 16 nodes).
+   At a budget of at most K nodes block 2 does not run at all (one forward per iteration).
 3. Duplicates (same parent and token) merge; the `budget` best nodes by cumulative
    log-probability are kept (ancestors included, never over the budget).
 """
@@ -49,6 +54,20 @@ def slot_width(slot: int, top1_prob: float, rank_cls: int, slot0_topk: int = 10,
         return min(width, 3)
     return width
 
+
+def block_two_seeds(
+    pool: CandidatePool, seeds: list[tuple[int, int]], budget: int, k: int, cap: int | None = None
+) -> list[tuple[int, int]]:  # fmt: skip
+    """The seeds (node, slot) block 2 runs at `budget`: those among the budget's best block-1
+    nodes, at most `cap` (default budget // k) of them, the best scores first (ties keep
+    growth order), returned in growth order (module docstring, step 2)."""
+    reachable = set(pool.best(budget))
+    chosen = [seed for seed in seeds if seed[0] in reachable]
+    cap = max(1, budget // k) if cap is None else cap
+    if len(chosen) > cap:
+        kept = set(sorted(chosen, key=lambda seed: -pool.scores[seed[0]])[:cap])
+        chosen = [seed for seed in chosen if seed in kept]
+    return chosen
 
 
 class SpecBlockDrafter(Drafter):
@@ -139,8 +158,7 @@ class SpecBlockDrafter(Drafter):
             # at budgets up to K a whole tree fits block 1's chain and alternatives: block 2 would
             # cost a forward for nodes that rarely make the cut (same tau measured at 4 nodes,
             # half the drafting time: benchmarks/results/engine_zen5/specblock_one_block)
-            reachable = set(pool.best(budget))
-            seeds = [(node, slot) for node, slot in seeds if node in reachable]
+            seeds = block_two_seeds(pool, seeds, budget, self.k)
             if seeds:
                 self._block_two(pool, seeds, hidden)
         return pool.to_tree(budget)
