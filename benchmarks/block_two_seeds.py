@@ -21,7 +21,8 @@ from benchmarks_common import run_header
 import specblock.drafters.specblock as specblock_drafting
 from specblock.api import SpecGenerator
 
-CATEGORIES = ("writing", "coding", "math_reasoning", "rag", "translation", "qa", "summarization", "roleplay")
+CATEGORIES = ("writing", "coding", "math_reasoning", "rag", "translation", "qa", "summarization", "roleplay",
+              "extraction", "stem", "reasoning", "humanities")  # fmt: skip
 
 
 class SeedProbe:

@@ -12,7 +12,7 @@
      lower than they do, so they could only matter by merging into (and lifting) an existing
      node, which is rare;
    - at most budget // K seeds run, the best by score, so block 2 computes at most as many
-     rows as the tree has nodes. Measured with the smollm2 drafter on 8 Spec-Bench prompts:
+     rows as the tree has nodes. Measured with the smollm2 drafter on 12 Spec-Bench prompts:
      at 16 nodes the seeds ranked below 8 supplied 4% of block 2's kept nodes, and 4 seeds
      instead of all 16 gave tau 1.940 against 1.942; at 32 nodes 8 seeds instead of 21 gave
      2.038 against 2.041 (no block 2 at all: 1.832 at 16 nodes).
