@@ -29,12 +29,12 @@ class SeedProbe:
     """Stands in for `block_two_seeds`: applies the cap under test and records, per drafted
     tree, which seed ranks ended up with descendants among the tree's nodes."""
 
-    def __init__(self) -> None:
-        self.cap: int | None = None  # None: every reachable seed; 0: no block 2
+    def __init__(self, choose, cap: int | None) -> None:
+        self.choose = choose  # the real rule, given the cap under test
+        self.cap = cap  # None: every reachable seed; 0: no block 2
         self.calls = self.seeds = self.block_two_nodes = self.tree_nodes = 0
         self.nodes_by_rank: collections.Counter = collections.Counter()
         self._last = None
-        self.choose = specblock_drafting.block_two_seeds  # the real rule, given the cap under test
 
     def __call__(self, pool, seeds, budget, k, cap=None):
         chosen = [] if self.cap == 0 else self.choose(pool, seeds, budget, k, cap=self.cap or max(1, len(seeds)))
@@ -76,9 +76,7 @@ def main() -> None:
     questions = [json.loads(line) for line in Path(args.data).read_text().splitlines() if line.strip()]
     prompts = [next(q["turns"][0] for q in questions if q["category"] == c) for c in CATEGORIES]
     gen = SpecGenerator.load(args.target, "specblock", drafter=args.drafter, node_budget=args.budget, dtype="auto")
-    probe = SeedProbe()
     original = specblock_drafting.block_two_seeds
-    specblock_drafting.block_two_seeds = probe
     tree = specblock_drafting.SpecBlockDrafter._tree
 
     def traced_tree(self, hidden, heads, budget):
@@ -89,9 +87,8 @@ def main() -> None:
     specblock_drafting.SpecBlockDrafter._tree = traced_tree
     rows = []
     for cap in args.caps.split(","):
-        probe.__init__()  # fresh counters; `choose` is still the original rule
-        probe.choose = original
-        probe.cap = None if cap == "all" else int(cap)
+        probe = SeedProbe(original, None if cap == "all" else int(cap))
+        specblock_drafting.block_two_seeds = probe  # the drafter looks the rule up at each tree
         new = forwards = 0
         for prompt in prompts:
             result = gen.generate(messages=[{"role": "user", "content": prompt}], max_new_tokens=args.max_new_tokens)
