@@ -32,12 +32,14 @@ from specblock.target.runner import TargetRunner
 from specblock.training.draft_vocab import DraftVocab
 
 
-def random_drafter(method: str, target, vocab_size: int, out: Path) -> Path:
-    """A random-weight drafter of the design's shape for `target`, saved as a checkpoint."""
+def random_drafter(method: str, target, vocab_size: int, out: Path, intermediate_size: int = 0) -> Path:
+    """A random-weight drafter of the design's shape for `target` (MLP width `intermediate_size`
+    where given, as `specblock train --intermediate-size`), saved as a checkpoint."""
     counts = torch.zeros(target.cfg.vocab_size, dtype=torch.long)
     counts[:vocab_size] = torch.arange(vocab_size, 0, -1)  # the lowest ids stand in for the frequent ones
     vocab = DraftVocab.from_counts(counts, vocab_size)
-    config = (SpecBlockConfig if method == "specblock" else Eagle3Config).for_target(target.cfg, vocab.size)
+    overrides = {"intermediate_size": intermediate_size} if intermediate_size else {}
+    config = (SpecBlockConfig if method == "specblock" else Eagle3Config).for_target(target.cfg, vocab.size, **overrides)
     model = (SpecBlockModel if method == "specblock" else Eagle3Model)(config)
     model.d2t, model.t2d = vocab.d2t, vocab.t2d
     save_drafter(model, out)
@@ -50,6 +52,8 @@ def main() -> None:
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--budgets", default="4,16")
     ap.add_argument("--draft-vocab", type=int, default=4096, help="for random drafters: the shipped drafters' size")
+    ap.add_argument("--intermediate-size", type=int, default=0,
+                    help="for random drafters: MLP width (0 = the target's; the 1.5B pair ships with 1472)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     base = SpecGenerator.load(args.target, "vanilla", dtype=args.dtype)
@@ -61,7 +65,8 @@ def main() -> None:
             directory = shipped_drafter(args.target, method)
             kind = "shipped"
             if directory is None:
-                directory, kind = random_drafter(method, base.target, args.draft_vocab, Path(tmp) / method), "random"
+                directory, kind = random_drafter(
+                    method, base.target, args.draft_vocab, Path(tmp) / method, args.intermediate_size), "random"
             draft = measure_draft_latency(base, method, directory, args.target, sizes=budgets)
             for n, seconds in draft.items():
                 row = {"method": method, "drafter": kind, "nodes": n, "draft_ms": round(1000 * seconds, 2),
@@ -69,7 +74,8 @@ def main() -> None:
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     record = {
-        **run_header(), "target": args.target, "dtype": base.target.dtype_name, "t0_ms": round(1000 * t0, 2), "rows": rows,
+        **run_header(), "target": args.target, "dtype": base.target.dtype_name, "t0_ms": round(1000 * t0, 2),
+        "random_intermediate_size": args.intermediate_size or None, "rows": rows,
     }  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"drafting_cost_{args.target}.json").write_text(json.dumps(record, indent=2) + "\n")
