@@ -77,10 +77,13 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--window", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--configs", default="before:float32,after:float32,after:bfloat16",
+                    help="side:precision pairs, each run for both drafters (vs before: the same precision's before "
+                         "where it ran, else before float32)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
-    configs = [(side, method, precision) for method in ("specblock", "eagle3")
-               for side, precision in (("before", "float32"), ("after", "float32"), ("after", "bfloat16"))]  # fmt: skip
+    pairs = [tuple(c.split(":")) for c in args.configs.split(",")]
+    configs = [(side, method, precision) for method in ("specblock", "eagle3") for side, precision in pairs]
     samples: dict[tuple, list[float]] = {c: [] for c in configs}
     for r in range(args.rounds):
         for side, method, precision in configs:
@@ -92,10 +95,11 @@ def main() -> None:
     cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     rows = []
     for method in ("specblock", "eagle3"):
-        base = statistics.median(samples[("before", method, "float32")])
         for side, m, precision in configs:
             if m != method:
                 continue
+            before = ("before", m, precision) if ("before", m, precision) in samples else ("before", m, "float32")
+            base = statistics.median(samples[before])
             med = statistics.median(samples[(side, m, precision)])
             rows.append({"method": m, "code": side, "precision": precision, "positions_per_s": round(med, 1),
                          "min": round(min(samples[(side, m, precision)]), 1),

@@ -4,13 +4,16 @@ forward counts, and incremental drafter state equal to recomputing from scratch.
 import pytest
 import torch
 
-from specblock.drafters.base import PrefillFeedback
+from specblock.drafters.base import PrefillFeedback, VerifyFeedback
 from specblock.drafters.eagle3 import Eagle3Drafter, scaled_shape
 from specblock.drafters.scored_tree import ROOT, CandidatePool
 from specblock.drafters.specblock import SpecBlockDrafter, block_two_seeds, slot_width
 from specblock.drafters.specblock_model import block_mask
 from specblock.drafters.vanilla import VanillaDrafter
+from specblock.target.kv_cache import KVCache
+from specblock.target.primitives import CAUSAL, attend
 from specblock.target.transformer import Transformer
+from specblock.training.eagle3_loss import ttt_mask
 
 from helpers import run_decode
 from neural_helpers import random_eagle3, random_specblock
@@ -177,23 +180,63 @@ def _started_drafters(model, base, prompts_):
 
 def test_specblock_batched_block_one_gives_each_request_its_own_tree(tiny_llama):
     """One block-1 forward for several requests (the server's batch): each request's tree is the
-    one it drafts alone, and its cache and positions advance as alone."""
+    one it drafts alone, and its cache and positions advance as alone. A request's first pass
+    (its prompt) runs alone through the causal kernel; the later ones share one forward."""
     model = Transformer.load(tiny_llama)
     base = SpecBlockDrafter(random_specblock(model))
     prompts_ = [[5, 6, 7, 8, 9] * 3, [10, 11, 12] * 2, [20, 21, 22, 23, 24, 25, 26]]
     budgets = [4, 6, 59]
     alone = _started_drafters(model, base, prompts_)
     together = _started_drafters(model, base, prompts_)
-    want = [d.propose([], b) for d, b in zip(alone, budgets)]
     calls = []
     real_blocks = base.model.blocks
     base.model.blocks = lambda *a, **kw: calls.append(kw.get("caches") is not None) or real_blocks(*a, **kw)
     try:
-        got = SpecBlockDrafter.propose_batch(together, budgets)
+        torch.manual_seed(11)
+        for round_ in range(2):
+            want = [d.propose([], b) for d, b in zip(alone, budgets)]
+            calls.clear()
+            got = SpecBlockDrafter.propose_batch(together, budgets)
+            assert [(t.tokens, t.parents) for t in got] == [(t.tokens, t.parents) for t in want]
+            if round_ == 0:
+                assert not any(calls)  # every first pass alone
+            else:
+                assert calls[0] and calls.count(True) == 1  # one batched block 1; block 2 per request where it runs
+            for a, t in zip(alone, together):  # the same accepted positions for both copies
+                feedback = VerifyFeedback(tokens=[3, 4], start_position=0, features=torch.randn(2, 3 * model.cfg.hidden_size),
+                                          logits=torch.zeros(2, 1), next_token=5, accepted_nodes=[0], rejected_node=None)  # fmt: skip
+                a.observe(feedback)
+                t.observe(feedback)
     finally:
         base.model.blocks = real_blocks
-    assert [(t.tokens, t.parents) for t in got] == [(t.tokens, t.parents) for t in want]
-    assert calls[0] and calls.count(True) == 1  # one batched block 1; block 2 per request where it runs
     assert [d.cache.length for d in together] == [d.cache.length for d in alone]
     assert [d.positions for d in together] == [d.positions for d in alone]
     assert [d.forwards for d in together] == [d.forwards for d in alone]
+
+
+def test_causal_stands_for_the_explicit_first_pass_masks(tiny_llama):
+    """`CAUSAL` (SDPA's fused causal kernel) computes what the explicit masks it replaces do:
+    SpecBlock's block rule with nothing before (in training, and in drafting where the keys go
+    to the cache) and EAGLE-3's step 0; it refuses a call with keys before its own rows."""
+    model = Transformer.load(tiny_llama)
+    torch.manual_seed(7)
+    n = 11
+    spec = random_specblock(model, seed=5)
+    k = spec.cfg.block_size
+    feats = torch.randn(1, n, 3 * model.cfg.hidden_size)
+    tokens = torch.randint(0, 90, (1, n))
+    positions = torch.arange(n)[None]
+    explicit = spec.blocks(feats, tokens, positions, block_mask(n, k)[None])
+    causal = spec.blocks(feats, tokens, positions, CAUSAL)
+    assert torch.allclose(causal.hidden, explicit.hidden, atol=1e-5)
+    with torch.inference_mode():  # drafting: keys written into a cache, attended from there
+        cache = KVCache(spec.cfg.num_hidden_layers, spec.cfg.num_key_value_heads, spec.cfg.head_dim, n * k, torch.float32, "cpu")
+        drafted = spec.blocks(feats, tokens, positions, CAUSAL, cache=cache, cache_start=0)
+    assert torch.allclose(drafted.hidden, explicit.hidden, rtol=1e-4, atol=1e-4)  # fused inference weights
+    eagle = random_eagle3(model, seed=6)
+    want, _ = eagle.step(feats, tokens, positions + 1, ttt_mask(n, 0)[None])
+    got, _ = eagle.step(feats, tokens, positions + 1, CAUSAL)
+    assert torch.allclose(got, want, atol=1e-5)
+    q = torch.randn(1, 2, 3, 4)
+    with pytest.raises(ValueError, match="own 3 rows"):
+        attend(q, torch.randn(1, 2, 5, 4), torch.randn(1, 2, 5, 4), CAUSAL)

@@ -23,6 +23,7 @@ from specblock.drafters.base import Drafter, PendingPositions, PrefillFeedback, 
 from specblock.drafters.eagle3_model import Eagle3Model
 from specblock.drafters.scored_tree import ROOT, CandidatePool
 from specblock.target.kv_cache import KVCache
+from specblock.target.primitives import CAUSAL
 from specblock.tree import DraftTree
 
 
@@ -88,7 +89,8 @@ class Eagle3Drafter(Drafter):
         features, tokens = self.pending.take(self.cache.keys.dtype)
         device = features.device
         cached = self.cache.length
-        mask = torch.ones(n, cached + n, dtype=torch.bool, device=device).tril(cached)[None]
+        # the first pass (the prompt, nothing cached) is plain causal attention: SDPA's fused kernel
+        mask = CAUSAL if cached == 0 else torch.ones(n, cached + n, dtype=torch.bool, device=device).tril(cached)[None]
         positions = torch.arange(self.positions + 1, self.positions + 1 + n, device=device)[None]
         out, _ = self.model.step(features, tokens, positions, mask, cache=self.cache, cache_start=cached)
         self.cache.length = context = cached + n

@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from specblock.target.kv_cache import KVCache
-
 from specblock.drafters.layers import KV, MLP, Attention, CacheSlot, DrafterRotary, RMSNorm, drafting_linear, target_shaped
+from specblock.target.kv_cache import KVCache
+from specblock.target.primitives import Causal
 
 
 @dataclass
@@ -84,7 +84,7 @@ class Eagle3Model(nn.Module):
         hidden: torch.Tensor,  # [B, n, 3H_t] target features (fused=False) or [B, n, H] drafter hiddens
         tokens: torch.Tensor,  # [B, n]
         positions: torch.Tensor,  # [B or 1, n] RoPE positions
-        mask: torch.Tensor,  # [B or 1, n, past + n] bool
+        mask: torch.Tensor | Causal,  # [B or 1, n, past + n] bool, or CAUSAL (causal, nothing before)
         past: KV | None = None,
         fused: bool = False,
         cache: KVCache | None = None,

@@ -20,7 +20,7 @@ from torch import nn
 
 from specblock.target.kernels import Linear
 from specblock.target.kv_cache import KVCache
-from specblock.target.primitives import RMSNorm, RotaryTable, apply_rope, attend, gated_mlp, inverse_frequencies, swiglu
+from specblock.target.primitives import CAUSAL, Causal, RMSNorm, RotaryTable, apply_rope, attend, gated_mlp, inverse_frequencies, swiglu
 
 KV = tuple[torch.Tensor, torch.Tensor]
 
@@ -127,7 +127,7 @@ class Attention(nn.Module):
         x: torch.Tensor,  # [B, n, in]
         cos: torch.Tensor,  # [B or 1, n, head_dim]
         sin: torch.Tensor,
-        mask: torch.Tensor,  # [B or 1, n, past + n] bool
+        mask: torch.Tensor | Causal,  # [B or 1, n, past + n] bool, or CAUSAL (no past, no cached keys)
         past: KV | None = None,  # ([B, kv_heads, past, d], same) in training
         cache: CacheSlot | CacheSlots | None = None,  # drafting (B = 1): write own K/V there, attend over the cache
     ) -> tuple[torch.Tensor, KV]:
@@ -143,7 +143,7 @@ class Attention(nn.Module):
             keys, values = k, v
         else:
             keys, values = torch.cat([past[0], k], 2), torch.cat([past[1], v], 2)
-        out = attend(q, keys, values, mask[:, None])
+        out = attend(q, keys, values, mask if mask is CAUSAL else mask[:, None])
         return drafting_linear(self, "o", self.o_proj, out.transpose(1, 2).reshape(b, n, -1)), (k, v)
 
 

@@ -31,6 +31,7 @@ from specblock.drafters.base import Drafter, PendingPositions, PrefillFeedback, 
 from specblock.drafters.scored_tree import ROOT, CandidatePool
 from specblock.drafters.specblock_model import SpecBlockModel, block_mask
 from specblock.target.kv_cache import KVCache
+from specblock.target.primitives import CAUSAL, Causal
 from specblock.tree import DraftTree
 
 RANK_TOPK = (2, 4, 6, 4)  # alternatives + greedy per rank class at slots k >= 1 (authors' default)
@@ -129,8 +130,9 @@ class SpecBlockDrafter(Drafter):
     def propose_batch(cls, drafters: list["SpecBlockDrafter"], budgets: list[int]) -> list[DraftTree]:
         """The trees of several requests (one drafter each, forks of one) with ONE block-1
         forward: every request's pending positions one after another, each attending to its own
-        cache only (a block-diagonal mask). Growth and block 2 stay per request."""
-        active = [i for i, (d, b) in enumerate(zip(drafters, budgets)) if b > 0 and d.pending]
+        cache only (a block-diagonal mask). Growth and block 2 stay per request. A request's
+        first pass (its prompt) runs alone, through the causal kernel."""
+        active = [i for i, (d, b) in enumerate(zip(drafters, budgets)) if b > 0 and d.pending and d.cache.length]
         if len(active) < 2:
             return [d.propose([], b) for d, b in zip(drafters, budgets)]
         first = drafters[active[0]]
@@ -180,19 +182,23 @@ class SpecBlockDrafter(Drafter):
         """Run the pending positions; cache all their slots; return the drafting position's
         pre-norm hiddens [K, H] and its slots' `_heads`."""
         cond, tokens, positions, mask, part = self._block_one_inputs()
-        out = self.model.blocks(cond, tokens, positions, mask[None], cache=self.cache, cache_start=part[1])
+        mask = mask if mask is CAUSAL else mask[None]
+        out = self.model.blocks(cond, tokens, positions, mask, cache=self.cache, cache_start=part[1])
         self._block_one_done(part)
         hidden = out.hidden[0, -1]
         return hidden, self._heads(hidden)
 
-    def _block_one_inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, tuple]:
+    def _block_one_inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | Causal, tuple]:
         """Take the pending positions for block 1: condition [1, n, F], tokens [1, n], positions
         [1, n], the mask of their n*K rows [n*K, cached + n*K] (the whole cache, then the block
-        rule) and where they go: (cache, cached, n*K)."""
+        rule; `CAUSAL` for the first pass, when nothing is cached: the block rule alone is causal
+        over the rows) and where they go: (cache, cached, n*K)."""
         k, n, cached = self.k, len(self.pending), self.cache.length
         cond, tokens = self.pending.take(self.cache.keys.dtype)
         device = cond.device
         positions = torch.arange(self.positions, self.positions + n, device=device)[None]
+        if cached == 0:
+            return cond, tokens, positions, CAUSAL, (self.cache, cached, n * k)
         mask = torch.cat([torch.ones(n * k, cached, dtype=torch.bool, device=device), self._mask("block", n)], dim=1)
         return cond, tokens, positions, mask, (self.cache, cached, n * k)
 

@@ -3,7 +3,9 @@
 Shapes: a call handles B sequences of P *positions*; each position has K *slots*, so the
 decoder sees B x (P*K) rows, flattened position-major (row = p*K + k). Slot k of position i
 predicts x_{i+2+k}; its RoPE position is i+1+k. The caller supplies the attention mask
-(built by `block_mask` / `inherited_mask` in training, by the drafter when drafting).
+(built by `block_mask` / `inherited_mask` in training, by the drafter when drafting). With no
+keys before the call, `block_mask` is exactly causal over the flattened rows, so `CAUSAL` may
+stand for it (SDPA's fused causal kernel, no P*K x P*K mask).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from specblock.drafters.layers import (
     target_shaped,
 )
 from specblock.target.kv_cache import KVCache
+from specblock.target.primitives import Causal
 
 RANK_FEATURES = 15
 RANK_CLASSES = 4  # rank of the target's token in the drafter's logits: 1 | 2-4 | 5-10 | >10
@@ -131,7 +134,7 @@ class SpecBlockModel(nn.Module):
         condition: torch.Tensor,  # [B, P, 3H_t] target features, or [B, P, H] inherited hiddens
         tokens: torch.Tensor,  # [B, P] target token ids
         positions: torch.Tensor,  # [B or 1, P] context position i of each row group
-        mask: torch.Tensor,  # [B or 1, P*K, past + P*K] bool
+        mask: torch.Tensor | Causal,  # [B or 1, P*K, past + P*K] bool, or CAUSAL (= block_mask, nothing before)
         past: list[KV] | None = None,
         inherited: bool = False,
         cache: KVCache | None = None,

@@ -73,10 +73,34 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + rotated * sin
 
 
-def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+class Causal:
+    """The mask "row r sees rows 0..r of this call, and nothing before them" (`CAUSAL`).
+
+    Passed where a boolean mask goes, it lets SDPA run its fused causal kernel, which skips the
+    masked half and never materialises an n x n mask. Both drafters' long first passes have
+    this shape: SpecBlock's block-1 rule over position-major rows (slot (i, k) sees the slots
+    of positions < i and slots 0..k of i) is exactly causal over the flattened rows, and
+    EAGLE-3's first step is plain causal attention."""
+
+    def __repr__(self) -> str:
+        return "CAUSAL"
+
+
+CAUSAL = Causal()
+
+
+def attend(
+    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | Causal | None
+) -> torch.Tensor:  # fmt: skip
     """Grouped-query attention of q [B, heads, n, d] over keys/values [B, kv_heads, T, d]
-    with a boolean mask broadcastable to [B, heads, n, T] (True = may attend; None = all)."""
-    return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=q.shape[1] != keys.shape[1])
+    with a boolean mask broadcastable to [B, heads, n, T] (True = may attend; None = all;
+    `CAUSAL`: causal over the call's own rows, T = n)."""
+    gqa = q.shape[1] != keys.shape[1]
+    if mask is CAUSAL:
+        if keys.shape[2] != q.shape[2]:
+            raise ValueError(f"a causal call attends over its own {q.shape[2]} rows, not {keys.shape[2]} keys")
+        return F.scaled_dot_product_attention(q, keys, values, is_causal=True, enable_gqa=gqa)
+    return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=gqa)
 
 
 def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from specblock.drafters.eagle3_model import Eagle3Model
+from specblock.target.primitives import CAUSAL
 from specblock.training.dataset import Batch
 from specblock.training.specblock_loss import SLOT_DECAY, LossReport
 
@@ -43,7 +44,8 @@ def eagle3_loss(model: Eagle3Model, batch: Batch, steps: int | None = None, keep
         inside = j <= p - 1
         j = j.clamp(max=p - 1)
         tokens = batch.tokens.gather(1, j)
-        out, kv = model.step(hidden, tokens, positions + 1 + s, ttt_mask(p, s, device)[None], past, fused=fused)
+        mask = CAUSAL if s == 0 else ttt_mask(p, s, device)[None]  # step 0 is plain causal attention
+        out, kv = model.step(hidden, tokens, positions + 1 + s, mask, past, fused=fused)
         logits = model.logits(out)
         ok = batch.ok.gather(1, j) & inside
         loss_mask = batch.loss_mask.gather(1, j) & inside

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from specblock.drafters.specblock_model import RANK_CLASSES, SpecBlockModel, block_mask, rank_class
+from specblock.target.primitives import CAUSAL
 from specblock.training.dataset import Batch
 
 SLOT_DECAY = 0.8
@@ -146,7 +147,8 @@ def specblock_loss(
     for block in range(blocks):
         token_index = (positions + 1 + offset).clamp(max=p - 1).expand(b, p)
         tokens = batch.tokens.gather(1, token_index)
-        mask = inherited_mask(p, k, report.offsets).to(device)[None]
+        # block 1's rule is causal over its position-major rows: SDPA's fused kernel, no mask
+        mask = inherited_mask(p, k, report.offsets).to(device)[None] if report.offsets else CAUSAL
         out = model.blocks(condition, tokens, positions, mask, past, inherited=inherited)
         logits = model.logits(out.hidden)  # [B, P, K, V]
         # slot k of position i is trained at j = i+1+offset+k
