@@ -79,10 +79,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--configs", default="before:float32,after:float32,after:bfloat16",
                     help="side:precision pairs, each run for both drafters (vs before: the same precision's before "
-                         "where it ran, else before float32)")
+                         "where it ran, else the first before)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     pairs = [tuple(c.split(":")) for c in args.configs.split(",")]
+    if not any(side == "before" for side, _ in pairs) or any(side not in ("before", "after") for side, _ in pairs):
+        raise SystemExit("--configs needs side:precision pairs with side before or after, at least one before")
     configs = [(side, method, precision) for method in ("specblock", "eagle3") for side, precision in pairs]
     samples: dict[tuple, list[float]] = {c: [] for c in configs}
     for r in range(args.rounds):
@@ -98,7 +100,8 @@ def main() -> None:
         for side, m, precision in configs:
             if m != method:
                 continue
-            before = ("before", m, precision) if ("before", m, precision) in samples else ("before", m, "float32")
+            first_before = next(c for c in configs if c[0] == "before" and c[1] == m)
+            before = ("before", m, precision) if ("before", m, precision) in samples else first_before
             base = statistics.median(samples[before])
             med = statistics.median(samples[(side, m, precision)])
             rows.append({"method": m, "code": side, "precision": precision, "positions_per_s": round(med, 1),

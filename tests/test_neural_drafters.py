@@ -193,11 +193,16 @@ def test_specblock_batched_block_one_gives_each_request_its_own_tree(tiny_llama)
     base.model.blocks = lambda *a, **kw: calls.append(kw.get("caches") is not None) or real_blocks(*a, **kw)
     try:
         torch.manual_seed(11)
-        for round_ in range(2):
+        for round_ in range(3):
+            if round_ == 2:  # a new request joins the established ones: its first pass runs alone
+                for group in (alone, together):
+                    group += _started_drafters(model, base, [[30, 31, 32, 33] * 2])
+                budgets.append(16)
             want = [d.propose([], b) for d, b in zip(alone, budgets)]
             calls.clear()
             got = SpecBlockDrafter.propose_batch(together, budgets)
             assert [(t.tokens, t.parents) for t in got] == [(t.tokens, t.parents) for t in want]
+            assert all(len(t) > 0 for t in got)
             if round_ == 0:
                 assert not any(calls)  # every first pass alone
             else:

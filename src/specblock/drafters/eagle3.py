@@ -89,8 +89,9 @@ class Eagle3Drafter(Drafter):
         features, tokens = self.pending.take(self.cache.keys.dtype)
         device = features.device
         cached = self.cache.length
-        # the first pass (the prompt, nothing cached) is plain causal attention: SDPA's fused kernel
-        mask = CAUSAL if cached == 0 else torch.ones(n, cached + n, dtype=torch.bool, device=device).tril(cached)[None]
+        mask = CAUSAL  # the first pass (the prompt, nothing cached) is plain causal attention: SDPA's fused kernel
+        if cached:
+            mask = torch.ones(n, cached + n, dtype=torch.bool, device=device).tril(cached)[None]
         positions = torch.arange(self.positions + 1, self.positions + 1 + n, device=device)[None]
         out, _ = self.model.step(features, tokens, positions, mask, cache=self.cache, cache_start=cached)
         self.cache.length = context = cached + n

@@ -3,9 +3,10 @@
 The math is `target/primitives.py`'s, the same the target runs. Parameter names follow
 Hugging Face Llama (`self_attn.q_proj`, `mlp.gate_proj`, ...), so checkpoints keep the key
 names other engines expect. Attention takes an explicit boolean mask, because both drafters
-attend in patterns a causal mask cannot express, and either earlier keys/values (training:
-an earlier block's) or a preallocated cache the new keys/values are written into in place
-(drafting).
+attend in patterns a causal mask cannot express (or `CAUSAL` where one call's rows are the
+whole story: a first pass, training block 1 / step 0), and either earlier keys/values
+(training: an earlier block's) or a preallocated cache the new keys/values are written into in
+place (drafting).
 
 Drafting runs under inference mode in the target's dtype: `InferenceWeights` keeps fused copies
 (q|k|v, gate|up) of the trainable fp32 matrices in that dtype, in the kernel's layout, rebuilt
@@ -103,7 +104,8 @@ class CacheSlots:
 
 
 class Attention(nn.Module):
-    """Grouped-query attention over [past keys ; own keys] with a boolean mask (True = attend)."""
+    """Grouped-query attention over [past keys ; own keys] with a boolean mask (True = attend) or
+    `CAUSAL` (own keys only)."""
 
     def __init__(self, in_size: int, hidden: int, heads: int, kv_heads: int, head_dim: int) -> None:
         super().__init__()
@@ -137,6 +139,8 @@ class Attention(nn.Module):
         q = apply_rope(q.view(b, n, self.heads, self.head_dim).transpose(1, 2), cos[:, None], sin[:, None])
         k = apply_rope(k.view(b, n, self.kv_heads, self.head_dim).transpose(1, 2), cos[:, None], sin[:, None])
         v = v.view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
+        if mask is CAUSAL and (past is not None or isinstance(cache, CacheSlots)):
+            raise ValueError("CAUSAL is for one call's own rows: not with earlier keys or several requests' caches")
         if cache is not None:
             keys, values = cache.write_and_view(k, v)
         elif past is None:

@@ -140,13 +140,14 @@ class SpecBlockDrafter(Drafter):
             raise ValueError("a batched proposal needs forks of one drafter")
         inputs = [drafters[i]._block_one_inputs() for i in active]
         conditions, tokens, positions, masks, parts = (list(column) for column in zip(*inputs))
-        mask = torch.block_diag(*masks)[None]  # each request's rows see its own cache and block only
+        mask = torch.block_diag(*(m[0] for m in masks))[None]  # each request's rows see its own cache and block only
         out = first.model.blocks(torch.cat(conditions, 1), torch.cat(tokens, 1), torch.cat(positions, 1), mask,
                                  caches=parts)  # fmt: skip
         last = torch.tensor([rows // first.k for _, _, rows in parts]).cumsum(0) - 1  # each drafting position
         hidden = out.hidden[0, last.to(out.hidden.device)]  # [R, K, H]
         heads = first._heads(hidden)
-        trees = [DraftTree() for _ in drafters]
+        # the others alone: an empty tree where there is nothing to draft, else a first pass
+        trees = [DraftTree() if i in active else d.propose([], b) for i, (d, b) in enumerate(zip(drafters, budgets))]
         for j, (i, part) in enumerate(zip(active, parts)):
             drafters[i]._block_one_done(part)
             trees[i] = drafters[i]._tree(hidden[j], tuple(None if h is None else h[j] for h in heads), budgets[i])
@@ -182,7 +183,6 @@ class SpecBlockDrafter(Drafter):
         """Run the pending positions; cache all their slots; return the drafting position's
         pre-norm hiddens [K, H] and its slots' `_heads`."""
         cond, tokens, positions, mask, part = self._block_one_inputs()
-        mask = mask if mask is CAUSAL else mask[None]
         out = self.model.blocks(cond, tokens, positions, mask, cache=self.cache, cache_start=part[1])
         self._block_one_done(part)
         hidden = out.hidden[0, -1]
@@ -190,16 +190,16 @@ class SpecBlockDrafter(Drafter):
 
     def _block_one_inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | Causal, tuple]:
         """Take the pending positions for block 1: condition [1, n, F], tokens [1, n], positions
-        [1, n], the mask of their n*K rows [n*K, cached + n*K] (the whole cache, then the block
+        [1, n], the mask of their n*K rows [1, n*K, cached + n*K] (the whole cache, then the block
         rule; `CAUSAL` for the first pass, when nothing is cached: the block rule alone is causal
         over the rows) and where they go: (cache, cached, n*K)."""
         k, n, cached = self.k, len(self.pending), self.cache.length
         cond, tokens = self.pending.take(self.cache.keys.dtype)
         device = cond.device
         positions = torch.arange(self.positions, self.positions + n, device=device)[None]
-        if cached == 0:
-            return cond, tokens, positions, CAUSAL, (self.cache, cached, n * k)
-        mask = torch.cat([torch.ones(n * k, cached, dtype=torch.bool, device=device), self._mask("block", n)], dim=1)
+        mask = CAUSAL
+        if cached:
+            mask = torch.cat([torch.ones(n * k, cached, dtype=torch.bool, device=device), self._mask("block", n)], dim=1)[None]
         return cond, tokens, positions, mask, (self.cache, cached, n * k)
 
     def _block_one_done(self, part: tuple) -> None:
