@@ -1,9 +1,9 @@
 """The drafters' first pass over a long prompt (their share of a request's prefill) against the
-target's prefill: on Spec-Bench's summarization and RAG prompts (700-1,000 tokens) SpecBlock's
-block 1 runs K = 4 slot rows per prompt position, so its first pass is 4x as many rows as the
-target's prefill through 2 layers. Measured inside real generation (the first iteration's
-drafting time: first pass, growth, block 2), a few new tokens per prompt, median of repeats.
-Not a test.
+target's prefill: on Spec-Bench's first summarization and RAG prompts (450-930 tokens)
+SpecBlock's block 1 runs K = 4 slot rows per prompt position, so its first pass is 4x as many
+rows as the target's prefill through 2 layers. Measured inside real generation at 4 nodes (the
+first iteration's drafting time: first pass and growth; block 2 does not run at 4 nodes), a few
+new tokens per prompt, median of repeats. Not a test.
 
 To compare two versions of the code, run this once per checkout (PYTHONPATH=OTHER/src for the
 other one), alternating, each with its own --label:
