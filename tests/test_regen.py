@@ -109,21 +109,26 @@ def test_output_is_ready_for_training(tiny_llama, prompt_files, tmp_path):
     assert [c.id for c in read_conversations(out)] == [r["id"] for r in got]  # `data prepare` reads it too
 
 
-def test_batched_answers_equal_solo_greedy_decoding_every_turn(tiny_llama, prompt_files, tmp_path):
-    """Batch 4 with continuous batching gives each turn exactly the target's own greedy answer."""
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_batched_answers_equal_solo_greedy_decoding_every_turn(tiny_llama, prompt_files, tmp_path, dtype):
+    """Batch 4 with continuous batching gives each turn exactly the target's own greedy answer.
+    In bf16 only the first turns are held to the bit: a later turn prefills just its new tokens
+    after the earlier turn's cache, and a chunked prefill may part from a whole-prompt one at a
+    near-tie in bf16 (it does on this model)."""
     out = tmp_path / "regen"
-    regenerate(prompt_files, out, settings(tiny_llama, max_new_tokens=30, batch_size=4))
-    generator = SpecGenerator.load(str(tiny_llama), method="vanilla", dtype="bfloat16")
+    regenerate(prompt_files, out, settings(tiny_llama, max_new_tokens=30, batch_size=4, dtype=dtype))
+    generator = SpecGenerator.load(str(tiny_llama), method="vanilla", dtype=dtype)
     turns = 0
     for r in rows(out):
-        for i, m in enumerate(r["messages"]):
-            if m["role"] == "assistant":
-                ref = generator.generate(messages=r["messages"][:i], max_new_tokens=30)
-                assert m["content"] == ref.text, (r["id"], i)
-                turns += 1
-        last = generator.generate(messages=r["messages"][:-1], max_new_tokens=30)
-        assert r["finish_reason"] == ("stop" if last.stop_reason == "eos" else "length")
-    assert turns == 13  # 3 conversations with two turns
+        answers = [i for i, m in enumerate(r["messages"]) if m["role"] == "assistant"]
+        for i in answers[:1] if dtype == "bfloat16" else answers:
+            ref = generator.generate(messages=r["messages"][:i], max_new_tokens=30)
+            assert r["messages"][i]["content"] == ref.text, (r["id"], i)
+            turns += 1
+        if dtype == "float32":
+            last = generator.generate(messages=r["messages"][:-1], max_new_tokens=30)
+            assert r["finish_reason"] == ("stop" if last.stop_reason == "eos" else "length")
+    assert turns == (10 if dtype == "bfloat16" else 13)  # 3 conversations with two turns
 
 
 def test_recorded_features_and_topk_are_the_targets_on_the_kept_tokens(tiny_qwen2, prompt_files, tmp_path):
@@ -307,3 +312,38 @@ def test_heldout_questions_mix_the_sources_and_feed_the_bench(tmp_path):
     (out / "answers-00002.jsonl").write_text("not json\n")
     broken = CliRunner().invoke(app, args)
     assert broken.exit_code == 1 and "answers-00002.jsonl:1: not a regenerated-answer row" in broken.output
+
+
+def test_a_follow_up_reuses_its_slots_cache_and_records(tiny_qwen2):
+    """A follow-up whose prompt extends a finished request runs in that request's slot and
+    prefills only its new tokens (from the first asked-for row whose top-k the earlier request
+    did not compute, if that comes sooner); its tokens, features and asked-for top-k equal
+    those of the same request in a fresh engine (which runs the whole prompt). A prompt
+    sharing nothing reuses nothing."""
+    model = Transformer.load(tiny_qwen2)  # fp32
+    engine = BatchedGeneration(model, max_batch=2, slot_capacity=120, eos_ids=[])
+    queue = [GenerationRequest(i, [5 + i, 9, 12, 7], 6, SamplingParams(), [1] if i == 0 else [1, 2]) for i in range(2)]
+    asked = [1, 2, 5, 6, 8]  # rows over both turns; request 0 did not compute row 2
+    follow_ups, results = {}, {}
+    for result in engine.run(lambda: queue.pop(0) if queue else None):
+        results[result.key] = result
+        if result.key in (0, 1):  # its prompt + answer, then a new "user message"
+            follow_ups[result.key] = GenerationRequest(("then", result.key), result.prompt + result.tokens + [30, 31, 32], 5, SamplingParams(), asked)  # fmt: skip
+            queue.append(follow_ups[result.key])
+    # request 1's slot held its prompt and all new tokens but the last (9); request 0's up to row 2
+    assert engine.reused == 9 + 2
+    assert engine.prefilled == 4 + 4 + (13 - 9) + (13 - 2)
+    for key, request in follow_ups.items():
+        fresh = BatchedGeneration(model, max_batch=1, slot_capacity=120, eos_ids=[])
+        ref = next(fresh.run(iter([request]).__next__))
+        got = results[("then", key)]
+        assert fresh.reused == 0 and got.tokens == ref.tokens
+        torch.testing.assert_close(got.features, ref.features, atol=1e-4, rtol=1e-4)
+        rows = [*asked, len(ref.prompt) - 1, *range(len(ref.prompt), len(ref.prompt) + 4)]
+        assert (got.topk_ids[rows] == ref.topk_ids[rows]).all()
+        torch.testing.assert_close(got.topk_logprobs[rows], ref.topk_logprobs[rows], atol=1e-4, rtol=1e-4)
+        assert (got.topk_logprobs[[0, 3, 4]] == ref.topk_logprobs[[0, 3, 4]]).all()  # rows not asked stay empty
+    before = engine.reused
+    other = [GenerationRequest("other", [40, 41, 42], 2, SamplingParams())]
+    assert len(list(engine.run(lambda: other.pop() if other else None))) == 1
+    assert engine.reused == before

@@ -38,9 +38,15 @@ class TargetRunner:
         """Tokens whose keys/values are in the cache (all committed tokens but the root)."""
         return 0 if self.cache is None else self.cache.length
 
-    def prefill(self, prompt: list[int], capacity: int, capture: bool, logit_rows: list[int] = ()) -> TargetStep:
+    def prefill(
+        self, prompt: list[int], capacity: int, capture: bool, logit_rows: list[int] = (), reuse: int = 0
+    ) -> TargetStep:  # fmt: skip
         """Run the prompt; returns every position's features and the logits of the positions in
-        `logit_rows` followed by the last position (the one that picks the first new token)."""
+        `logit_rows` followed by the last position (the one that picks the first new token).
+
+        `reuse`: the cache already holds this prompt's first `reuse` tokens (the previous request
+        on this runner began with them: a conversation's next turn), so only the rest runs; the
+        features then cover positions [reuse, len) and `logit_rows` must lie in that range."""
         if not prompt:
             raise ContextLengthError("the prompt is empty: give at least one token")
         if len(prompt) >= self.context_limit:
@@ -48,15 +54,21 @@ class TargetRunner:
                 f"the prompt has {len(prompt)} tokens; the target's context holds {self.context_limit}, "
                 "so it must be shorter to leave room for at least one new token"
             )
+        held = self.cache is not None and reuse <= self.cache.length and self.cache.capacity >= capacity
+        if reuse and not (0 < reuse < len(prompt) and held):
+            raise ValueError(f"cannot reuse {reuse} cached tokens for a {len(prompt)}-token prompt")
+        if any(row < reuse for row in logit_rows):
+            raise ValueError("logit rows before the reused prefix have no new logits")
         if self.cache is None or self.cache.capacity < capacity:
             self.cache = self.model.new_cache(capacity)
-        self.cache.length = 0
+        self.cache.length = reuse
         device = self.model.device
-        tokens = torch.tensor(prompt, dtype=torch.long, device=device)
-        out = self.model.forward(tokens, torch.arange(len(prompt), device=device), self.cache, 0, capture=capture)
+        tokens = torch.tensor(prompt[reuse:], dtype=torch.long, device=device)
+        positions = torch.arange(reuse, len(prompt), device=device)
+        out = self.model.forward(tokens, positions, self.cache, reuse, capture=capture)
         self.cache.length = len(prompt)
         self.forwards = 1
-        rows = torch.tensor([*logit_rows, len(prompt) - 1], device=device)
+        rows = torch.tensor([*logit_rows, len(prompt) - 1], device=device) - reuse
         return TargetStep(logits=self.model.logits(out.hidden[rows]), features=out.features)
 
     def verify(self, root: int, tree: DraftTree, capture: bool) -> TargetStep:

@@ -254,15 +254,17 @@ class _Regeneration:
                 return self.next_turns.popleft()
             return next(first, None)
 
-        rate = 0.0
+        status = ""
         for result in self.engine.run(next_request):
             self.finished(result)
             if self.report:
                 rate = self.new_tokens / max(1e-9, time.perf_counter() - t0)
-                self.report("regen", done + self.written + self.skipped, total, f"{rate:.0f} tok/s")
+                e = self.engine
+                status = f"{rate:.0f} tok/s, {e.reused / max(1, e.reused + e.prefilled):.0%} of prompt tokens cached"
+                self.report("regen", done + self.written + self.skipped, total, status)
         self.store.flush()
         if self.report:  # prompts skipped after the last answer count too
-            self.report("regen", done + self.written + self.skipped, total, f"{rate:.0f} tok/s")
+            self.report("regen", done + self.written + self.skipped, total, status)
 
 
 def regenerate(prompts: list[Path], out: Path, settings: RegenSettings, report: Reporter | None = None) -> int:

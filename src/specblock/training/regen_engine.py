@@ -13,6 +13,12 @@ second pass over the text: the three captured target features after the token, a
 target's top-k next-token log-probabilities. The prompt's features come with its prefill;
 its log-probabilities only at the positions asked for (earlier answers of a multi-turn
 conversation) and the last. So the features cost no extra target forward.
+
+A finished request's slot keeps its cache and its records until another request takes the
+slot. A request whose prompt begins with them (a conversation's next turn: the earlier
+prompt, the answer, then the new user message) goes to that slot and prefills only the rest;
+its records for the shared prefix are the ones kept. About half of the prefill tokens of
+multi-turn data are such a prefix.
 """
 
 from __future__ import annotations
@@ -65,6 +71,31 @@ class _Active:
     features: list[torch.Tensor]
     topk_ids: list[torch.Tensor]
     topk_logprobs: list[torch.Tensor]
+    prompt_logits: torch.Tensor  # [P] bool: the prompt rows whose top-k was computed
+
+
+@dataclass
+class _Held:
+    """What a finished request left in its slot: the tokens whose keys/values the cache holds
+    (the prompt and every new token but the last) and their rows of the records."""
+
+    tokens: list[int]
+    features: torch.Tensor  # [L, F]
+    topk_ids: torch.Tensor  # [L, k]
+    topk_logprobs: torch.Tensor  # [L, k]
+    has_logits: torch.Tensor  # [L] bool
+
+    def reusable(self, prompt: list[int], logit_rows: list[int]) -> int:
+        """How many leading prompt tokens can be taken from here: the common prefix, short of
+        the prompt's last token (it must run to pick the first new token) and of the first
+        asked-for row whose top-k was not computed here."""
+        n = 0
+        for a, b in zip(self.tokens, prompt[:-1]):
+            if a != b:
+                break
+            n += 1
+        missing = [row for row in logit_rows if row < n and not self.has_logits[row]]
+        return min([n, *missing])
 
 
 class BatchedGeneration:
@@ -79,6 +110,8 @@ class BatchedGeneration:
         self.top_k = top_k
         self.slot_capacity = slot_capacity
         self.runners = [TargetRunner(model, cache) for cache in model.new_cache_pool(max_batch, slot_capacity)]
+        self.held: dict[int, _Held] = {}
+        self.prefilled = self.reused = 0  # prompt tokens run / taken from a slot's cache
 
     def fits(self, prompt_tokens: int, max_new_tokens: int) -> bool:
         return cache_slots_for(prompt_tokens + max_new_tokens, 0) <= self.slot_capacity and (
@@ -92,39 +125,57 @@ class BatchedGeneration:
         next turn)."""
         active: dict[int, _Active] = {}
         while True:
-            for slot, runner in enumerate(self.runners):
-                while slot not in active and (request := next_request()) is not None:
-                    state = self._prefill(request, runner)
-                    if self._finished(state):
-                        yield self._result(state)  # the first token ended it: the slot stays free
-                    else:
-                        active[slot] = state
-                if slot not in active:
-                    break  # nothing more to start now
+            free = [slot for slot in range(len(self.runners)) if slot not in active]
+            while free and (request := next_request()) is not None:
+                slot = max(free, key=lambda s: self._reusable(s, request))  # the first on ties
+                state = self._prefill(request, slot)
+                if self._finished(state):
+                    yield self._result(state, slot)  # the first token ended it: the slot stays free
+                else:
+                    active[slot] = state
+                    free.remove(slot)
             if not active:
                 return
             for slot in self._step(list(active.items())):
-                yield self._result(active.pop(slot))
+                yield self._result(active.pop(slot), slot)
 
     def _topk(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        top = torch.log_softmax(logits.float(), dim=-1).topk(self.top_k, dim=-1)
-        return top.indices.to(torch.int32).cpu(), top.values.cpu()
+        logits = logits.float()
+        top = logits.topk(self.top_k, dim=-1)  # of the logits, then normalised: no [n, V] log-softmax
+        return top.indices.to(torch.int32).cpu(), (top.values - logits.logsumexp(-1, keepdim=True)).cpu()
 
-    def _prefill(self, request: GenerationRequest, runner: TargetRunner) -> _Active:
+    def _reusable(self, slot: int, request: GenerationRequest) -> int:
+        held = self.held.get(slot)
+        return 0 if held is None else held.reusable(request.prompt, request.logit_rows)
+
+    def _prefill(self, request: GenerationRequest, slot: int) -> _Active:
         n = len(request.prompt)
         if not self.fits(n, request.max_new_tokens):
             raise ValueError(f"a {n}-token prompt with {request.max_new_tokens} new tokens does not fit a batch slot")
         rows = sorted(set(request.logit_rows) - {n - 1})
-        step = runner.prefill(request.prompt, self.slot_capacity, capture=True, logit_rows=rows)
+        reuse = self._reusable(slot, request)
+        held = self.held.pop(slot, None)  # the prefill below overwrites the cache after `reuse`
+        runner = self.runners[slot]
+        fresh = [row for row in rows if row >= reuse]
+        step = runner.prefill(request.prompt, self.slot_capacity, capture=True, logit_rows=fresh, reuse=reuse)
+        self.prefilled += n - reuse
+        self.reused += reuse
         sampling = request.sampling
         generator = None if sampling.greedy else sampling.generator()
         first = sample_token(step.logits[-1], sampling, generator)
         ids = torch.zeros(n, self.top_k, dtype=torch.int32)
         logprobs = torch.full((n, self.top_k), NO_LOGPROB)
+        features = [step.features]
+        if reuse:
+            kept = torch.tensor([row for row in rows if row < reuse], dtype=torch.long)
+            ids[kept], logprobs[kept] = held.topk_ids[kept], held.topk_logprobs[kept]
+            features.insert(0, held.features[:reuse])
         top_ids, top_values = self._topk(step.logits)
-        where = torch.tensor([*rows, n - 1])
+        where = torch.tensor([*fresh, n - 1])
         ids[where], logprobs[where] = top_ids, top_values
-        return _Active(request, runner, generator, [first], [step.features], [ids], [logprobs])
+        asked = torch.zeros(n, dtype=torch.bool)
+        asked[[*rows, n - 1]] = True
+        return _Active(request, runner, generator, [first], features, [ids], [logprobs], asked)
 
     def _step(self, batch: list[tuple[int, _Active]]) -> list[int]:
         """One forward over every active request's newest token; returns the slots that finished."""
@@ -149,8 +200,13 @@ class BatchedGeneration:
         room = self.model.cfg.max_position_embeddings - len(state.request.prompt)
         return last in self.eos or len(state.tokens) >= min(state.request.max_new_tokens, room)
 
-    def _result(self, state: _Active) -> Generated:
+    def _result(self, state: _Active, slot: int) -> Generated:
+        """The finished request's records; its slot keeps them with its cache (`_Held`)."""
         features = torch.cat(state.features)
+        topk_ids, topk_logprobs = torch.cat(state.topk_ids), torch.cat(state.topk_logprobs)
+        cached = state.request.prompt + state.tokens[:-1]
+        computed = torch.ones(len(state.tokens) - 1, dtype=torch.bool)
+        self.held[slot] = _Held(cached, features, topk_ids, topk_logprobs, torch.cat([state.prompt_logits, computed]))
         pad = torch.zeros(1, features.shape[1], dtype=features.dtype, device=features.device)
         return Generated(
             key=state.request.key,
@@ -158,6 +214,6 @@ class BatchedGeneration:
             tokens=state.tokens,
             finish_reason="stop" if state.tokens[-1] in self.eos else "length",
             features=torch.cat([features, pad]),
-            topk_ids=torch.cat([*state.topk_ids, torch.zeros(1, self.top_k, dtype=torch.int32)]),
-            topk_logprobs=torch.cat([*state.topk_logprobs, torch.full((1, self.top_k), NO_LOGPROB)]),
+            topk_ids=torch.cat([topk_ids, torch.zeros(1, self.top_k, dtype=torch.int32)]),
+            topk_logprobs=torch.cat([topk_logprobs, torch.full((1, self.top_k), NO_LOGPROB)]),
         )
