@@ -3,11 +3,12 @@
 # the target, measure the draft-vocabulary coverage, train the SpecBlock and EAGLE-3 drafters
 # on the same data, steps and tokens per step (with snapshots), and plot the scaling curve.
 # Rerun the same command after a kill: regen and training resume from their last flush or
-# checkpoint (a trained drafter is skipped); the coverage and scaling stages run again whole.
+# checkpoint (a trained drafter is skipped), the scaling curve from its last measured drafter;
+# the coverage stage runs again whole (its Spec-Bench answers are kept).
 # Hours of CPU per target (docs/drafters.md, "The recipe"); never run it next to a benchmark.
 #
 #   TARGET=smollm2-135m bash benchmarks/drafter_recipe.sh
-#   TARGET=qwen2.5-coder-1.5b PER_SOURCE=1000 WIDTH=1472 STEPS=1500 bash benchmarks/drafter_recipe.sh
+#   TARGET=qwen2.5-coder-1.5b PER_SOURCE=1000 WIDTH=1472 STEPS=1500 SCALING_DTYPE=bfloat16 bash benchmarks/drafter_recipe.sh
 #   (the 1.5B's compact pair: 4,096 draft tokens, MLP width 1472, the largest multiple of 64 that
 #   keeps the fp16 pair within 160 MB: 100.5 + 57.8 MB; width 1536 would be 160.07 MB.
 #   1,500 steps of 8 x 128 positions are about one pass over the ~1.5M kept tokens.)
@@ -23,6 +24,7 @@ PER_SOURCE=${PER_SOURCE:-2500}     # prompts per source (six sources; ShareGPT h
 VOCAB=${VOCAB:-4096}               # draft vocabulary, chosen from the coverage run
 WIDTH=${WIDTH:-0}                  # drafter MLP width (0 = the target's)
 STEPS=${STEPS:-3000}
+SCALING_DTYPE=${SCALING_DTYPE:-float32}  # the target's in the scaling curve's decoding (bf16 is exact too)
 LR=${LR:-8e-4}
 STAGES=${STAGES:-regen vocab specblock eagle3 scaling}
 SRC=../shared/data/train
@@ -58,7 +60,8 @@ for stage in $STAGES; do
   scaling)
     log "scaling curve"
     .venv/bin/python benchmarks/scaling_curve.py --target "$TARGET" --data "$DATA" \
-      --run "$RUNS/$TARGET-specblock" --run "$RUNS/$TARGET-eagle3" --out "benchmarks/results/scaling_$TARGET"
+      --run "$RUNS/$TARGET-specblock" --run "$RUNS/$TARGET-eagle3" --dtype "$SCALING_DTYPE" \
+      --out "benchmarks/results/scaling_$TARGET"
     ;;
   *) echo "unknown stage $stage" >&2; exit 2 ;;
   esac

@@ -5,14 +5,17 @@ OUT/drafter is the last step) this measures:
 - chain tau: the trainer's teacher-forced estimate, 1 + sum over d = 1..4 of P(depths 1..d
   right), on `--sequences` held-out sequences of the data directory (no target forward);
 - tree tau at `--nodes` nodes: real greedy speculative decoding (fp32 target, so the output is
-  the target's own) of the first user turn of `--prompts` held-out conversations, taken in
-  turn from each source; tau = new tokens / target forwards, the prefill counted (pooled).
+  the target's own; `--dtype bfloat16` for a large target: its verification is
+  batch-invariant, so the output is the bf16 target's own) of the first user turn of
+  `--prompts` held-out conversations, taken in turn from each source; tau = new tokens /
+  target forwards, the prefill counted (pooled).
 
 Training tokens = step x batch size x window: the positions the steps' crops span (an upper
 bound: a shorter conversation gives a shorter crop, and the prompt positions of a crop carry
 no loss). The points are snapshots of one run, whose learning rate decays to 0 only at its
 last step: a curve along one schedule, not one fully trained drafter per budget. Writes
-scaling.json, scaling.md and scaling.png under --out.
+scaling.json, scaling.md and scaling.png under --out after every drafter; a rerun with the
+same settings keeps the drafters already measured there and measures the rest.
 
     .venv/bin/python benchmarks/scaling_curve.py --data DATA --run RUN_SPECBLOCK --run RUN_EAGLE3 --out DIR
 """
@@ -70,10 +73,14 @@ def tree_tau(generator: SpecGenerator, prompts: list[dict], max_new_tokens: int)
 
 
 def measure_run(
-    run: Path, args, target: SpecGenerator, prompts: list[dict], heldout, done: Callable[[dict], None]
-) -> None:
-    """Measure every kept drafter of a run; `done` gets each row as soon as it is measured."""
+    run: Path, args, target: SpecGenerator, prompts: list[dict], heldout, done: Callable[[dict], None],
+    measured: set[tuple[str, int]],
+) -> None:  # fmt: skip
+    """Measure every kept drafter of a run but the (run, step) pairs `measured`; `done` gets
+    each row as soon as it is measured."""
     for step, drafter_dir in kept_drafters(run):
+        if (str(run), step) in measured:
+            continue
         config = read_config(drafter_dir)
         training = config["training"]
         method = config["method"]
@@ -145,13 +152,14 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=24)
     ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--sequences", type=int, default=64, help="held-out sequences for the chain tau")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="the target's")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     header = run_header()
-    target = SpecGenerator.load(args.target, "vanilla", dtype="float32")
+    target = SpecGenerator.load(args.target, "vanilla", dtype=args.dtype)
     prompts = heldout_questions(args.data)[: args.prompts]  # the sources in turn
     if not prompts:
         raise SystemExit(f"{args.data} holds no held-out conversations")
@@ -159,6 +167,11 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "run"}
     rows: list[dict] = []
+    earlier = args.out / "scaling.json"
+    if earlier.exists() and json.loads(earlier.read_text()).get("settings") == settings:
+        rows = json.loads(earlier.read_text())["rows"]  # a rerun: keep what the killed one measured
+        print(f"kept {len(rows)} drafter(s) measured earlier in {earlier}")
+    measured = {(r["run"], r["step"]) for r in rows}
 
     def write(row: dict) -> None:  # all three files after every drafter: a killed run keeps what it measured
         rows.append(row)
@@ -173,7 +186,7 @@ def main() -> None:
         plot(args.out / "scaling.png", rows, args.nodes)
 
     for run in args.run:
-        measure_run(run, args, target, prompts, heldout, write)
+        measure_run(run, args, target, prompts, heldout, write, measured)
     print(f"wrote {args.out}/scaling.json, scaling.md, scaling.png")
 
 

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Issue 15's qwen2.5-coder-1.5b work, end to end, as one resumable command: the drafter recipe
+# (regen, vocabulary coverage, SpecBlock and EAGLE-3 training, scaling curve), llama.cpp, the
+# 0.5B for draft-model, then the full report. Each stage continues from where a kill left it,
+# so a new working session reruns the same line and the CPU never waits between stages:
+#
+#   mkdir -p /work/data/logs && nohup bash benchmarks/pipeline_qwen.sh >> /work/data/logs/pipeline-qwen.log 2>&1 &
+#
+# About 18 hours of a 2-core Zen 4 in all (docs/drafters.md, "The recipe"). Pause it with
+# `kill -STOP` (every process of the job) while anything else uses the CPU, never benchmark
+# beside it. Shipping (`benchmarks/ship_drafter.py`) stays a step by hand.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TARGET=qwen2.5-coder-1.5b
+RUNS=${RUNS:-/work/runs}
+BUDGET=${BUDGET:-32}
+log() { echo "$(date -u +%FT%TZ) $*"; }
+
+TARGET=$TARGET PER_SOURCE=1000 WIDTH=1472 STEPS=1500 SCALING_DTYPE=bfloat16 RUNS=$RUNS \
+  bash benchmarks/drafter_recipe.sh
+log "llama.cpp (reuses an earlier build)"
+bash scripts/build_llama_cpp.sh
+log "the draft model"
+.venv/bin/specblock models fetch qwen2.5-coder-0.5b
+log "full report"
+TARGET=$TARGET OUT=benchmarks/results/report15_$TARGET BUDGET=$BUDGET EXTRA_METHODS=draft-model@auto \
+  DRAFTERS=specblock=$RUNS/$TARGET-specblock/drafter,eagle3=$RUNS/$TARGET-eagle3/drafter \
+  REFERENCES=llama.cpp-server,llama.cpp-server-ngram,llama.cpp-server-eagle3 bash benchmarks/full_report.sh
+log "done"
