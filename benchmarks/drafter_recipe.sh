@@ -24,7 +24,7 @@ PER_SOURCE=${PER_SOURCE:-2500}     # prompts per source (six sources; ShareGPT h
 VOCAB=${VOCAB:-4096}               # draft vocabulary, chosen from the coverage run
 WIDTH=${WIDTH:-0}                  # drafter MLP width (0 = the target's)
 STEPS=${STEPS:-3000}
-SCALING_DTYPE=${SCALING_DTYPE:-float32}  # the target's in the scaling curve's decoding (bf16 is exact too)
+SCALING_DTYPE=${SCALING_DTYPE:-float32}  # the target's in the scaling curve's decoding (bf16: exact where verification is batch-invariant)
 LR=${LR:-8e-4}
 STAGES=${STAGES:-regen vocab specblock eagle3 scaling}
 SRC=../shared/data/train

@@ -79,7 +79,7 @@ def measure_run(
     """Measure every kept drafter of a run but the (run, step) pairs `measured`; `done` gets
     each row as soon as it is measured."""
     for step, drafter_dir in kept_drafters(run):
-        if (str(run), step) in measured:
+        if (str(run.resolve()), step) in measured:
             continue
         config = read_config(drafter_dir)
         training = config["training"]
@@ -165,13 +165,17 @@ def main() -> None:
         raise SystemExit(f"{args.data} holds no held-out conversations")
     heldout = load_sequences(args.data, "heldout")
     args.out.mkdir(parents=True, exist_ok=True)
-    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "run"}
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "threads"}
+    settings["run"] = [str(r.resolve()) for r in args.run]
     rows: list[dict] = []
     earlier = args.out / "scaling.json"
-    if earlier.exists() and json.loads(earlier.read_text()).get("settings") == settings:
-        rows = json.loads(earlier.read_text())["rows"]  # a rerun: keep what the killed one measured
-        print(f"kept {len(rows)} drafter(s) measured earlier in {earlier}")
-    measured = {(r["run"], r["step"]) for r in rows}
+    if earlier.exists():
+        if json.loads(earlier.read_text()).get("settings") == settings:
+            rows = json.loads(earlier.read_text())["rows"]  # a rerun: keep what the killed one measured
+            print(f"kept {len(rows)} drafter(s) measured earlier in {earlier}")
+        else:
+            print(f"{earlier} was measured with other settings: measuring every drafter again")
+    measured = {(str(Path(r["run"]).resolve()), r["step"]) for r in rows}
 
     def write(row: dict) -> None:  # all three files after every drafter: a killed run keeps what it measured
         rows.append(row)

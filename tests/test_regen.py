@@ -329,7 +329,7 @@ def test_a_follow_up_reuses_its_slots_cache_and_records(tiny_qwen2):
         results[result.key] = result
         if result.key in (0, 1):  # its prompt + answer, then a new "user message"
             follow_ups[result.key] = GenerationRequest(("then", result.key), result.prompt + result.tokens + [30, 31, 32], 5, SamplingParams(), asked)  # fmt: skip
-            queue.append(follow_ups[result.key])
+            queue.insert(0, follow_ups[result.key])  # as `regen` does: the last one first, so not in slot order
     # request 1's slot held its prompt and all new tokens but the last (9); request 0's up to row 2
     assert engine.reused == 9 + 2
     assert engine.prefilled == 4 + 4 + (13 - 9) + (13 - 2)
@@ -345,5 +345,8 @@ def test_a_follow_up_reuses_its_slots_cache_and_records(tiny_qwen2):
         assert (got.topk_logprobs[[0, 3, 4]] == ref.topk_logprobs[[0, 3, 4]]).all()  # rows not asked stay empty
     before = engine.reused
     other = [GenerationRequest("other", [40, 41, 42], 2, SamplingParams())]
-    assert len(list(engine.run(lambda: other.pop() if other else None))) == 1
+    (done,) = engine.run(lambda: other.pop() if other else None)
     assert engine.reused == before
+    # a prompt that is exactly what a slot holds: its last token must run, so it prefills whole
+    again = [GenerationRequest("again", done.prompt + done.tokens[:-1], 2, SamplingParams())]
+    assert len(list(engine.run(lambda: again.pop() if again else None))) == 1 and engine.reused == before

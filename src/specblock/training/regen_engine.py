@@ -5,8 +5,8 @@ time: each iteration ONE target forward (`runner.verify_batch` with empty trees)
 newest token of every active request. Requests join as others finish; a newcomer's prefill
 runs alone. On a batch-invariant target (layout-invariant attention and row-invariant
 products: the server's exactness argument, bf16 on CPUs whose kernel table finds them) a
-request's tokens are those of decoding it alone, greedy or seeded; elsewhere (fp32, CUDA)
-they may part at near-ties.
+request that prefills whole gets the tokens of decoding it alone, greedy or seeded; elsewhere
+(fp32, CUDA) they may part at near-ties.
 
 While generating, it keeps per token what `data prepare` would otherwise recompute in a
 second pass over the text: the three captured target features after the token, and the
@@ -15,10 +15,14 @@ its log-probabilities only at the positions asked for (earlier answers of a mult
 conversation) and the last. So the features cost no extra target forward.
 
 A finished request's slot keeps its cache and its records until another request takes the
-slot. A request whose prompt begins with them (a conversation's next turn: the earlier
-prompt, the answer, then the new user message) goes to that slot and prefills only the rest;
-its records for the shared prefix are the ones kept. About half of the prefill tokens of
-multi-turn data are such a prefix.
+slot. A request whose prompt begins with ALL the tokens a free slot holds (a conversation's
+next turn: the earlier prompt and answer, then the new user message) goes to that slot and
+prefills only the rest; its records for that prefix are the ones kept. About half of the
+prefill tokens of multi-turn data are such a prefix. Only a whole held sequence counts (not a
+chat template's shared header), so where a prompt splits never depends on the batch size or
+on which request used a slot before: first turns prefill whole, and a later turn always
+splits after its own earlier turn. That split is a chunked prefill, which in bf16 may part
+from a whole-prompt prefill at a near-tie.
 """
 
 from __future__ import annotations
@@ -86,14 +90,13 @@ class _Held:
     has_logits: torch.Tensor  # [L] bool
 
     def reusable(self, prompt: list[int], logit_rows: list[int]) -> int:
-        """How many leading prompt tokens can be taken from here: the common prefix, short of
-        the prompt's last token (it must run to pick the first new token) and of the first
-        asked-for row whose top-k was not computed here."""
-        n = 0
-        for a, b in zip(self.tokens, prompt[:-1]):
-            if a != b:
-                break
-            n += 1
+        """How many leading prompt tokens can be taken from here: all held tokens when the
+        prompt begins with them and goes on past them (its last token must run to pick the
+        first new token), else none; cut at the first asked-for row whose top-k was not
+        computed here."""
+        n = len(self.tokens)
+        if n >= len(prompt) or prompt[:n] != self.tokens:
+            return 0
         missing = [row for row in logit_rows if row < n and not self.has_logits[row]]
         return min([n, *missing])
 
@@ -141,7 +144,7 @@ class BatchedGeneration:
 
     def _topk(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = logits.float()
-        top = logits.topk(self.top_k, dim=-1)  # of the logits, then normalised: no [n, V] log-softmax
+        top = logits.topk(self.top_k, dim=-1)  # of the logits, then normalised (no log-softmax output)
         return top.indices.to(torch.int32).cpu(), (top.values - logits.logsumexp(-1, keepdim=True)).cpu()
 
     def _reusable(self, slot: int, request: GenerationRequest) -> int:
