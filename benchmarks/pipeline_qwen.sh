@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Issue 15's qwen2.5-coder-1.5b work, end to end, as one resumable command: the drafter recipe
 # (regen, vocabulary coverage, SpecBlock and EAGLE-3 training, scaling curve), llama.cpp, the
-# 0.5B for draft-model, then the full report. Each stage continues from where a kill left it,
-# so a new working session reruns the same line and the CPU never waits between stages:
+# 0.5B for draft-model, the full report, then the held-out code bench. Each stage continues
+# from where a kill left it, so a new working session reruns the same line and the CPU never
+# waits between stages:
 #
 #   mkdir -p /work/data/logs && nohup bash benchmarks/pipeline_qwen.sh >> /work/data/logs/pipeline-qwen.log 2>&1 &
 #
@@ -26,4 +27,12 @@ log "full report"
 TARGET=$TARGET OUT=benchmarks/results/report15_$TARGET BUDGET=$BUDGET EXTRA_METHODS=draft-model@auto \
   DRAFTERS=specblock=$RUNS/$TARGET-specblock/drafter,eagle3=$RUNS/$TARGET-eagle3/drafter \
   REFERENCES=llama.cpp-server,llama.cpp-server-ngram,llama.cpp-server-eagle3 bash benchmarks/full_report.sh
+log "held-out code bench (the issue's second prompt set: code prompts never trained on)"
+questions=/work/data/heldout-code-$TARGET.jsonl
+.venv/bin/specblock data heldout-questions --data "/work/data/regen-$TARGET" --out "$questions" \
+  --sources code_alpaca_4535,code_alpaca_2k --per-source 15
+.venv/bin/specblock bench --target "$TARGET" --data "$questions" --per-category 15 --max-new-tokens 256 \
+  --methods "vanilla,lookup,eagle3@$BUDGET,specblock@$BUDGET" --temperature 0 --runs 3 \
+  --drafters "specblock=$RUNS/$TARGET-specblock/drafter,eagle3=$RUNS/$TARGET-eagle3/drafter" \
+  --out "benchmarks/results/report15_$TARGET/heldout_code"
 log "done"
