@@ -28,10 +28,11 @@ def random_specblock(target: Transformer, seed: int = 0, std: float = 0.2, **ove
     return model.eval()
 
 
-def random_eagle3(target: Transformer, seed: int = 0, std: float = 0.2) -> Eagle3Model:
+def random_eagle3(target: Transformer, seed: int = 0, std: float = 0.2, **overrides) -> Eagle3Model:
+    """`overrides`: Eagle3Config fields, e.g. a compact `intermediate_size`."""
     torch.manual_seed(seed)
     vocab = tiny_vocab(target)
-    model = Eagle3Model(Eagle3Config.for_target(target.cfg, vocab.size))
+    model = Eagle3Model(Eagle3Config.for_target(target.cfg, vocab.size, **overrides))
     randomise_(model, std)
     model.embed_tokens = target.embed.float()
     model.d2t, model.t2d = vocab.d2t, vocab.t2d

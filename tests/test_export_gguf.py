@@ -43,7 +43,8 @@ def target_gguf(path, vocab=128):
 
 @pytest.fixture
 def exported(deep_llama, tmp_path):
-    model = random_eagle3(Transformer.load(deep_llama))
+    target = Transformer.load(deep_llama)
+    model = random_eagle3(target, intermediate_size=target.cfg.intermediate_size - 16)  # compact, as the 1.5B's
     save_drafter(model, tmp_path / "drafter")
     out = tmp_path / "draft.gguf"
     export_gguf(tmp_path / "drafter", out, deep_llama, target_gguf(tmp_path / "target.gguf"))
@@ -60,6 +61,7 @@ def test_metadata_follows_llama_cpps_eagle3_conventions(exported):
     assert f["eagle3.target_hidden_size"] == c.target_hidden_size
     assert f["eagle3.norm_before_residual"] is False and f["eagle3.norm_before_fc"] is False
     assert f["eagle3.block_count"] == 1 and f["eagle3.embedding_length"] == c.hidden_size
+    assert f["eagle3.feed_forward_length"] == c.intermediate_size  # the drafter's own width, not the target's
     assert f["eagle3.attention.head_count"] == c.num_attention_heads
     assert f["eagle3.attention.head_count_kv"] == c.num_key_value_heads
     assert f["eagle3.rope.dimension_count"] == c.head_dim and f["eagle3.vocab_size"] == c.target_vocab_size
