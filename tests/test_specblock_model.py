@@ -2,7 +2,7 @@
 
 import torch
 
-from specblock.drafters.specblock_model import block_mask, rank_class, rank_features, shift_slots
+from specblock.drafters.specblock_model import InputLayer, SpecBlockConfig, block_mask, rank_class, rank_features, shift_slots
 from specblock.training.specblock_loss import inherited_mask, ordinal_soft_labels, valid_prefix
 
 
@@ -65,3 +65,26 @@ def test_rank_features_shape_and_values():
     assert torch.isclose(f[0, 10], torch.tensor(1.0))  # top1 - top2 gap
     assert torch.isclose(f[0, 11], torch.tensor(2.0))  # top1 - top3
     assert torch.isclose(f[0, 13], torch.softmax(logits, -1).max())  # top-1 probability
+
+
+def test_input_layer_is_fuse_of_condition_token_and_slot_query():
+    """Design §4's slot input, fuse([norm(cond) ; norm(embed) ; norm(query_k)]), written out as one
+    product per slot; the layer computes it in two parts (per position, per slot), in training
+    and in drafting (inference weights), from target features and from inherited hiddens."""
+    torch.manual_seed(0)
+    cfg = SpecBlockConfig(hidden_size=8, intermediate_size=16, num_attention_heads=2, num_key_value_heads=1,
+                          head_dim=4, target_hidden_size=6, target_vocab_size=32, draft_vocab_size=16)  # fmt: skip
+    layer = InputLayer(cfg)
+    for p in layer.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    embeds = torch.randn(2, 3, 8)
+    for condition, inherited in ((torch.randn(2, 3, 18), False), (torch.randn(2, 3, 8), True)):
+        c = condition if inherited else layer.condition_proj(condition)
+        want = torch.stack([
+            layer.fuse(torch.cat([layer.condition_norm(c), layer.token_norm(embeds),
+                                  layer.query_norm(layer.position_queries[k]).expand(2, 3, 8)], dim=-1))
+            for k in range(cfg.block_size)
+        ], dim=2)  # fmt: skip
+        torch.testing.assert_close(layer(condition, embeds, inherited), want)
+        with torch.inference_mode():
+            torch.testing.assert_close(layer(condition, embeds, inherited), want)

@@ -17,6 +17,7 @@ matrix (the small norm and query vectors are cast as they are used).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from specblock.target.kernels import Linear
@@ -52,13 +53,15 @@ class InferenceWeights:
     def __init__(self) -> None:
         self._made: dict[str, tuple[tuple, Linear]] = {}
 
-    def get(self, name: str, linears: list[nn.Linear], dtype: torch.dtype) -> Linear:
+    def get(self, name: str, linears: list[nn.Linear], dtype: torch.dtype, columns: slice | None = None) -> Linear:
+        """The rows of `linears` stacked, in `dtype`; only input `columns` of them if given."""
         assert all(lin.bias is None for lin in linears), "drafter projections have no biases"
         weights = [lin.weight for lin in linears]
         stamp = (dtype, weights[0].device, *(id(w) for w in weights), *(w._version for w in weights))
         made = self._made.get(name)
         if made is None or made[0] != stamp:
-            fused = torch.cat([w.detach() for w in weights]).to(dtype)
+            fused = torch.cat([w.detach() for w in weights])
+            fused = (fused if columns is None else fused[:, columns]).contiguous().to(dtype)
             made = (stamp, Linear(fused))
             self._made[name] = made
         return made[1]
@@ -196,7 +199,13 @@ class DecoderLayer(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x)), kv
 
 
-def drafting_linear(module: nn.Module, name: str, linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """A single nn.Linear applied through its inference copy when drafting (lm_head, fc, fuse, ...)."""
-    store = module.__dict__.setdefault("_inference_weights", InferenceWeights())
-    return store.get(name, [linear], x.dtype)(x) if _drafting() else linear(x.to(linear.weight.dtype))
+def drafting_linear(
+    module: nn.Module, name: str, linear: nn.Linear, x: torch.Tensor, columns: slice | None = None
+) -> torch.Tensor:  # fmt: skip
+    """A single nn.Linear applied through its inference copy when drafting (lm_head, fc, fuse, ...);
+    `columns`: only those input columns of its weight (x is that wide), a part of a product."""
+    if _drafting():
+        store = module.__dict__.setdefault("_inference_weights", InferenceWeights())
+        return store.get(name, [linear], x.dtype, columns)(x)
+    weight = linear.weight if columns is None else linear.weight[:, columns]
+    return F.linear(x.to(weight.dtype), weight)
