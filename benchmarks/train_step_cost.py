@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import time
 from pathlib import Path
 
@@ -26,6 +27,20 @@ from specblock.target.config import ModelConfig
 from specblock.training import trainer
 from specblock.training.dataset import ShardedSequences
 from specblock.training.draft_vocab import DraftVocab
+
+
+def code_commit() -> str:
+    """The commit of the specblock code this run imports (+ "-dirty" with local changes), so a
+    before/after pair of result files says which code each measured."""
+    import specblock
+
+    src = Path(specblock.__file__).resolve().parents[2]
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(src), *args], capture_output=True, text=True).stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    return commit + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
 def answer_counts(seqs: ShardedSequences, vocab_size: int) -> torch.Tensor:
@@ -67,7 +82,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    header = run_header()
+    header = run_header() | {"commit": code_commit()}
     target = resolve_model(args.target)
     cfg = ModelConfig.from_dir(target)
     shards = sorted(p.name for p in args.data.glob("train-*.safetensors"))[: args.shards]
@@ -92,7 +107,7 @@ def main() -> None:
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     (args.out / f"{name}.json").write_text(json.dumps(header | {"settings": settings, "rows": rows}, indent=2) + "\n")
     lines = [f"# Training step cost: {args.target}", "", f"`{header['command']}`", "",
-             f"{header['date']}, {header['machine']}, {header['cpu']}.", "",
+             f"{header['date']}, {header['machine']}, code {header['commit']}.", "",
              f"{args.batch_size} x {args.window} positions a step, micro-batches of 2, MLP width "
              f"{args.intermediate_size or 'of the target'}, {args.vocab_size} draft tokens, precision {args.precision}, "
              f"{len(shards)} train shards.", "",

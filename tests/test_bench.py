@@ -294,6 +294,53 @@ def test_llama_cpp_speculative_references_say_why_they_cannot_run(tiny_llama):
     assert "--drafters eagle3=DIR" in settings["references_unavailable"]["llama.cpp-server-eagle3"]
 
 
+class FlakyReference:
+    """Stands in for a reference process: answers `works` requests (the warm-up included), then
+    fails as a dead llama-server does."""
+
+    works = 2
+    closed: list[str] = []
+
+    def __init__(self, name: str, *args: str) -> None:
+        self.name, self.calls = name, 0
+
+    def run(self, ids: list[int], max_new: int) -> dict:
+        self.calls += 1
+        if self.calls > self.works:
+            raise RuntimeError(f"{self.name}: the reference process exited")
+        return {"new_tokens": max_new, "wall_s": 0.5}
+
+    def close(self) -> None:
+        FlakyReference.closed.append(self.name)
+
+
+def test_a_reference_that_fails_is_listed_and_the_benchmark_goes_on(
+    tiny_llama, tiny_draft_llama, data_file, tmp_path, monkeypatch
+):
+    """A reference that fails its warm-up is never used; one that dies mid-run keeps the rows it
+    made, is closed and listed with the question it failed on, and every method's rows are made."""
+    from specblock import SpecGenerator
+    from specblock.bench import reference_engines
+    from specblock.bench.runner import start_references
+
+    monkeypatch.setattr(reference_engines, "ReferenceProcess", FlakyReference)
+    monkeypatch.setattr(FlakyReference, "closed", [])
+    vanilla = SpecGenerator.load(str(tiny_llama), "vanilla", dtype="float32")
+    monkeypatch.setattr(FlakyReference, "works", 0)
+    settings = {}
+    assert start_references(["llama.cpp"], str(tiny_llama), vanilla, settings) == {}
+    assert settings["references_unavailable"]["llama.cpp"].startswith("failed its warm-up")
+    assert FlakyReference.closed == ["llama.cpp"]
+    monkeypatch.setattr(FlakyReference, "works", 2)  # the warm-up and the first question's first turn
+    run_bench(**bench_args(tiny_llama, tiny_draft_llama, data_file, tmp_path, runs=1, references=["llama.cpp"]))
+    rows = read_rows(tmp_path / "results.jsonl")
+    assert [(r["question_id"], r["turn"]) for r in rows if r["method"] == "llama.cpp"] == [(81, 1)]
+    assert len([r for r in rows if r["method"] != "llama.cpp"]) == EXPECTED_ROWS // RUNS
+    settings = json.loads((tmp_path / "settings.json").read_text())
+    assert settings["references_unavailable"]["llama.cpp"].startswith("failed on 81")
+    assert FlakyReference.closed == ["llama.cpp", "llama.cpp"]
+
+
 def test_llama_server_rows_count_its_target_forwards_from_the_accepted_drafts():
     from specblock.bench.prompts import Prompt
     from specblock.bench.reference_engines import server_timings

@@ -31,13 +31,15 @@ def test_a_bf16_target_gets_a_bf16_drafter_cache_and_features_on_its_device(tiny
     assert drafter.cache.keys.dtype == torch.bfloat16 and drafter.cache.keys.device == target.device
     assert seen and all(f.dtype == torch.bfloat16 and f.device == target.device for f in seen)
     # the fused drafting weights are made once in the target's dtype, not per call
-    made = {name: id(lin) for module in net.modules() for name, (_, lin) in getattr(
-        getattr(module, "inference", None), "_made", {}).items()}  # fmt: skip
-    assert made
+    def fused_weights() -> dict:  # the layers' stores and `drafting_linear`'s, per module
+        return {(id(module), store, name): id(lin) for module in net.modules()
+                for store in ("inference", "_inference_weights")
+                for name, (_, lin) in getattr(getattr(module, store, None), "_made", {}).items()}  # fmt: skip
+
+    made = fused_weights()
+    assert made and any(key[1] == "_inference_weights" for key in made)
     run_decode(target, drafter, [5, 17, 33, 9, 41], max_new_tokens=6, node_budget=8)
-    again = {name: id(lin) for module in net.modules() for name, (_, lin) in getattr(
-        getattr(module, "inference", None), "_made", {}).items()}  # fmt: skip
-    assert again == made
+    assert fused_weights() == made
 
 
 def test_a_changed_weight_rebuilds_the_fused_drafting_weights(tiny_llama):
@@ -52,3 +54,12 @@ def test_a_changed_weight_rebuilds_the_fused_drafting_weights(tiny_llama):
     with torch.inference_mode():
         after = attn._qkv(x)[0]
     torch.testing.assert_close(after, 2 * before)
+    # the input layer's two parts of one weight (`drafting_linear` with columns) follow it too
+    layer = net.input_layer
+    cond, embeds = torch.randn(1, 3, net.cfg.hidden_size), torch.randn(1, 3, net.cfg.hidden_size)
+    with torch.inference_mode():
+        before = layer(cond, embeds, inherited=True).clone()
+    with torch.no_grad():
+        layer.fuse.weight.mul_(2.0)
+    with torch.inference_mode():
+        torch.testing.assert_close(layer(cond, embeds, inherited=True), 2 * before)

@@ -2,7 +2,14 @@
 
 import torch
 
-from specblock.drafters.specblock_model import InputLayer, SpecBlockConfig, block_mask, rank_class, rank_features, shift_slots
+from specblock.drafters.specblock_model import (
+    InputLayer,
+    SpecBlockConfig,
+    block_mask,
+    rank_class,
+    rank_features,
+    shift_slots,
+)
 from specblock.training.specblock_loss import inherited_mask, ordinal_soft_labels, valid_prefix
 
 

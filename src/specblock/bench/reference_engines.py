@@ -143,8 +143,11 @@ class ReferenceProcess:
             raise RuntimeError(f"{name} unavailable: {status or 'the process exited'}")
 
     def run(self, ids: list[int], max_new: int) -> dict:
-        self.proc.stdin.write(json.dumps({"ids": ids, "max_new": max_new}) + "\n")
-        self.proc.stdin.flush()
+        try:
+            self.proc.stdin.write(json.dumps({"ids": ids, "max_new": max_new}) + "\n")
+            self.proc.stdin.flush()
+        except OSError as exc:  # the child is gone (a broken pipe)
+            raise RuntimeError(f"{self.name}: the reference process exited") from exc
         line = self.proc.stdout.readline()
         if not line:
             raise RuntimeError(f"{self.name}: the reference process exited")
@@ -154,7 +157,10 @@ class ReferenceProcess:
         return reply
 
     def close(self) -> None:
-        self.proc.stdin.close()
+        try:
+            self.proc.stdin.close()
+        except OSError:  # the child already died with input unread
+            pass
         self.proc.wait()
 
 

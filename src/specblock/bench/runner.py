@@ -149,10 +149,18 @@ def run_bench(
                 if run == 1:  # reference engines: once, on the turn vanilla was asked
                     messages = history["vanilla"][:-1]
                     ids = gens["vanilla"].tokenizer.encode(messages=messages)
-                    for name, engine in engines.items():
+                    for name, engine in list(engines.items()):
                         key = (json.dumps(prompt.question_id), turn, name, run)
-                        if results.get(key) is None:
-                            results.append(reference_row(prompt, turn, name, engine.run(ids, max_new_tokens), len(ids)))
+                        if results.get(key) is not None:
+                            continue
+                        try:
+                            reply = engine.run(ids, max_new_tokens)
+                        except RuntimeError as exc:  # a reference that dies mid-run loses its row, not the benchmark
+                            engines.pop(name).close()
+                            settings["references_unavailable"][name] = f"failed on {prompt.question_id}: {exc}"
+                            write_settings(out, settings)
+                            continue
+                        results.append(reference_row(prompt, turn, name, reply, len(ids)))
     for engine in engines.values():
         engine.close()
     return settings
@@ -216,10 +224,17 @@ def start_references(
         else:
             args = ("llama.cpp", "" if local else str(gguf_file(target)))
         try:
-            engines[name] = ReferenceProcess(name, *args)
-            engines[name].run(vanilla.tokenizer.encode(WARMUP_PROMPT), 8)
+            engine = ReferenceProcess(name, *args)
         except RuntimeError as exc:
             missing[name] = str(exc)
+            continue
+        try:  # kept only once it has generated (llama.cpp's EAGLE-3 aborts at its first draft on Qwen2)
+            engine.run(vanilla.tokenizer.encode(WARMUP_PROMPT), 8)
+        except RuntimeError as exc:
+            engine.close()
+            missing[name] = f"failed its warm-up: {exc}"
+            continue
+        engines[name] = engine
     settings["references_unavailable"] = missing
     return engines
 

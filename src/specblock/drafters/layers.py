@@ -57,7 +57,8 @@ class InferenceWeights:
         """The rows of `linears` stacked, in `dtype`; only input `columns` of them if given."""
         assert all(lin.bias is None for lin in linears), "drafter projections have no biases"
         weights = [lin.weight for lin in linears]
-        stamp = (dtype, weights[0].device, *(id(w) for w in weights), *(w._version for w in weights))
+        span = None if columns is None else (columns.start, columns.stop)
+        stamp = (dtype, weights[0].device, span, *(id(w) for w in weights), *(w._version for w in weights))
         made = self._made.get(name)
         if made is None or made[0] != stamp:
             fused = torch.cat([w.detach() for w in weights])
@@ -207,5 +208,6 @@ def drafting_linear(
     if _drafting():
         store = module.__dict__.setdefault("_inference_weights", InferenceWeights())
         return store.get(name, [linear], x.dtype, columns)(x)
+    assert linear.bias is None, "drafter projections have no biases"
     weight = linear.weight if columns is None else linear.weight[:, columns]
     return F.linear(x.to(weight.dtype), weight)

@@ -89,8 +89,9 @@ class InputLayer(nn.Module):
         query = self.query_norm(self.position_queries.to(cond.dtype))  # [K, H]
         h = cond.shape[-1]
         # fuse is linear and [cond ; tok] is the same for a position's K slots, so fuse([cond ; tok ;
-        # query]) = (its first 2H columns on P rows) + (its last H columns on K rows): the wide
-        # product runs on P rows instead of P*K (about a sixth of a training step's products)
+        # query]) = (its first 2H columns on P rows) + (its last H columns on K rows), equal in exact
+        # arithmetic (each part is rounded on its own in bf16): the fuse product, about a sixth of a
+        # training step's products, runs on P rows instead of P*K
         per_position = drafting_linear(self, "fuse_context", self.fuse, torch.cat([cond, tok], dim=-1), slice(0, 2 * h))
         per_slot = drafting_linear(self, "fuse_query", self.fuse, query, slice(2 * h, 3 * h))
         return per_position[:, :, None] + per_slot
