@@ -26,6 +26,14 @@ log() { echo "$(date -u +%FT%TZ) $*"; }
 
 TARGET=$TARGET PER_SOURCE=1000 WIDTH=1472 STEPS=1500 SCALING_DTYPE=bfloat16 WORK=$WORK RUNS=$RUNS \
   DATA=$DATA bash benchmarks/drafter_recipe.sh
+for method in specblock eagle3; do  # tau and drafting time per budget, for `auto` (skipped once stored)
+  drafter=$RUNS/$TARGET-$method/drafter
+  if ! grep -q '"calibration"' "$drafter/config.json"; then
+    log "calibrate $method"
+    .venv/bin/python benchmarks/calibrate_drafter.py --method "$method" --drafter "$drafter" --target "$TARGET" \
+      --budgets 4,8,12,16,24,32 --data "$DATA" --skip 96  # past the held-out code bench's first 15 per source
+  fi
+done
 log "llama.cpp (reuses an earlier build)"
 bash scripts/build_llama_cpp.sh
 log "the draft model"
