@@ -14,10 +14,18 @@
 #     CONTROL_RUN=/work/runs/smollm2-135m-specblock WARMUP=100 EVAL_EVERY=250 BUDGET=16 \
 #     DATA_Q=heldout.jsonl OUT=benchmarks/results/ablations_smollm2-135m_15 bash benchmarks/ablations.sh
 #
+#   Issue 15 on the 1.5B (its compact width; the control is the main run's snapshot at step 500):
+#   TARGET=qwen2.5-coder-1.5b WIDTH=1472 DATA=/work/data/regen-qwen2.5-coder-1.5b \
+#     RUNS=/work/runs/ablations-qwen STEPS=1500 STOP_AT=500 CONTROL_RUN=/work/runs/qwen2.5-coder-1.5b-specblock \
+#     WARMUP=100 EVAL_EVERY=250 BUDGET=8 DATA_Q=heldout.jsonl OUT=benchmarks/results/ablations_qwen2.5-coder-1.5b \
+#     bash benchmarks/ablations.sh
+#
 # Never run it next to another CPU job: the benchmark's timings would be wrong.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:?prepared data directory (specblock data prepare / data regen)}
+TARGET=${TARGET:-smollm2-135m}
+WIDTH=${WIDTH:-0}              # the drafters' MLP width (0 = the target's); the control's
 RUNS=${RUNS:?output directory for the ablation drafters}
 STEPS=${STEPS:-180}
 STOP_AT=${STOP_AT:-0}          # > 0: stop every variant after this step of the STEPS schedule
@@ -28,7 +36,8 @@ BUDGET=${BUDGET:-8}
 PER_CATEGORY=${PER_CATEGORY:-5}
 DATA_Q=${DATA_Q:-../shared/data/eval/spec_bench_question.jsonl}
 OUT=${OUT:-benchmarks/results/ablations_smollm2-135m}
-COMMON=(--method specblock --data "$DATA" --max-steps "$STEPS" --stop-at "$STOP_AT" --batch-size 8 --micro-batch 2
+COMMON=(--method specblock --target "$TARGET" --intermediate-size "$WIDTH" --data "$DATA" --max-steps "$STEPS"
+        --stop-at "$STOP_AT" --batch-size 8 --micro-batch 2
         --window 128 --lr 8e-4 --warmup-steps "$WARMUP" --valid-floor 0.1 --eval-every "$EVAL_EVERY"
         --checkpoint-every 20 --threads 2)
 declare -A EXTRA=([control]="" [noshift]="--no-layer-shift" [oneblock]="--blocks 1" [novalidprefix]="--no-valid-prefix")
@@ -76,7 +85,7 @@ for name in control noshift oneblock fixedtopk novalidprefix; do
   drafters="$drafters${drafters:+,}specblock:$name=$dir"
   methods="$methods,specblock:$name@$BUDGET"
 done
-.venv/bin/specblock bench --target smollm2-135m --methods "$methods" --drafters "$drafters" \
+.venv/bin/specblock bench --target "$TARGET" --methods "$methods" --drafters "$drafters" \
   --data "$DATA_Q" --per-category "$PER_CATEGORY" --runs 1 --max-new-tokens 128 \
   --compare "specblock:control@$BUDGET,specblock:noshift@$BUDGET" --out "$OUT"
 .venv/bin/python benchmarks/ablation_report.py --bench "$OUT" --runs "$RUNS"

@@ -2,13 +2,14 @@
 # Issue 15's qwen2.5-coder-1.5b work, end to end, as one resumable command: the drafter recipe
 # (regen, vocabulary coverage, SpecBlock and EAGLE-3 training, scaling curve), llama.cpp, the
 # 0.5B for draft-model, the full report (llama.cpp plain and n-gram rows: its EAGLE-3 aborts
-# on a Qwen2 target, docs/drafters.md), then the held-out code bench. Each stage continues
+# on a Qwen2 target, docs/drafters.md), the held-out code bench, the rank head's classes and
+# the ablations (item 7: about 5 more hours). Each stage continues
 # from where a kill left it, so a new working session reruns the same line and the CPU never
 # waits between stages:
 #
 #   mkdir -p /work/data/logs && nohup bash benchmarks/pipeline_qwen.sh >> /work/data/logs/pipeline-qwen.log 2>&1 &
 #
-# About 19 hours of a 2-core Zen 4 in all (docs/drafters.md, "The recipe"). Pause it with
+# About 25 hours of a 2-core Zen 4 in all (docs/drafters.md, "The recipe"). Pause it with
 # `kill -STOP` (every process of the job) while anything else uses the CPU, never benchmark
 # beside it. Shipping (`benchmarks/ship_drafter.py`) stays a step by hand.
 set -euo pipefail
@@ -50,4 +51,13 @@ questions=$WORK/data/heldout-code-$TARGET.jsonl
   --methods "vanilla,lookup,eagle3@$BUDGET,specblock@$BUDGET" --temperature 0 --runs 3 \
   --drafters "specblock=$RUNS/$TARGET-specblock/drafter,eagle3=$RUNS/$TARGET-eagle3/drafter" \
   --out "benchmarks/results/report15_$TARGET/heldout_code"
+log "rank head classes"
+.venv/bin/python benchmarks/rank_head_classes.py --data "$DATA" --target "$TARGET" --sequences 24 \
+  $(ls -d "$RUNS/$TARGET-specblock/snapshots"/step-* "$RUNS/$TARGET-specblock/drafter") \
+  > "benchmarks/results/scaling_$TARGET/rank_head_classes.txt"
+log "ablations (item 7, on the 1.5B: variants to step 500 of the same schedule, the control the main run's snapshot)"
+.venv/bin/specblock data heldout-questions --data "$DATA" --out "$WORK/data/heldout-$TARGET.jsonl" --per-source 8
+TARGET=$TARGET WIDTH=1472 DATA=$DATA RUNS=$RUNS/ablations-qwen STEPS=1500 STOP_AT=500 \
+  CONTROL_RUN=$RUNS/$TARGET-specblock WARMUP=100 EVAL_EVERY=250 BUDGET=8 PER_CATEGORY=8 \
+  DATA_Q=$WORK/data/heldout-$TARGET.jsonl OUT=benchmarks/results/ablations_$TARGET bash benchmarks/ablations.sh
 log "done"
