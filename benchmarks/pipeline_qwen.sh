@@ -2,14 +2,15 @@
 # Issue 15's qwen2.5-coder-1.5b work, end to end, as one resumable command: the drafter recipe
 # (regen, vocabulary coverage, SpecBlock and EAGLE-3 training, scaling curve), llama.cpp, the
 # 0.5B for draft-model, the full report (llama.cpp plain and n-gram rows: its EAGLE-3 aborts
-# on a Qwen2 target, docs/drafters.md), the held-out code bench, the rank head's classes and
-# the ablations (item 7: about 5 more hours). Each stage continues
+# on a Qwen2 target, docs/drafters.md), the held-out code bench (and smollm2's on the same
+# prompts, with llama.cpp's rows on smollm2), the rank head's classes and the ablations
+# (item 7: about 5 more hours). Each stage continues
 # from where a kill left it, so a new working session reruns the same line and the CPU never
 # waits between stages:
 #
 #   mkdir -p /work/data/logs && nohup bash benchmarks/pipeline_qwen.sh >> /work/data/logs/pipeline-qwen.log 2>&1 &
 #
-# About 25 hours of a 2-core Zen 4 in all (docs/drafters.md, "The recipe"). Pause it with
+# About 26 hours of a 2-core Zen 4 in all (docs/drafters.md, "The recipe"). Pause it with
 # `kill -STOP` (every process of the job) while anything else uses the CPU, never benchmark
 # beside it. Shipping (`benchmarks/ship_drafter.py`) stays a step by hand.
 set -euo pipefail
@@ -51,6 +52,15 @@ questions=$WORK/data/heldout-code-$TARGET.jsonl
   --methods "vanilla,lookup,eagle3@$BUDGET,specblock@$BUDGET" --temperature 0 --runs 3 \
   --drafters "specblock=$RUNS/$TARGET-specblock/drafter,eagle3=$RUNS/$TARGET-eagle3/drafter" \
   --out "benchmarks/results/report15_$TARGET/heldout_code"
+log "smollm2-135m: the shipped pair on the same held-out code prompts (never trained on: the split is a hash of"
+log "source and id), then llama.cpp's three server rows with their draft counts on Spec-Bench"
+.venv/bin/specblock bench --target smollm2-135m --data "$questions" --per-category 15 --max-new-tokens 256 \
+  --methods "vanilla,lookup,eagle3@auto,specblock@auto" --temperature 0 --runs 3 \
+  --out benchmarks/results/report15_smollm2-135m/heldout_code
+.venv/bin/specblock bench --target smollm2-135m --data ../shared/data/eval/spec_bench_question.jsonl --per-category 5 \
+  --max-new-tokens 256 --methods vanilla --temperature 0 --runs 1 \
+  --references llama.cpp-server,llama.cpp-server-ngram,llama.cpp-server-eagle3 \
+  --out benchmarks/results/report15_smollm2-135m/llama_cpp_rows
 log "rank head classes"
 .venv/bin/python benchmarks/rank_head_classes.py --data "$DATA" --target "$TARGET" --sequences 24 \
   $(ls -d "$RUNS/$TARGET-specblock/snapshots"/step-* "$RUNS/$TARGET-specblock/drafter") \
