@@ -170,8 +170,9 @@ def main() -> None:
     rows: list[dict] = []
     earlier = args.out / "scaling.json"
     if earlier.exists():
-        if json.loads(earlier.read_text()).get("settings") == settings:
-            rows = json.loads(earlier.read_text())["rows"]  # a rerun: keep what the killed one measured
+        measured_before = json.loads(earlier.read_text())
+        if measured_before.get("settings") == settings:
+            rows = measured_before["rows"]  # a rerun: keep what the killed one measured
             print(f"kept {len(rows)} drafter(s) measured earlier in {earlier}")
         else:
             print(f"{earlier} was measured with other settings: measuring every drafter again")

@@ -26,7 +26,7 @@ from specblock.models.resolve import resolve_model
 from specblock.target.config import ModelConfig
 from specblock.training import trainer
 from specblock.training.dataset import ShardedSequences
-from specblock.training.draft_vocab import DraftVocab
+from specblock.training.draft_vocab import DraftVocab, count_answer_tokens
 
 
 def code_commit() -> str:
@@ -41,13 +41,6 @@ def code_commit() -> str:
 
     commit = git("rev-parse", "--short", "HEAD") or "unknown"
     return commit + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
-
-
-def answer_counts(seqs: ShardedSequences, vocab_size: int) -> torch.Tensor:
-    counts = torch.zeros(vocab_size)
-    for seq in seqs:
-        counts += torch.bincount(seq.tokens[seq.answer_mask.bool()].long(), minlength=vocab_size).float()
-    return counts
 
 
 def step_seconds(settings: trainer.TrainSettings, cfg, vocab, embed, seqs, steps: int) -> list[float]:
@@ -89,7 +82,8 @@ def main() -> None:
     if not shards:
         raise SystemExit(f"{args.data} holds no train shards")
     seqs = ShardedSequences(args.data, shards)
-    vocab = DraftVocab.from_counts(answer_counts(seqs, cfg.vocab_size), args.vocab_size)
+    answers = ((seq.tokens.tolist(), seq.answer_mask.tolist()) for seq in seqs)
+    vocab = DraftVocab.from_counts(count_answer_tokens(answers, cfg.vocab_size), args.vocab_size)
     embed = trainer.target_embeddings(target)
     rows = []
     for method in args.methods.split(","):
