@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Issue 15's qwen2.5-coder-1.5b work, end to end, as one resumable command: the drafter recipe
 # (regen, vocabulary coverage, SpecBlock and EAGLE-3 training, scaling curve), llama.cpp, the
-# 0.5B for draft-model, the full report (llama.cpp plain and n-gram rows: its EAGLE-3 aborts
-# on a Qwen2 target, docs/drafters.md), the held-out code bench (and smollm2's on the same
+# 0.5B for draft-model, the full report (llama.cpp plain, n-gram and EAGLE-3 rows: the build
+# script patches llama.cpp's Qwen2 graph for EAGLE-3, docs/drafters.md), the held-out code bench (and smollm2's on the same
 # prompts, with llama.cpp's rows on smollm2), the rank head's classes and the ablations
 # (item 7: about 5 more hours). Each stage continues
 # from where a kill left it, so a new working session reruns the same line and the CPU never
@@ -43,7 +43,7 @@ log "the draft model"
 log "full report"
 TARGET=$TARGET OUT=benchmarks/results/report15_$TARGET BUDGET=$BUDGET EXTRA_METHODS=draft-model@auto \
   DRAFTERS=specblock=$RUNS/$TARGET-specblock/drafter,eagle3=$RUNS/$TARGET-eagle3/drafter \
-  REFERENCES=llama.cpp-server,llama.cpp-server-ngram bash benchmarks/full_report.sh
+  REFERENCES=llama.cpp-server,llama.cpp-server-ngram,llama.cpp-server-eagle3 bash benchmarks/full_report.sh
 log "held-out code bench (the issue's second prompt set: code prompts never trained on)"
 questions=$WORK/data/heldout-code-$TARGET.jsonl
 .venv/bin/specblock data heldout-questions --data "$DATA" --out "$questions" \

@@ -19,6 +19,16 @@ if [ ! -d src ]; then
   mv llama_cpp_python-$VERSION/vendor/llama.cpp src
   rm -rf llama_cpp_python-$VERSION
 fi
+# EAGLE-3 on a Qwen2 target (qwen2.5-coder): the pinned llama.cpp hands the drafter the inputs
+# of the target's layers (`t_layer_inp`) from the Llama and Qwen3 graphs but not from Qwen2's, so
+# drafting aborts with "layer input tensor is null". The one line Llama's graph has is added to
+# Qwen2's (the same tensor: each layer's input); without drafting it changes nothing.
+qwen2=src/src/models/qwen2.cpp
+if ! grep -q 't_layer_inp' "$qwen2"; then
+  sed -i 's|^\(    for (int il = 0; il < n_layer; ++il) {\)$|\1\n        res->t_layer_inp[il] = inpL;|' "$qwen2"
+  grep -q 't_layer_inp' "$qwen2" || { echo "could not add the EAGLE-3 feature capture to $qwen2"; exit 1; }
+  echo "patched $qwen2: EAGLE-3 feature capture for Qwen2 targets"
+fi
 flags=(-DGGML_NATIVE=OFF -DLLAMA_CURL=OFF -DBUILD_SHARED_LIBS=OFF -DCMAKE_BUILD_TYPE=Release
        -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON)
 cpu_flags=$(grep -m1 '^flags' /proc/cpuinfo || true)

@@ -228,7 +228,7 @@ def start_references(
         except RuntimeError as exc:
             missing[name] = str(exc)
             continue
-        try:  # kept only once it has generated (llama.cpp's EAGLE-3 aborts at its first draft on Qwen2)
+        try:  # kept only once it has generated (an unpatched llama.cpp's EAGLE-3 aborts on Qwen2)
             engine.run(vanilla.tokenizer.encode(WARMUP_PROMPT), 8)
         except RuntimeError as exc:
             engine.close()

@@ -21,7 +21,8 @@ It follows what llama.cpp's own converter writes for an EAGLE-3 checkpoint
   draft logits' width and the range of `d2t`.
 
 Note: the pinned llama.cpp extracts target features only for some architectures (Llama,
-Qwen3, ...); a Qwen2 target such as qwen2.5-coder loads but aborts when drafting there.
+Qwen3, ...); for a Qwen2 target such as qwen2.5-coder, scripts/build_llama_cpp.sh adds the
+missing line to llama.cpp's Qwen2 graph (docs/drafters.md).
 """
 
 from __future__ import annotations
