@@ -11,24 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import torch
 from benchmarks_common import run_header
 
+from specblock.target.kernels import median_us
+
 OUT_FEATURES, IN_FEATURES, GROUP = 8960, 1536, 128
-
-
-def median_ms(fn, repeats: int = 30) -> float:
-    fn()
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return sorted(times)[len(times) // 2] * 1e3
 
 
 def pack_int4(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,8 +49,8 @@ def main() -> None:
         x = torch.randn(m, IN_FEATURES, dtype=torch.bfloat16)
         error = (torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, GROUP, table).float() - (x @ weight.T).float())
         rows[m] = {
-            "int4_ms": round(median_ms(lambda: torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, GROUP, table)), 4),
-            "bf16_ms": round(median_ms(lambda: torch.nn.functional.linear(x, weight)), 4),
+            "int4_ms": round(median_us(lambda: torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, GROUP, table), 30) / 1e3, 4),
+            "bf16_ms": round(median_us(lambda: torch.nn.functional.linear(x, weight), 30) / 1e3, 4),
             "int4_rel_error": round(float(error.norm() / (x @ weight.T).float().norm()), 4),
         }
         print(m, rows[m], flush=True)
