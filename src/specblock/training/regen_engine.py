@@ -18,7 +18,7 @@ A finished request's slot keeps its cache and its records until another request 
 slot. A request whose prompt begins with ALL the tokens a free slot holds (a conversation's
 next turn: the earlier prompt and answer, then the new user message) goes to that slot and
 prefills only the rest; its records for that prefix are the ones kept (on the 1.5B's regen mix
-about 44% of all prompt tokens). Only a whole held sequence counts (not a
+44-49% of all prompt tokens). Only a whole held sequence counts (not a
 chat template's shared header), so where a prompt splits never depends on the batch size or
 on which request used a slot before: first turns prefill whole, and a later turn always
 splits after its own earlier turn. That split is a chunked prefill, which in bf16 may part
