@@ -72,7 +72,7 @@ def main() -> None:
     table, cats = summary["table"], [c for c in summary["categories"] if c != "all"]
     tau_q = {m: per_question_tau([r for r in rows if r["method"] == m]) for m in methods}
     out = [
-        "# SpecBlock ablations, smollm2-135m",
+        f"# SpecBlock ablations, {settings['target']}",
         "",
         f"Each drafter trained on the same data, schedule and steps; benchmark: {settings['per_category']} "
         f"questions per category, {settings['max_new_tokens']} new tokens, T={settings['temperature']}, "

@@ -25,6 +25,7 @@ import specblock  # noqa: F401  (sets the OpenMP wait policy before torch loads)
 
 from specblock import SpecGenerator
 from specblock.training.conversations import read_conversations
+from specblock.training.prepare import write_json
 from specblock.training.regen_store import heldout_questions
 
 from benchmarks_common import machine_description
@@ -84,7 +85,7 @@ def main() -> None:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_description(),
     }  # fmt: skip
-    config_path.write_text(json.dumps(config, indent=2) + "\n")
+    write_json(config_path, config)  # atomic: a kill mid-write must not break the drafter
 
 
 if __name__ == "__main__":

@@ -67,7 +67,8 @@ log "rank head classes"
   > "benchmarks/results/scaling_$TARGET/rank_head_classes.txt"
 log "ablations (item 7, on the 1.5B: variants to step 500 of the same schedule, the control the main run's snapshot)"
 .venv/bin/specblock data heldout-questions --data "$DATA" --out "$WORK/data/heldout-$TARGET.jsonl" --per-source 8
-TARGET=$TARGET WIDTH=1472 DATA=$DATA RUNS=$RUNS/ablations-qwen STEPS=1500 STOP_AT=500 \
-  CONTROL_RUN=$RUNS/$TARGET-specblock WARMUP=100 EVAL_EVERY=250 BUDGET=8 PER_CATEGORY=8 \
+# CONTROL_RUN before RUNS: a command's prefix assigns left to right, so a later $RUNS is the new one
+CONTROL_RUN=$RUNS/$TARGET-specblock TARGET=$TARGET WIDTH=1472 DATA=$DATA RUNS=$RUNS/ablations-qwen \
+  STEPS=1500 STOP_AT=500 WARMUP=100 EVAL_EVERY=250 BUDGET=8 PER_CATEGORY=8 \
   DATA_Q=$WORK/data/heldout-$TARGET.jsonl OUT=benchmarks/results/ablations_$TARGET bash benchmarks/ablations.sh
 log "done"
