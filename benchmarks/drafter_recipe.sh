@@ -4,7 +4,7 @@
 # on the same data, steps and tokens per step (with snapshots), and plot the scaling curve.
 # Rerun the same command after a kill: regen and training resume from their last flush or
 # checkpoint (a trained drafter is skipped), the scaling curve from its last measured drafter;
-# the coverage stage runs again whole (its Spec-Bench answers are kept).
+# a measured coverage is kept (delete its directory to measure again).
 # Hours of CPU per target (docs/drafters.md, "The recipe"); never run it next to a benchmark.
 #
 #   TARGET=smollm2-135m bash benchmarks/drafter_recipe.sh
@@ -41,11 +41,14 @@ for stage in $STAGES; do
       --batch-size 32 --vocab-size "$VOCAB" --out "$DATA"
     ;;
   vocab)
+    coverage=benchmarks/results/draft_vocab_$TARGET
+    # measured once: a rerun would rewrite the README, whose size choice is written by hand
+    if [ -f "$coverage/coverage.json" ]; then log "$coverage is measured"; continue; fi
     log "Spec-Bench answers and vocabulary coverage"
     .venv/bin/specblock data regen --target "$TARGET" --prompts ../shared/data/eval/spec_bench_question.jsonl \
       --max-new-tokens 128 --batch-size 32 --out "$WORK/data/specbench-$TARGET"
     .venv/bin/python benchmarks/draft_vocab_coverage.py --data "$DATA" --eval "$WORK/data/specbench-$TARGET" \
-      --out "benchmarks/results/draft_vocab_$TARGET"
+      --out "$coverage"
     ;;
   specblock | eagle3)
     out=$RUNS/$TARGET-$stage
