@@ -157,6 +157,8 @@ def test_greedy_batched_equals_plain_decoding_in_fp32(tiny_qwen2):
 def test_cancelled_job_frees_its_slot_and_others_finish(tiny_llama):
     model = Transformer.load(tiny_llama)
     scheduler = BatchScheduler(model, VanillaDrafter(), decode=lambda ids: "", max_batch=1, queue_size=1)
+    hold = threading.Event()  # no iteration before the cancel: a fast machine could finish the long job first
+    scheduler._iterate = lambda iterate=scheduler._iterate: (hold.wait(30), iterate())
     scheduler.start()
     try:
         long, short = Collector(), Collector()
@@ -168,10 +170,12 @@ def test_cancelled_job_frees_its_slot_and_others_finish(tiny_llama):
         while not long.tokens:
             time.sleep(0.001)
         job.cancel()
+        hold.set()
         assert short.done.wait(30) and isinstance(short.end, Finished)
         assert not long.done.is_set() and len(long.tokens) < 400  # no event after the cancel: the client is gone
         assert scheduler.active == 0 and scheduler.queue_depth == 0
     finally:
+        hold.set()
         scheduler.stop()
 
 
