@@ -1,9 +1,15 @@
-"""Shared test helpers: running the decoding loop directly and drafters with fixed proposals."""
+"""Shared test helpers: running the decoding loop directly, drafters with fixed proposals, and
+holding a serving engine between iterations."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from specblock.decoding import DecodeSettings, DecodeStats, speculative_decode
 from specblock.drafters.base import Drafter, PrefillFeedback, VerifyFeedback
+from specblock.serving.scheduler import BatchScheduler
 from specblock.target.runner import TargetRunner
 from specblock.target.transformer import Transformer
 from specblock.tree import DraftTree
@@ -18,6 +24,21 @@ def run_decode(model: Transformer, drafter: Drafter, prompt: list[int], **settin
             out += next(steps)
         except StopIteration as stop:
             return out, stop.value
+
+
+@contextmanager
+def held_iterations(scheduler: BatchScheduler) -> Iterator[threading.Event]:
+    """Make the engine wait before each speculative iteration until the yielded event is set
+    (prefills still run, so a request's first token goes out). A test sets it once the moment
+    it checks has happened: on a fast machine a long request could otherwise end first. On exit
+    the event is set and the scheduler's own method is back."""
+    release, iterate = threading.Event(), scheduler._iterate
+    scheduler._iterate = lambda: (release.wait(30), iterate())
+    try:
+        yield release
+    finally:
+        release.set()
+        del scheduler._iterate
 
 
 class FixedTreeDrafter(Drafter):

@@ -17,7 +17,7 @@ from specblock.target.runner import TargetRunner, verify_batch
 from specblock.target.transformer import Transformer
 from specblock.tree import DraftTree
 
-from helpers import run_decode
+from helpers import held_iterations, run_decode
 from neural_helpers import random_specblock
 from test_decoding import prompts
 
@@ -157,25 +157,23 @@ def test_greedy_batched_equals_plain_decoding_in_fp32(tiny_qwen2):
 def test_cancelled_job_frees_its_slot_and_others_finish(tiny_llama):
     model = Transformer.load(tiny_llama)
     scheduler = BatchScheduler(model, VanillaDrafter(), decode=lambda ids: "", max_batch=1, queue_size=1)
-    hold = threading.Event()  # no iteration before the cancel: a fast machine could finish the long job first
-    scheduler._iterate = lambda iterate=scheduler._iterate: (hold.wait(30), iterate())
     scheduler.start()
     try:
-        long, short = Collector(), Collector()
-        settings = DecodeSettings(max_new_tokens=400, node_budget=0)
-        job = scheduler.submit(Job(prompts(1, seed=3)[0], settings, long, timeout_s=60))
-        scheduler.submit(Job(prompts(1, seed=4)[0], DecodeSettings(max_new_tokens=5), short, timeout_s=60))
-        with pytest.raises(QueueFullError):  # 1 running + 1 waiting
-            scheduler.submit(Job([1, 2], DecodeSettings(max_new_tokens=5), Collector(), timeout_s=60))
-        while not long.tokens:
-            time.sleep(0.001)
-        job.cancel()
-        hold.set()
-        assert short.done.wait(30) and isinstance(short.end, Finished)
-        assert not long.done.is_set() and len(long.tokens) < 400  # no event after the cancel: the client is gone
-        assert scheduler.active == 0 and scheduler.queue_depth == 0
+        with held_iterations(scheduler) as release:  # no iteration before the cancel
+            long, short = Collector(), Collector()
+            settings = DecodeSettings(max_new_tokens=400, node_budget=0)
+            job = scheduler.submit(Job(prompts(1, seed=3)[0], settings, long, timeout_s=60))
+            scheduler.submit(Job(prompts(1, seed=4)[0], DecodeSettings(max_new_tokens=5), short, timeout_s=60))
+            with pytest.raises(QueueFullError):  # 1 running + 1 waiting
+                scheduler.submit(Job([1, 2], DecodeSettings(max_new_tokens=5), Collector(), timeout_s=60))
+            while not long.tokens:
+                time.sleep(0.001)
+            job.cancel()
+            release.set()
+            assert short.done.wait(30) and isinstance(short.end, Finished)
+            assert not long.done.is_set() and len(long.tokens) < 400  # no event after the cancel: the client is gone
+            assert scheduler.active == 0 and scheduler.queue_depth == 0
     finally:
-        hold.set()
         scheduler.stop()
 
 

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import httpx
@@ -17,6 +16,7 @@ import pytest
 
 from specblock import SpecGenerator
 
+from helpers import held_iterations
 from server_helpers import free_port, running_server
 
 PROMPTS = ["abc abc abc", "The cat sat on the mat. The cat", "hello there", "x", "one two one two one",
@@ -135,11 +135,7 @@ def test_disconnect_mid_stream_frees_the_slot(served):
     dropped = server.scheduler.counters.cancelled  # counted by the engine when it frees the slot
     body = {"model": "tiny", "messages": [{"role": "user", "content": "abc"}], "max_tokens": 400, "temperature": 0,
             "stream": True}  # fmt: skip
-    # the engine holds before each iteration until the server saw the disconnect: on a fast
-    # machine the request could otherwise finish first, and there would be nothing to cancel
-    hold = threading.Event()
-    server.scheduler._iterate = lambda iterate=server.scheduler._iterate: (hold.wait(30), iterate())
-    try:
+    with held_iterations(server.scheduler):  # until the server saw the disconnect
         with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=30) as response:
             assert response.status_code == 200
             lines = response.iter_lines()
@@ -149,9 +145,6 @@ def test_disconnect_mid_stream_frees_the_slot(served):
         while server.metrics.requests["cancelled"] == cancelled:
             assert time.monotonic() < deadline, "the server did not notice the disconnect"
             time.sleep(0.02)
-    finally:
-        hold.set()
-        del server.scheduler._iterate  # the class's own again, for the module's other tests
     deadline = time.monotonic() + 10
     while _health(url)["active"] or server.metrics.requests["cancelled"] == cancelled or server.scheduler.counters.cancelled == dropped:
         assert time.monotonic() < deadline, "the disconnected request still holds its slot"
@@ -228,18 +221,14 @@ def test_api_key(gen):
 
 def test_full_queue_is_503_with_retry_after_and_timeouts_are_504(gen):
     with running_server(gen, max_batch=1, queue_size=0, request_timeout_s=30) as (url, server):
-        # the engine holds before each iteration until the busy request is answered: on a fast
-        # machine the running request could otherwise end before the second one arrives
-        hold, iterate = threading.Event(), server.scheduler._iterate
-        server.scheduler._iterate = lambda: (hold.wait(30), iterate())
         body = {**GOOD, "max_tokens": 450, "stream": True, "messages": [{"role": "user", "content": "abc"}]}  # no EOS
-        with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=30) as response:
+        with held_iterations(server.scheduler) as release, httpx.stream(
+            "POST", url + "/v1/chat/completions", json=body, timeout=30
+        ) as response:  # the request runs, without iterating, until the busy one is answered
             lines = response.iter_lines()
-            next(lines), next(lines)  # the opening chunk, then the first token: the request runs
-            try:
-                busy = httpx.post(url + "/v1/chat/completions", json=GOOD, timeout=10)
-            finally:
-                hold.set()
+            next(lines), next(lines)  # the opening chunk, then the first token (from the prefill)
+            busy = httpx.post(url + "/v1/chat/completions", json=GOOD, timeout=10)
+            release.set()
             assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
             assert "busy" in busy.json()["error"]["message"]
             for _ in lines:
