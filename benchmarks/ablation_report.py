@@ -23,6 +23,7 @@ from specblock.bench.summary import compare
 VARIANTS = {
     "control": "full SpecBlock (control)",
     "noshift": "no layer-wise shift",
+    "shiftslot0": "the design's shift (slot 0 projected too)",
     "oneblock": "no inheritance (one block, M=1)",
     "fixedtopk": "fixed top-4 instead of the rank head",
     "novalidprefix": "no valid-prefix mask",

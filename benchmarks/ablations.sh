@@ -40,12 +40,13 @@ COMMON=(--method specblock --target "$TARGET" --intermediate-size "$WIDTH" --dat
         --stop-at "$STOP_AT" --batch-size 8 --micro-batch 2
         --window 128 --lr 8e-4 --warmup-steps "$WARMUP" --valid-floor 0.1 --eval-every "$EVAL_EVERY"
         --checkpoint-every 20 --threads 2)
-declare -A EXTRA=([control]="" [noshift]="--no-layer-shift" [oneblock]="--blocks 1" [novalidprefix]="--no-valid-prefix")
+declare -A EXTRA=([control]="" [noshift]="--no-layer-shift" [shiftslot0]="--shift-slot0" [oneblock]="--blocks 1"
+                  [novalidprefix]="--no-valid-prefix")
 # where a variant's drafter lands: the end of the schedule, or its snapshot at STOP_AT
 drafter_of() {
   if [ "$STOP_AT" -gt 0 ]; then printf '%s/snapshots/step-%06d' "$1" "$STOP_AT"; else printf '%s/drafter' "$1"; fi
 }
-variants=(noshift oneblock novalidprefix)
+variants=(noshift shiftslot0 oneblock novalidprefix)
 if [ -n "$CONTROL_RUN" ]; then
   [ "$STOP_AT" -gt 0 ] || { echo "CONTROL_RUN needs STOP_AT" >&2; exit 2; }
   control_dir=$(drafter_of "$CONTROL_RUN")
@@ -73,14 +74,14 @@ PY
 fi
 # which drafter each variant is, for ablation_report.py (its held-out chain tau comes from the run's log)
 .venv/bin/python - "$RUNS/drafters.json" "$control_dir" "$RUNS/fixedtopk" "$(drafter_of "$RUNS/noshift")" \
-  "$(drafter_of "$RUNS/oneblock")" "$(drafter_of "$RUNS/novalidprefix")" <<'PY'
+  "$(drafter_of "$RUNS/shiftslot0")" "$(drafter_of "$RUNS/oneblock")" "$(drafter_of "$RUNS/novalidprefix")" <<'PY'
 import json, sys
-names = ["control", "fixedtopk", "noshift", "oneblock", "novalidprefix"]
+names = ["control", "fixedtopk", "noshift", "shiftslot0", "oneblock", "novalidprefix"]
 json.dump(dict(zip(names, sys.argv[2:])), open(sys.argv[1], "w"), indent=2)
 PY
 drafters=""
 methods="vanilla"
-for name in control noshift oneblock fixedtopk novalidprefix; do
+for name in control noshift shiftslot0 oneblock fixedtopk novalidprefix; do
   dir=$(.venv/bin/python -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$RUNS/drafters.json" "$name")
   drafters="$drafters${drafters:+,}specblock:$name=$dir"
   methods="$methods,specblock:$name@$BUDGET"

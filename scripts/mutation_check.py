@@ -87,6 +87,24 @@ MUTATIONS = [
         "r_mask = loss_mask",
     ),
     (
+        "shift: slot 0 projected as well (the design's form) where the config says it is not",
+        MODEL,
+        "if self.cfg.shift_slot0:",
+        "if True:",
+    ),
+    (
+        "shift: random init instead of [I ; 0]",
+        MODEL,
+        "proj.weight[:, :h].copy_(torch.eye(h))",
+        "pass",
+    ),
+    (
+        "shift: a drafter saved before shift_slot0 loads with slot 0 unprojected",
+        MODEL,
+        '{"shift_slot0": True} | {k',
+        '{"shift_slot0": False} | {k',
+    ),
+    (
         "EAGLE-3: later steps see their own earlier positions",
         EAGLE,
         "parts += [pos[None, :] == pos[:, None]] * step",

@@ -5,6 +5,7 @@ import torch
 from specblock.drafters.specblock_model import (
     InputLayer,
     SpecBlockConfig,
+    SpecBlockModel,
     block_mask,
     rank_class,
     rank_features,
@@ -95,3 +96,32 @@ def test_input_layer_is_fuse_of_condition_token_and_slot_query():
         torch.testing.assert_close(layer(condition, embeds, inherited), want)
         with torch.inference_mode():
             torch.testing.assert_close(layer(condition, embeds, inherited), want)
+
+
+def tiny_config(**overrides) -> SpecBlockConfig:
+    return SpecBlockConfig(hidden_size=8, intermediate_size=16, num_attention_heads=2, num_key_value_heads=1,
+                           head_dim=4, target_hidden_size=6, target_vocab_size=32, draft_vocab_size=16, **overrides)  # fmt: skip
+
+
+def test_shift_starts_as_identity_and_leaves_slot0_unprojected():
+    torch.manual_seed(0)
+    h = torch.randn(2, 3, 4, 8)  # B, P, K, H
+    for slot0 in (False, True):  # [I ; 0] init: every slot starts with its own hidden
+        torch.testing.assert_close(SpecBlockModel(tiny_config(shift_slot0=slot0)).shift(1, h), h)
+    ours, design = SpecBlockModel(tiny_config()), SpecBlockModel(tiny_config(shift_slot0=True))
+    torch.nn.init.normal_(ours.shift_proj[0].weight)
+    design.load_state_dict(ours.state_dict())
+    projected = ours.shift_proj[0](torch.cat([h, shift_slots(h)], dim=-1))  # the design's h <- proj([h ; shift(h)])
+    torch.testing.assert_close(design.shift(1, h), projected)
+    out = ours.shift(1, h)
+    assert torch.equal(out[:, :, 0], h[:, :, 0])
+    torch.testing.assert_close(out[:, :, 1:], projected[:, :, 1:])
+    with torch.inference_mode():  # drafting goes through the inference weights: the same function
+        torch.testing.assert_close(ours.shift(1, h), out)
+
+
+def test_a_config_saved_before_shift_slot0_loads_as_the_design():
+    saved = tiny_config().to_dict()
+    assert SpecBlockConfig.from_dict(saved).shift_slot0 is False
+    del saved["shift_slot0"]  # the shipped smollm2 drafters were trained projecting slot 0
+    assert SpecBlockConfig.from_dict(saved).shift_slot0 is True

@@ -10,6 +10,8 @@ predict the continuations it then meets when decoding.
 
 from __future__ import annotations
 
+import json
+
 import os
 import random
 import socket
@@ -256,6 +258,19 @@ def test_resuming_with_other_settings_is_refused(tiny_data, target, tmp_path):
         train(replace(s, max_steps=3, window=32), data, target, tmp_path / "out")
     with pytest.raises(SpecBlockError, match="intermediate_size"):
         train(replace(s, max_steps=3, intermediate_size=24), data, target, tmp_path / "out")
+    # checkpoints from before `shift_slot0` existed: a SpecBlock run projected slot 0, so only True
+    # resumes it; the setting does not concern EAGLE-3
+    for method in ("eagle3", "specblock"):
+        run = tmp_path / f"legacy-{method}"
+        train(replace(s, method=method), data, target, run)
+        state = json.loads((run / "checkpoint" / "state.json").read_text())
+        del state["settings"]["shift_slot0"]
+        (run / "checkpoint" / "state.json").write_text(json.dumps(state))
+    assert train(replace(s, max_steps=3), data, target, tmp_path / "legacy-eagle3")["resumed_from"] == 2
+    legacy = replace(s, method="specblock", max_steps=3)
+    with pytest.raises(SpecBlockError, match="shift_slot0"):
+        train(legacy, data, target, tmp_path / "legacy-specblock")
+    assert train(replace(legacy, shift_slot0=True), data, target, tmp_path / "legacy-specblock")["resumed_from"] == 2
 
 
 @pytest.mark.parametrize("method", ["specblock", "eagle3"])

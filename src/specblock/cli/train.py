@@ -32,6 +32,9 @@ def train(
     blocks: Annotated[int, typer.Option(help="SpecBlock: blocks per training example (1 = no inheritance).")] = 3,
     valid_prefix: Annotated[bool, typer.Option(help="SpecBlock: valid-prefix loss mask.")] = True,
     layer_shift: Annotated[bool, typer.Option(help="SpecBlock: layer-wise shift projections.")] = True,
+    shift_slot0: Annotated[
+        bool, typer.Option(help="SpecBlock: the design's shift, which projects slot 0 too (default: slot 0 keeps its hidden).")
+    ] = False,
     valid_floor: Annotated[
         float, typer.Option(help="SpecBlock: divide each slot's loss by at least this share of its trainable positions (0 = design).")
     ] = 0.0,
@@ -56,7 +59,7 @@ def train(
             method=method, max_steps=max_steps, batch_size=batch_size, micro_batch=micro_batch, window=window, lr=lr,
             warmup_steps=warmup_steps, seed=seed, checkpoint_every=checkpoint_every, eval_every=eval_every,
             snapshot_every=snapshot_every, stop_at=stop_at,
-            blocks=blocks, valid_prefix=valid_prefix, layer_shift=layer_shift, valid_floor=valid_floor,
+            blocks=blocks, valid_prefix=valid_prefix, layer_shift=layer_shift, shift_slot0=shift_slot0, valid_floor=valid_floor,
             precision=precision, device=device, intermediate_size=intermediate_size,
         )  # fmt: skip
         dtype = settings.autocast_dtype()

@@ -55,7 +55,7 @@ def card_sections(drafter_dir: Path, target: str, manifest: dict, summary: dict,
     if method == "specblock":
         lines.append(
             f"- {settings['blocks']} blocks, valid-prefix mask {'on' if settings['valid_prefix'] else 'off'}, "
-            f"layer shift {'on' if settings['layer_shift'] else 'off'}, valid floor {settings['valid_floor']}."
+            f"layer shift {shift_text(settings)}, valid floor {settings['valid_floor']}."
         )
     if "heldout_accuracy" in summary:
         lines.append(
@@ -77,3 +77,10 @@ def write_model_card(drafter_dir: Path, target: str, manifest: dict, summary: di
     path = Path(drafter_dir) / "README.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def shift_text(settings: dict) -> str:
+    """How the run's layer-wise shift treated slot 0 (runs before the setting projected it)."""
+    if not settings["layer_shift"]:
+        return "off"
+    return "on, slot 0 projected too (the design's form)" if settings.get("shift_slot0", True) else "on, slot 0 unprojected"

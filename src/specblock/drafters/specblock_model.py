@@ -49,6 +49,8 @@ class SpecBlockConfig:
     rope_theta: float = 10000.0
     rank_hidden_size: int = 256
     layer_shift: bool = True  # ablation switch: False drops the shift projections
+    # the design projects slot 0 too ([h ; h]); ours leaves slot 0's hidden as it is (docs/drafters.md)
+    shift_slot0: bool = False
 
     @classmethod
     def for_target(cls, target_cfg, draft_vocab_size: int, **overrides) -> "SpecBlockConfig":
@@ -61,7 +63,8 @@ class SpecBlockConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "SpecBlockConfig":
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        # drafters saved before `shift_slot0` existed were trained projecting slot 0 as well
+        return cls(**({"shift_slot0": True} | {k: v for k, v in d.items() if k in names}))
 
 
 class InputLayer(nn.Module):
@@ -97,6 +100,16 @@ class InputLayer(nn.Module):
         return per_position[:, :, None] + per_slot
 
 
+def keep_own_slot(proj: nn.Linear) -> None:
+    """Start a shift projection as [I ; 0]: each slot keeps its own hidden and the shifted half
+    learns from zero, where a default (random) init would replace the residual stream between
+    layers with a random mix (measured slower to learn: docs/drafters.md)."""
+    h = proj.out_features
+    with torch.no_grad():
+        proj.weight.zero_()
+        proj.weight[:, :h].copy_(torch.eye(h))
+
+
 def shift_slots(h: torch.Tensor) -> torch.Tensor:
     """[B, P, K, H]: slot k receives slot k-1's hidden; slot 0 keeps its own."""
     return torch.cat([h[:, :, :1], h[:, :, :-1]], dim=2)
@@ -120,6 +133,8 @@ class SpecBlockModel(nn.Module):
         )  # fmt: skip
         n_shift = c.num_hidden_layers - 1 if c.layer_shift else 0
         self.shift_proj = nn.ModuleList(nn.Linear(2 * c.hidden_size, c.hidden_size, bias=False) for _ in range(n_shift))
+        for proj in self.shift_proj:
+            keep_own_slot(proj)
         self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps)
         self.lm_head = nn.Linear(c.hidden_size, c.draft_vocab_size, bias=False)
         self.rank_head = nn.Sequential(
@@ -161,7 +176,7 @@ class SpecBlockModel(nn.Module):
         kv: list[KV] = []
         for n, layer in enumerate(self.layers):
             if n > 0 and c.layer_shift:
-                h = drafting_linear(self, f"shift{n}", self.shift_proj[n - 1], torch.cat([h, shift_slots(h)], dim=-1))
+                h = self.shift(n, h)
             slot = None  # training: keys/values come back in `kv`
             if caches is not None:
                 slot = CacheSlots(caches, n)
@@ -171,6 +186,18 @@ class SpecBlockModel(nn.Module):
             h = out.view(b, p, k, -1)
             kv.append(layer_kv)
         return BlockOutput(hidden=h, kv=kv)
+
+    def shift(self, layer: int, h: torch.Tensor) -> torch.Tensor:
+        """The layer-wise shift before `layer`, h <- shift_proj([h ; shift(h)]) (design §4).
+
+        Unless `shift_slot0` (the design's form), slot 0, which has no earlier slot to receive,
+        keeps its hidden unprojected: a projection shared with the later slots, and trained
+        mostly by their losses, otherwise rewrites the residual stream slot 0 predicts from."""
+        proj, name = self.shift_proj[layer - 1], f"shift{layer}"
+        if self.cfg.shift_slot0:
+            return drafting_linear(self, name, proj, torch.cat([h, shift_slots(h)], dim=-1))
+        later = drafting_linear(self, name, proj, torch.cat([h[:, :, 1:], h[:, :, :-1]], dim=-1))
+        return torch.cat([h[:, :, :1], later.to(h.dtype)], dim=2)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Draft-vocabulary logits from pre-norm hiddens."""

@@ -44,7 +44,10 @@ METHODS = ("specblock", "eagle3")
 PRECISIONS = ("auto", "float32", "bfloat16")
 # settings that shape the weights: a resumed run must keep them (the others, e.g. max_steps, may change)
 RESUME_KEYS = ("method", "batch_size", "micro_batch", "window", "seed", "blocks", "valid_prefix", "layer_shift",
-               "valid_floor", "intermediate_size")  # fmt: skip
+               "shift_slot0", "valid_floor", "intermediate_size")  # fmt: skip
+SPECBLOCK_ONLY = ("blocks", "valid_prefix", "layer_shift", "shift_slot0", "valid_floor")
+# what a checkpoint written before a setting existed was trained with, where that is not its default
+LEGACY_SETTINGS = {"shift_slot0": True}
 
 
 @dataclass
@@ -68,6 +71,7 @@ class TrainSettings:
     blocks: int = 3
     valid_prefix: bool = True
     layer_shift: bool = True
+    shift_slot0: bool = False  # True: the design's shift, which projects slot 0 as well (SpecBlockConfig)
     valid_floor: float = 0.0  # see specblock_loss: 0 = the design's exact per-slot mean
     intermediate_size: int = 0  # both drafters' MLP width; 0 = the target's (design §4), less = a compact drafter
     device: str = "cpu"  # "cuda" trains on the GPU (nccl under torchrun)
@@ -161,7 +165,7 @@ def new_model(s: TrainSettings, target_cfg: ModelConfig, vocab: DraftVocab, embe
     torch.manual_seed(s.seed)
     width = {"intermediate_size": s.intermediate_size} if s.intermediate_size else {}
     if s.method == "specblock":
-        model = SpecBlockModel(SpecBlockConfig.for_target(target_cfg, vocab.size, layer_shift=s.layer_shift, **width))
+        model = SpecBlockModel(SpecBlockConfig.for_target(target_cfg, vocab.size, layer_shift=s.layer_shift, shift_slot0=s.shift_slot0, **width))
     else:
         model = Eagle3Model(Eagle3Config.for_target(target_cfg, vocab.size, **width))
     model.embed_tokens = embed
@@ -247,7 +251,8 @@ def _load_training_state(out: Path, model, opt: torch.optim.Optimizer, s: TrainS
     state = json.loads((ckpt / "state.json").read_text())
     saved = state["settings"]
     defaults = asdict(TrainSettings(method=s.method))  # settings added later read as their default
-    changed = {k for k in RESUME_KEYS if saved.get(k, defaults[k]) != asdict(s)[k]}
+    keys = [k for k in RESUME_KEYS if s.method == "specblock" or k not in SPECBLOCK_ONLY]
+    changed = {k for k in keys if saved.get(k, LEGACY_SETTINGS.get(k, defaults[k])) != asdict(s)[k]}
     if changed:
         raise SpecBlockError(f"{ckpt} was trained with other settings ({', '.join(sorted(changed))}); use a new --out")
     try:
