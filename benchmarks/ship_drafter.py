@@ -40,6 +40,12 @@ def deviations(method: str, t: dict) -> list[str]:
             "batches the design's plain mean let 0-2 positions of slots 2-3 dominate the gradient and the drafter "
             "did not learn (see docs/drafters.md)."
         )
+    if method == "specblock" and t.get("layer_shift", True) and not t.get("shift_slot0", True):
+        out.append(
+            "- Deviation from design §4: the layer-wise shift leaves slot 0's hidden unprojected and its projection "
+            "starts as [I ; 0]; the design's form slowed slot 0's learning (benchmarks/results/"
+            "shift_slot0_qwen2.5-coder-1.5b)."
+        )
     if method == "specblock" and (
         t.get("blocks", 3) != 3 or not t.get("valid_prefix", True) or not t.get("layer_shift", True)
     ):

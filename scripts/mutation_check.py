@@ -93,6 +93,12 @@ MUTATIONS = [
         "if True:",
     ),
     (
+        "shift: blocks() projects every slot whatever the config says",
+        MODEL,
+        "h = self.shift(n, h)",
+        "h = self.shift_proj[n - 1](torch.cat([h, shift_slots(h)], dim=-1))",
+    ),
+    (
         "shift: random init instead of [I ; 0]",
         MODEL,
         "proj.weight[:, :h].copy_(torch.eye(h))",

@@ -106,8 +106,8 @@ def tiny_config(**overrides) -> SpecBlockConfig:
 def test_shift_starts_as_identity_and_leaves_slot0_unprojected():
     torch.manual_seed(0)
     h = torch.randn(2, 3, 4, 8)  # B, P, K, H
-    for slot0 in (False, True):  # [I ; 0] init: every slot starts with its own hidden
-        torch.testing.assert_close(SpecBlockModel(tiny_config(shift_slot0=slot0)).shift(1, h), h)
+    torch.testing.assert_close(SpecBlockModel(tiny_config()).shift(1, h), h)  # [I ; 0]: every slot keeps its hidden
+    assert not torch.allclose(SpecBlockModel(tiny_config(shift_slot0=True)).shift(1, h), h)  # the design: default init
     ours, design = SpecBlockModel(tiny_config()), SpecBlockModel(tiny_config(shift_slot0=True))
     torch.nn.init.normal_(ours.shift_proj[0].weight)
     design.load_state_dict(ours.state_dict())
@@ -125,3 +125,20 @@ def test_a_config_saved_before_shift_slot0_loads_as_the_design():
     assert SpecBlockConfig.from_dict(saved).shift_slot0 is False
     del saved["shift_slot0"]  # the shipped smollm2 drafters were trained projecting slot 0
     assert SpecBlockConfig.from_dict(saved).shift_slot0 is True
+
+
+def test_slot0_of_a_block_does_not_depend_on_the_shift_projection():
+    """One position: slot 0 attends only to itself, so with slot 0 unprojected its final hidden
+    cannot depend on shift_proj; slot 1's does, and so does slot 0's in the design's form."""
+    torch.manual_seed(0)
+    condition, tokens, positions = torch.randn(1, 1, 18), torch.tensor([[3]]), torch.zeros(1, 1, dtype=torch.long)
+    for slot0 in (False, True):
+        model = SpecBlockModel(tiny_config(shift_slot0=slot0))
+        model.embed_tokens = torch.randn(32, 8)
+        outs = []
+        for seed in (1, 2):
+            torch.manual_seed(seed)
+            torch.nn.init.normal_(model.shift_proj[0].weight)
+            outs.append(model.blocks(condition, tokens, positions, block_mask(1, 4)[None]).hidden[0, 0])
+        assert torch.equal(outs[0][0], outs[1][0]) is not slot0
+        assert not torch.allclose(outs[0][1], outs[1][1])

@@ -11,7 +11,6 @@ predict the continuations it then meets when decoding.
 from __future__ import annotations
 
 import json
-
 import os
 import random
 import socket
@@ -259,18 +258,26 @@ def test_resuming_with_other_settings_is_refused(tiny_data, target, tmp_path):
     with pytest.raises(SpecBlockError, match="intermediate_size"):
         train(replace(s, max_steps=3, intermediate_size=24), data, target, tmp_path / "out")
     # checkpoints from before `shift_slot0` existed: a SpecBlock run projected slot 0, so only True
-    # resumes it; the setting does not concern EAGLE-3
-    for method in ("eagle3", "specblock"):
-        run = tmp_path / f"legacy-{method}"
-        train(replace(s, method=method), data, target, run)
+    # resumes it; the setting does not concern EAGLE-3 or a run without the shift
+    legacy_runs = {"eagle3": replace(s), "specblock": replace(s, method="specblock"),
+                   "noshift": replace(s, method="specblock", layer_shift=False)}  # fmt: skip
+    for name, settings in legacy_runs.items():
+        run = tmp_path / f"legacy-{name}"
+        train(settings, data, target, run)
         state = json.loads((run / "checkpoint" / "state.json").read_text())
         del state["settings"]["shift_slot0"]
         (run / "checkpoint" / "state.json").write_text(json.dumps(state))
     assert train(replace(s, max_steps=3), data, target, tmp_path / "legacy-eagle3")["resumed_from"] == 2
+    noshift = replace(legacy_runs["noshift"], max_steps=3)  # without projections slot 0's treatment is moot
+    assert train(noshift, data, target, tmp_path / "legacy-noshift")["resumed_from"] == 2
     legacy = replace(s, method="specblock", max_steps=3)
     with pytest.raises(SpecBlockError, match="shift_slot0"):
         train(legacy, data, target, tmp_path / "legacy-specblock")
     assert train(replace(legacy, shift_slot0=True), data, target, tmp_path / "legacy-specblock")["resumed_from"] == 2
+    # the trainer builds the form it was asked for, and the drafter says which
+    assert json.loads((tmp_path / "legacy-specblock" / "drafter" / "config.json").read_text())["shift_slot0"] is True
+    train(replace(legacy, max_steps=1), data, target, tmp_path / "ours")
+    assert json.loads((tmp_path / "ours" / "drafter" / "config.json").read_text())["shift_slot0"] is False
 
 
 @pytest.mark.parametrize("method", ["specblock", "eagle3"])

@@ -133,8 +133,9 @@ class SpecBlockModel(nn.Module):
         )  # fmt: skip
         n_shift = c.num_hidden_layers - 1 if c.layer_shift else 0
         self.shift_proj = nn.ModuleList(nn.Linear(2 * c.hidden_size, c.hidden_size, bias=False) for _ in range(n_shift))
-        for proj in self.shift_proj:
-            keep_own_slot(proj)
+        if not c.shift_slot0:  # the design's form keeps the default init
+            for proj in self.shift_proj:
+                keep_own_slot(proj)
         self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps)
         self.lm_head = nn.Linear(c.hidden_size, c.draft_vocab_size, bias=False)
         self.rank_head = nn.Sequential(

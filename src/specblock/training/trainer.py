@@ -252,6 +252,8 @@ def _load_training_state(out: Path, model, opt: torch.optim.Optimizer, s: TrainS
     saved = state["settings"]
     defaults = asdict(TrainSettings(method=s.method))  # settings added later read as their default
     keys = [k for k in RESUME_KEYS if s.method == "specblock" or k not in SPECBLOCK_ONLY]
+    if not s.layer_shift:  # no projection: how it would treat slot 0 does not matter
+        keys.remove("shift_slot0")
     changed = {k for k in keys if saved.get(k, LEGACY_SETTINGS.get(k, defaults[k])) != asdict(s)[k]}
     if changed:
         raise SpecBlockError(f"{ckpt} was trained with other settings ({', '.join(sorted(changed))}); use a new --out")
