@@ -59,7 +59,8 @@ def train(
             method=method, max_steps=max_steps, batch_size=batch_size, micro_batch=micro_batch, window=window, lr=lr,
             warmup_steps=warmup_steps, seed=seed, checkpoint_every=checkpoint_every, eval_every=eval_every,
             snapshot_every=snapshot_every, stop_at=stop_at,
-            blocks=blocks, valid_prefix=valid_prefix, layer_shift=layer_shift, shift_slot0=shift_slot0, valid_floor=valid_floor,
+            blocks=blocks, valid_prefix=valid_prefix, layer_shift=layer_shift, shift_slot0=shift_slot0,
+            valid_floor=valid_floor,
             precision=precision, device=device, intermediate_size=intermediate_size,
         )  # fmt: skip
         dtype = settings.autocast_dtype()

@@ -83,4 +83,6 @@ def shift_text(settings: dict) -> str:
     """How the run's layer-wise shift treated slot 0 (runs before the setting projected it)."""
     if not settings["layer_shift"]:
         return "off"
-    return "on, slot 0 projected too (the design's form)" if settings.get("shift_slot0", True) else "on, slot 0 unprojected"
+    if settings.get("shift_slot0", True):
+        return "on, slot 0 projected too (the design's form)"
+    return "on, slot 0 unprojected"

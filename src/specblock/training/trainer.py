@@ -165,7 +165,8 @@ def new_model(s: TrainSettings, target_cfg: ModelConfig, vocab: DraftVocab, embe
     torch.manual_seed(s.seed)
     width = {"intermediate_size": s.intermediate_size} if s.intermediate_size else {}
     if s.method == "specblock":
-        model = SpecBlockModel(SpecBlockConfig.for_target(target_cfg, vocab.size, layer_shift=s.layer_shift, shift_slot0=s.shift_slot0, **width))
+        shift = {"layer_shift": s.layer_shift, "shift_slot0": s.shift_slot0}
+        model = SpecBlockModel(SpecBlockConfig.for_target(target_cfg, vocab.size, **shift, **width))
     else:
         model = Eagle3Model(Eagle3Config.for_target(target_cfg, vocab.size, **width))
     model.embed_tokens = embed
@@ -251,10 +252,11 @@ def _load_training_state(out: Path, model, opt: torch.optim.Optimizer, s: TrainS
     state = json.loads((ckpt / "state.json").read_text())
     saved = state["settings"]
     defaults = asdict(TrainSettings(method=s.method))  # settings added later read as their default
-    keys = [k for k in RESUME_KEYS if s.method == "specblock" or k not in SPECBLOCK_ONLY]
+    moot = set() if s.method == "specblock" else set(SPECBLOCK_ONLY)
     if not s.layer_shift:  # no projection: how it would treat slot 0 does not matter
-        keys.remove("shift_slot0")
-    changed = {k for k in keys if saved.get(k, LEGACY_SETTINGS.get(k, defaults[k])) != asdict(s)[k]}
+        moot.add("shift_slot0")
+    was = {k: saved.get(k, LEGACY_SETTINGS.get(k, defaults[k])) for k in RESUME_KEYS if k not in moot}
+    changed = {k for k, v in was.items() if v != asdict(s)[k]}
     if changed:
         raise SpecBlockError(f"{ckpt} was trained with other settings ({', '.join(sorted(changed))}); use a new --out")
     try:
