@@ -14,9 +14,11 @@
 #     CONTROL_RUN=/work/runs/smollm2-135m-specblock WARMUP=100 EVAL_EVERY=250 BUDGET=16 \
 #     DATA_Q=heldout.jsonl OUT=benchmarks/results/ablations_smollm2-135m_15 bash benchmarks/ablations.sh
 #
-#   Issue 15 on the 1.5B (its compact width; the control is the main run's snapshot at step 500):
+#   Issue 15 on the 1.5B (its compact width; the control is the main run's snapshot at step 500,
+#   trained at valid floor 1.0; floor0.1 is the earlier main run at 0.1, stopped past step 500):
 #   TARGET=qwen2.5-coder-1.5b WIDTH=1472 DATA=/work/data/regen-qwen2.5-coder-1.5b \
 #     RUNS=/work/runs/ablations-qwen STEPS=1500 STOP_AT=500 CONTROL_RUN=/work/runs/qwen2.5-coder-1.5b-specblock \
+#     VALID_FLOOR=1.0 VARIANTS="noshift oneblock novalidprefix floor0.1" \
 #     WARMUP=100 EVAL_EVERY=250 BUDGET=8 DATA_Q=heldout.jsonl OUT=benchmarks/results/ablations_qwen2.5-coder-1.5b \
 #     bash benchmarks/ablations.sh
 #
@@ -36,17 +38,21 @@ BUDGET=${BUDGET:-8}
 PER_CATEGORY=${PER_CATEGORY:-5}
 DATA_Q=${DATA_Q:-../shared/data/eval/spec_bench_question.jsonl}
 OUT=${OUT:-benchmarks/results/ablations_smollm2-135m}
+VALID_FLOOR=${VALID_FLOOR:-0.1}  # the control's --valid-floor (the 1.5B's: 1.0)
+# the variants trained here; floor0.1 is the control with --valid-floor 0.1 (for a control at another floor)
+VARIANTS=${VARIANTS:-noshift shiftslot0 oneblock novalidprefix}
 COMMON=(--method specblock --target "$TARGET" --intermediate-size "$WIDTH" --data "$DATA" --max-steps "$STEPS"
         --stop-at "$STOP_AT" --batch-size 8 --micro-batch 2
-        --window 128 --lr 8e-4 --warmup-steps "$WARMUP" --valid-floor 0.1 --eval-every "$EVAL_EVERY"
+        --window 128 --lr 8e-4 --warmup-steps "$WARMUP" --eval-every "$EVAL_EVERY"
         --checkpoint-every 20 --threads 2)
 declare -A EXTRA=([control]="" [noshift]="--no-layer-shift" [shiftslot0]="--shift-slot0" [oneblock]="--blocks 1"
-                  [novalidprefix]="--no-valid-prefix")
+                  [novalidprefix]="--no-valid-prefix" [floor0.1]="")
+floor_of() { if [ "$1" = floor0.1 ]; then echo 0.1; else echo "$VALID_FLOOR"; fi; }
 # where a variant's drafter lands: the end of the schedule, or its snapshot at STOP_AT
 drafter_of() {
   if [ "$STOP_AT" -gt 0 ]; then printf '%s/snapshots/step-%06d' "$1" "$STOP_AT"; else printf '%s/drafter' "$1"; fi
 }
-variants=(noshift shiftslot0 oneblock novalidprefix)
+read -r -a variants <<< "$VARIANTS"
 if [ -n "$CONTROL_RUN" ]; then
   [ "$STOP_AT" -gt 0 ] || { echo "CONTROL_RUN needs STOP_AT" >&2; exit 2; }
   control_dir=$(drafter_of "$CONTROL_RUN")
@@ -58,7 +64,7 @@ fi
 for name in "${variants[@]}"; do
   if [ ! -f "$(drafter_of "$RUNS/$name")/config.json" ]; then
     # shellcheck disable=SC2086
-    .venv/bin/specblock train "${COMMON[@]}" --out "$RUNS/$name" ${EXTRA[$name]}
+    .venv/bin/specblock train "${COMMON[@]}" --valid-floor "$(floor_of "$name")" --out "$RUNS/$name" ${EXTRA[$name]}
   fi
 done
 # fixed top-k: the control's weights, drafted with width 4 at every slot after slot 0
@@ -73,15 +79,21 @@ json.dump(config, open(sys.argv[2], "w"), indent=2)
 PY
 fi
 # which drafter each variant is, for ablation_report.py (its held-out chain tau comes from the run's log)
-.venv/bin/python - "$RUNS/drafters.json" "$control_dir" "$RUNS/fixedtopk" "$(drafter_of "$RUNS/noshift")" \
-  "$(drafter_of "$RUNS/shiftslot0")" "$(drafter_of "$RUNS/oneblock")" "$(drafter_of "$RUNS/novalidprefix")" <<'PY'
+names=(control fixedtopk)
+listed=("$control_dir" "$RUNS/fixedtopk")
+for name in "${variants[@]}"; do
+  [ "$name" = control ] && continue
+  names+=("$name")
+  listed+=("$(drafter_of "$RUNS/$name")")
+done
+.venv/bin/python - "$RUNS/drafters.json" "${names[*]}" "${listed[@]}" <<'PY'
 import json, sys
-names = ["control", "fixedtopk", "noshift", "shiftslot0", "oneblock", "novalidprefix"]
-json.dump(dict(zip(names, sys.argv[2:])), open(sys.argv[1], "w"), indent=2)
+names = sys.argv[2].split()
+json.dump(dict(zip(names, sys.argv[3:])), open(sys.argv[1], "w"), indent=2)
 PY
 drafters=""
 methods="vanilla"
-for name in control noshift shiftslot0 oneblock fixedtopk novalidprefix; do
+for name in "${names[@]}"; do
   dir=$(.venv/bin/python -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$RUNS/drafters.json" "$name")
   drafters="$drafters${drafters:+,}specblock:$name=$dir"
   methods="$methods,specblock:$name@$BUDGET"

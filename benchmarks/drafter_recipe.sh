@@ -8,6 +8,7 @@
 # Hours of CPU per target (docs/drafters.md, "The recipe"); never run it next to a benchmark.
 #
 #   TARGET=smollm2-135m bash benchmarks/drafter_recipe.sh
+#   (the shipped smollm2 pair: VALID_FLOOR=0.1, the setting before the 1.5B's slot-weight runs)
 #   TARGET=qwen2.5-coder-1.5b PER_SOURCE=1000 WIDTH=1472 STEPS=1500 SCALING_DTYPE=bfloat16 bash benchmarks/drafter_recipe.sh
 #   (the 1.5B's compact pair: 4,096 draft tokens, MLP width 1472, the largest multiple of 64 that
 #   keeps the fp16 pair within 160 MB: 100.5 + 57.8 MB; width 1536 would be 160.07 MB.
@@ -26,6 +27,7 @@ WIDTH=${WIDTH:-0}                  # drafter MLP width (0 = the target's)
 STEPS=${STEPS:-3000}
 SCALING_DTYPE=${SCALING_DTYPE:-float32}  # the target's in the scaling curve's decoding (bf16: exact where verification is batch-invariant)
 LR=${LR:-8e-4}
+VALID_FLOOR=${VALID_FLOOR:-1.0}    # SpecBlock's --valid-floor (the smollm2 pair shipped in issue 15 was trained at 0.1)
 STAGES=${STAGES:-regen vocab specblock eagle3 scaling}
 SRC=../shared/data/train
 log() { echo "$(date -u +%FT%TZ) $*"; }
@@ -55,7 +57,7 @@ for stage in $STAGES; do
     if [ -f "$out/drafter/config.json" ]; then log "$out is trained"; continue; fi
     log "train $stage -> $out"
     extra=(--precision auto)
-    [ "$stage" = specblock ] && extra+=(--valid-floor 0.1)
+    [ "$stage" = specblock ] && extra+=(--valid-floor "$VALID_FLOOR")
     .venv/bin/specblock train --method "$stage" --target "$TARGET" --data "$DATA" --out "$out" \
       --max-steps "$STEPS" --batch-size 8 --micro-batch 2 --window 128 --lr "$LR" --warmup-steps 100 \
       --intermediate-size "$WIDTH" --eval-every 250 --checkpoint-every 50 --snapshot-every 250 --threads 2 "${extra[@]}"

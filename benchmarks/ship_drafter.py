@@ -16,6 +16,7 @@ from pathlib import Path
 from benchmarks_common import machine_description
 
 from specblock.drafters.model_card import card_sections
+from specblock.drafters.specblock_model import LEGACY_SETTINGS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,12 +36,14 @@ def deviations(method: str, t: dict) -> list[str]:
     out = []
     if method == "specblock" and t.get("valid_floor", 0.0) > 0:
         out.append(
-            f"- Deviation from design §5: each slot's loss is divided by at least {t['valid_floor']} x its trainable "
-            "positions (`--valid-floor`), not only by its valid-prefix positions; with this project's small "
-            "batches the design's plain mean let 0-2 positions of slots 2-3 dominate the gradient and the drafter "
-            "did not learn (see docs/drafters.md)."
+            f"- Deviation from design §5: each slot's loss is its sum over the valid-prefix positions divided by at "
+            f"least {t['valid_floor']} x its trainable positions (`--valid-floor`), not the plain mean over the valid "
+            "ones. With this project's small batches the plain mean let 0-2 positions of slots 2-3 dominate the "
+            "gradient; a floor of 1 weighs each slot by how often its prefix is right, as the accepted length does "
+            "(docs/drafters.md, benchmarks/results/slot_weights_qwen2.5-coder-1.5b)."
         )
-    if method == "specblock" and t.get("layer_shift", True) and not t.get("shift_slot0", True):
+    slot0_projected = t.get("shift_slot0", LEGACY_SETTINGS["shift_slot0"])
+    if method == "specblock" and t.get("layer_shift", True) and not slot0_projected:
         out.append(
             "- Deviation from design §4: the layer-wise shift leaves slot 0's hidden unprojected and its projection "
             "starts as [I ; 0]; the design's form slowed slot 0's learning (benchmarks/results/"

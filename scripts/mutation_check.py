@@ -21,6 +21,12 @@ TESTS = ["tests/test_training_objectives.py", "tests/test_specblock_model.py"]
 # (what it breaks, file, original text, mutated text)
 MUTATIONS = [
     (
+        "valid floor: ignored (every slot a plain mean over its valid positions)",
+        LOSS,
+        "valid_floor * ok.sum(dim=(0, 1))",
+        "0.0 * ok.sum(dim=(0, 1))",
+    ),
+    (
         "valid prefix: ignore whether the previous slot was right",
         LOSS,
         "v[..., k - 1] & correct[..., k - 1] & ok[..., k]",

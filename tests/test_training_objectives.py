@@ -61,8 +61,9 @@ def _rank_class(rank: float) -> int:
     return 0 if rank == 1 else 1 if rank <= 4 else 2 if rank <= 10 else 3
 
 
-def _block_loss_by_loops(model, batch, out, offset):
-    """Draft loss (valid-prefix means, 0.8^k) and rank loss of one block, cell by cell."""
+def _block_loss_by_loops(model, batch, out, offset, valid_floor=0.0):
+    """Draft loss (valid-prefix means, 0.8^k) and rank loss of one block, cell by cell.
+    `valid_floor`: slot k's sum is divided by max(valid cells, valid_floor x trainable cells)."""
     logits = model.logits(out.hidden).float()
     rank_logits = model.rank_logits(out.hidden, logits).float()
     b, p = batch.tokens.shape
@@ -78,12 +79,12 @@ def _block_loss_by_loops(model, batch, out, offset):
                 row = logits[bi, i, k]
                 correct = inside and _target_id(model, int(row.argmax())) == int(batch.target_argmax[bi, j])
                 v, r = chain_ok and ok, chain_lm and lm
-                cells[bi, i, k] = (v, r, j if inside else None, correct)
+                cells[bi, i, k] = (v, r, j if inside else None, correct, ok)
                 chain_ok, chain_lm = v and correct, r and correct
     draft = 0.0
     for k in range(K):
         terms = []
-        for (bi, i, kk), (v, _, j, _) in cells.items():
+        for (bi, i, kk), (v, _, j, _, _) in cells.items():
             if kk != k or not v:
                 continue
             logp = F.log_softmax(logits[bi, i, k], dim=-1)
@@ -91,10 +92,11 @@ def _block_loss_by_loops(model, batch, out, offset):
                 float(pr) * float(logp[d]) for d, pr in zip(batch.draft_ids[bi, j], batch.draft_probs[bi, j]) if d >= 0
             )
             terms.append(ce)
-        draft += 0.8**k * (sum(terms) / max(1, len(terms)))
+        trainable = sum(1 for (_, _, kk), cell in cells.items() if kk == k and cell[4])
+        draft += 0.8**k * (sum(terms) / max(1, len(terms), valid_floor * trainable))
     masked = [(key, cell) for key, cell in cells.items() if cell[1]]
     classes = {}
-    for (bi, i, k), (_, _, j, _) in masked:
+    for (bi, i, k), (_, _, j, _, _) in masked:
         target = int(batch.draft_ids[bi, j, 0])
         rank = math.inf if target < 0 else 1 + int((logits[bi, i, k] > logits[bi, i, k, target]).sum())
         classes[bi, i, k] = _rank_class(rank)
@@ -146,18 +148,18 @@ def target(tiny_llama):
     return Transformer.load(tiny_llama)
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_specblock_loss_equals_the_design_computed_cell_by_cell(target, seed):
+@pytest.mark.parametrize(("seed", "valid_floor"), [(0, 0.0), (1, 0.0), (2, 0.0), (0, 0.1), (1, 1.0)])
+def test_specblock_loss_equals_the_design_computed_cell_by_cell(target, seed, valid_floor):
     model = random_specblock(target, seed=seed)
     batch = _batch(target, model, seed=seed)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        report = specblock_loss(model, batch, gen, blocks=2, keep_outputs=True)
+        report = specblock_loss(model, batch, gen, blocks=2, keep_outputs=True, valid_floor=valid_floor)
         (s,) = report.offsets
         first = _block_one_by_loops(model, batch.features, batch.tokens)
-        draft1, rank1, logits1, stats1 = _block_loss_by_loops(model, batch, first, 0)
+        draft1, rank1, logits1, stats1 = _block_loss_by_loops(model, batch, first, 0, valid_floor)
         second = _block_two_by_loops(model, batch.tokens, first, s)
-        draft2, rank2, logits2, stats2 = _block_loss_by_loops(model, batch, second, s)
+        draft2, rank2, logits2, stats2 = _block_loss_by_loops(model, batch, second, s, valid_floor)
     torch.testing.assert_close(report.block_logits[0], logits1, atol=1e-5, rtol=0)
     torch.testing.assert_close(report.block_logits[1], logits2, atol=1e-5, rtol=0)
     assert report.draft_loss == pytest.approx(draft1 + draft2, rel=1e-5)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from specblock.drafters.specblock_model import LEGACY_SETTINGS
+
 
 def card_sections(drafter_dir: Path, target: str, manifest: dict, summary: dict, settings: dict) -> list[str]:
     """The title, shape, data and training lines of a drafter's card, as Markdown lines."""
@@ -83,6 +85,6 @@ def shift_text(settings: dict) -> str:
     """How the run's layer-wise shift treated slot 0 (runs before the setting projected it)."""
     if not settings["layer_shift"]:
         return "off"
-    if settings.get("shift_slot0", True):
+    if settings.get("shift_slot0", LEGACY_SETTINGS["shift_slot0"]):
         return "on, slot 0 projected too (the design's form)"
     return "on, slot 0 unprojected"

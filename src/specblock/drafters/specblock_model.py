@@ -31,6 +31,9 @@ from specblock.target.primitives import Causal
 
 RANK_FEATURES = 15
 RANK_CLASSES = 4  # rank of the target's token in the drafter's logits: 1 | 2-4 | 5-10 | >10
+# what drafters saved before a setting existed were trained with, where that is not its default:
+# before `shift_slot0` the shift projected slot 0 as well (the design's form)
+LEGACY_SETTINGS = {"shift_slot0": True}
 
 
 @dataclass
@@ -63,8 +66,7 @@ class SpecBlockConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "SpecBlockConfig":
         names = {f.name for f in fields(cls)}
-        # drafters saved before `shift_slot0` existed were trained projecting slot 0 as well
-        return cls(**({"shift_slot0": True} | {k: v for k, v in d.items() if k in names}))
+        return cls(**(LEGACY_SETTINGS | {k: v for k, v in d.items() if k in names}))
 
 
 class InputLayer(nn.Module):

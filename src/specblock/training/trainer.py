@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 from specblock.drafters.checkpoint import save_drafter
 from specblock.drafters.model_card import write_model_card
 from specblock.drafters.eagle3_model import Eagle3Config, Eagle3Model
-from specblock.drafters.specblock_model import SpecBlockConfig, SpecBlockModel
+from specblock.drafters.specblock_model import LEGACY_SETTINGS, SpecBlockConfig, SpecBlockModel
 from specblock.errors import InvalidSettingError, SpecBlockError
 from specblock.target.config import ModelConfig
 from specblock.target.kernels import auto_dtype
@@ -46,8 +46,6 @@ PRECISIONS = ("auto", "float32", "bfloat16")
 RESUME_KEYS = ("method", "batch_size", "micro_batch", "window", "seed", "blocks", "valid_prefix", "layer_shift",
                "shift_slot0", "valid_floor", "intermediate_size")  # fmt: skip
 SPECBLOCK_ONLY = ("blocks", "valid_prefix", "layer_shift", "shift_slot0", "valid_floor")
-# what a checkpoint written before a setting existed was trained with, where that is not its default
-LEGACY_SETTINGS = {"shift_slot0": True}
 
 
 @dataclass
