@@ -27,7 +27,7 @@ VARIANTS = {
     "oneblock": "no inheritance (one block, M=1)",
     "fixedtopk": "fixed top-4 instead of the rank head",
     "novalidprefix": "no valid-prefix mask",
-    "floor0.1": "slot loss over valid positions / max(valid, 0.1 x trainable)",
+    "floor0_1": "slot loss over valid positions / max(valid, 0.1 x trainable)",
 }
 
 

@@ -15,10 +15,10 @@
 #     DATA_Q=heldout.jsonl OUT=benchmarks/results/ablations_smollm2-135m_15 bash benchmarks/ablations.sh
 #
 #   Issue 15 on the 1.5B (its compact width; the control is the main run's snapshot at step 500,
-#   trained at valid floor 1.0; floor0.1 is the earlier main run at 0.1, stopped past step 500):
+#   trained at valid floor 1.0; floor0_1 is the earlier main run at 0.1, stopped past step 500):
 #   TARGET=qwen2.5-coder-1.5b WIDTH=1472 DATA=/work/data/regen-qwen2.5-coder-1.5b \
 #     RUNS=/work/runs/ablations-qwen STEPS=1500 STOP_AT=500 CONTROL_RUN=/work/runs/qwen2.5-coder-1.5b-specblock \
-#     VALID_FLOOR=1.0 VARIANTS="noshift oneblock novalidprefix floor0.1" \
+#     VALID_FLOOR=1.0 VARIANTS="noshift oneblock novalidprefix floor0_1" \
 #     WARMUP=100 EVAL_EVERY=250 BUDGET=8 DATA_Q=heldout.jsonl OUT=benchmarks/results/ablations_qwen2.5-coder-1.5b \
 #     bash benchmarks/ablations.sh
 #
@@ -39,15 +39,15 @@ PER_CATEGORY=${PER_CATEGORY:-5}
 DATA_Q=${DATA_Q:-../shared/data/eval/spec_bench_question.jsonl}
 OUT=${OUT:-benchmarks/results/ablations_smollm2-135m}
 VALID_FLOOR=${VALID_FLOOR:-0.1}  # the control's --valid-floor (the 1.5B's: 1.0)
-# the variants trained here; floor0.1 is the control with --valid-floor 0.1 (for a control at another floor)
+# the variants trained here; floor0_1 is the control with --valid-floor 0.1 (for a control at another floor)
 VARIANTS=${VARIANTS:-noshift shiftslot0 oneblock novalidprefix}
 COMMON=(--method specblock --target "$TARGET" --intermediate-size "$WIDTH" --data "$DATA" --max-steps "$STEPS"
         --stop-at "$STOP_AT" --batch-size 8 --micro-batch 2
         --window 128 --lr 8e-4 --warmup-steps "$WARMUP" --eval-every "$EVAL_EVERY"
         --checkpoint-every 20 --threads 2)
 declare -A EXTRA=([control]="" [noshift]="--no-layer-shift" [shiftslot0]="--shift-slot0" [oneblock]="--blocks 1"
-                  [novalidprefix]="--no-valid-prefix" [floor0.1]="")
-floor_of() { if [ "$1" = floor0.1 ]; then echo 0.1; else echo "$VALID_FLOOR"; fi; }
+                  [novalidprefix]="--no-valid-prefix" [floor0_1]="")
+floor_of() { if [ "$1" = floor0_1 ]; then echo 0.1; else echo "$VALID_FLOOR"; fi; }
 # where a variant's drafter lands: the end of the schedule, or its snapshot at STOP_AT
 drafter_of() {
   if [ "$STOP_AT" -gt 0 ]; then printf '%s/snapshots/step-%06d' "$1" "$STOP_AT"; else printf '%s/drafter' "$1"; fi
@@ -55,6 +55,9 @@ drafter_of() {
 read -r -a variants <<< "$VARIANTS"
 if [ -n "$CONTROL_RUN" ]; then
   [ "$STOP_AT" -gt 0 ] || { echo "CONTROL_RUN needs STOP_AT" >&2; exit 2; }
+  for name in "${variants[@]}"; do
+    [ "$name" != control ] || { echo "CONTROL_RUN is the control: leave control out of VARIANTS" >&2; exit 2; }
+  done
   control_dir=$(drafter_of "$CONTROL_RUN")
   [ -f "$control_dir/config.json" ] || { echo "no control snapshot $control_dir yet" >&2; exit 2; }
 else
@@ -100,5 +103,5 @@ for name in "${names[@]}"; do
 done
 .venv/bin/specblock bench --target "$TARGET" --methods "$methods" --drafters "$drafters" \
   --data "$DATA_Q" --per-category "$PER_CATEGORY" --runs 1 --max-new-tokens 128 \
-  --compare "specblock:control@$BUDGET,specblock:noshift@$BUDGET" --out "$OUT"
+  --compare "specblock:control@$BUDGET,specblock:${names[2]:-fixedtopk}@$BUDGET" --out "$OUT"
 .venv/bin/python benchmarks/ablation_report.py --bench "$OUT" --runs "$RUNS"

@@ -8,6 +8,9 @@ from the first run over the steps all of them logged.
 
     python benchmarks/compare_train_logs.py --run design=/work/runs/a --run ours=/work/runs/b \
         --slot 0 --last-step 100 > comparison.md
+
+`--heldout` prints instead each run's held-out evaluations (the trainer's fixed crops): per-slot
+accuracy and the 4-deep teacher-forced chain tau, at every evaluated step in the range.
 """
 
 from __future__ import annotations
@@ -28,13 +31,35 @@ def read_log(run: Path, slot: int) -> dict[int, float]:
     return out
 
 
+def print_heldout(names: list[str], runs: list[Path], first: int, last: int) -> None:
+    """One row per (evaluated step, run): held-out accuracy per slot and chain tau."""
+    print("| step | run | held-out accuracy, slots 0 / 1 / 2 / 3 | chain tau |")
+    print("|---|---|---|---|")
+    rows = []
+    for order, (name, run) in enumerate(zip(names, runs)):
+        for line in (run / "train_log.jsonl").read_text().splitlines():
+            entry = json.loads(line)
+            if "chain_tau4" in entry and first <= entry["step"] <= last:
+                rows.append((entry["step"], order, name, entry))
+    for step, _, name, entry in sorted(rows, key=lambda r: r[:2]):
+        accuracy = " / ".join(f"{a:.3f}" for a in entry["heldout_accuracy"])
+        print(f"| {step} | {name} | {accuracy} | {entry['chain_tau4']:.3f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", action="append", required=True, help="NAME=RUN_DIR; the first is the baseline")
     parser.add_argument("--slot", type=int, default=0)
     parser.add_argument("--first-step", type=int, default=0)
     parser.add_argument("--last-step", type=int, default=10**9)
+    parser.add_argument("--heldout", action="store_true", help="the runs' held-out evaluations instead")
     args = parser.parse_args()
+    if args.heldout:
+        header = run_header()
+        print(f"Held-out evaluations. `{header['command']}`, {header['date']}, read on {header['machine']}.\n")
+        specs = [spec.partition("=") for spec in args.run]
+        print_heldout([n for n, _, _ in specs], [Path(p) for _, _, p in specs], args.first_step, args.last_step)
+        return
     names, logs = [], []
     for spec in args.run:
         name, _, path = spec.partition("=")

@@ -7,8 +7,8 @@
 # a measured coverage is kept (delete its directory to measure again).
 # Hours of CPU per target (docs/drafters.md, "The recipe"); never run it next to a benchmark.
 #
-#   TARGET=smollm2-135m bash benchmarks/drafter_recipe.sh
-#   (the shipped smollm2 pair: VALID_FLOOR=0.1, the setting before the 1.5B's slot-weight runs)
+#   TARGET=smollm2-135m VALID_FLOOR=0.1 bash benchmarks/drafter_recipe.sh
+#   (the shipped smollm2 pair: 0.1 was the setting before the 1.5B's slot-weight runs; drop it for today's recipe)
 #   TARGET=qwen2.5-coder-1.5b PER_SOURCE=1000 WIDTH=1472 STEPS=1500 SCALING_DTYPE=bfloat16 bash benchmarks/drafter_recipe.sh
 #   (the 1.5B's compact pair: 4,096 draft tokens, MLP width 1472, the largest multiple of 64 that
 #   keeps the fp16 pair within 160 MB: 100.5 + 57.8 MB; width 1536 would be 160.07 MB.

@@ -70,6 +70,6 @@ log "ablations (item 7, on the 1.5B: variants to step 500 of the same schedule, 
 # CONTROL_RUN before RUNS: a command's prefix assigns left to right, so a later $RUNS is the new one
 CONTROL_RUN=$RUNS/$TARGET-specblock TARGET=$TARGET WIDTH=1472 DATA=$DATA RUNS=$RUNS/ablations-qwen \
   STEPS=1500 STOP_AT=500 WARMUP=100 EVAL_EVERY=250 BUDGET=8 PER_CATEGORY=8 \
-  VALID_FLOOR=1.0 VARIANTS="noshift oneblock novalidprefix floor0.1" \
+  VALID_FLOOR=1.0 VARIANTS="noshift oneblock novalidprefix floor0_1" \
   DATA_Q=$WORK/data/heldout-$TARGET.jsonl OUT=benchmarks/results/ablations_$TARGET bash benchmarks/ablations.sh
 log "done"

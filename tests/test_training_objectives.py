@@ -148,7 +148,7 @@ def target(tiny_llama):
     return Transformer.load(tiny_llama)
 
 
-@pytest.mark.parametrize(("seed", "valid_floor"), [(0, 0.0), (1, 0.0), (2, 0.0), (0, 0.1), (1, 1.0)])
+@pytest.mark.parametrize(("seed", "valid_floor"), [(0, 0.0), (1, 0.0), (2, 0.0), (0, 0.75), (1, 1.0)])
 def test_specblock_loss_equals_the_design_computed_cell_by_cell(target, seed, valid_floor):
     model = random_specblock(target, seed=seed)
     batch = _batch(target, model, seed=seed)
@@ -163,6 +163,9 @@ def test_specblock_loss_equals_the_design_computed_cell_by_cell(target, seed, va
     torch.testing.assert_close(report.block_logits[0], logits1, atol=1e-5, rtol=0)
     torch.testing.assert_close(report.block_logits[1], logits2, atol=1e-5, rtol=0)
     assert report.draft_loss == pytest.approx(draft1 + draft2, rel=1e-5)
+    if valid_floor > 0:  # the floor binds somewhere in these data: it changes the loss
+        plain = _block_loss_by_loops(model, batch, first, 0)[0] + _block_loss_by_loops(model, batch, second, s)[0]
+        assert report.draft_loss != pytest.approx(plain, rel=1e-3)
     assert report.rank_loss == pytest.approx(rank1 + rank2, rel=1e-5)
     assert float(report.loss) == pytest.approx(draft1 + draft2 + rank1 + rank2, rel=1e-5)
     # the data exercise every part: valid-prefix chains stop at different slots, several rank classes
