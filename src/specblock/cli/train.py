@@ -36,8 +36,10 @@ def train(
         bool, typer.Option(help="SpecBlock: the design's shift, which projects slot 0 too (default: slot 0 keeps its hidden).")
     ] = False,
     valid_floor: Annotated[
-        float, typer.Option(help="SpecBlock: divide each slot's loss by at least this share of its trainable positions (0 = design).")
-    ] = 0.0,
+        float,
+        typer.Option(help="SpecBlock: divide each slot's loss by at least this share of its trainable positions "
+                     "(1 = weigh each slot by how often its prefix is right; 0 = the design's plain mean)."),
+    ] = 1.0,
     intermediate_size: Annotated[int, typer.Option(help="Both drafters' MLP width (0 = the target's, as design §4; smaller = a compact drafter).")] = 0,
     precision: Annotated[str, typer.Option(help="auto (bf16 autocast where this machine has native bf16, else fp32) | float32 | bfloat16.")] = "auto",
     device: Annotated[str, typer.Option(help="cpu or cuda (nccl under torchrun, one GPU per process).")] = "cpu",

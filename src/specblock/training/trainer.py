@@ -70,7 +70,8 @@ class TrainSettings:
     valid_prefix: bool = True
     layer_shift: bool = True
     shift_slot0: bool = False  # True: the design's shift, which projects slot 0 as well (SpecBlockConfig)
-    valid_floor: float = 0.0  # see specblock_loss: 0 = the design's exact per-slot mean
+    # see specblock_loss: 1 = each slot weighted by how often its prefix is right; 0 = the design's per-slot mean
+    valid_floor: float = 1.0
     intermediate_size: int = 0  # both drafters' MLP width; 0 = the target's (design §4), less = a compact drafter
     device: str = "cpu"  # "cuda" trains on the GPU (nccl under torchrun)
     precision: str = "auto"  # "bfloat16" autocast (fp32 master weights), "float32", or the fastest here
