@@ -113,8 +113,8 @@ MUTATIONS = [
     (
         "shift: a drafter saved before shift_slot0 loads with slot 0 unprojected",
         MODEL,
-        '{"shift_slot0": True} | {k',
-        '{"shift_slot0": False} | {k',
+        'LEGACY_SETTINGS = {"shift_slot0": True}',
+        'LEGACY_SETTINGS = {"shift_slot0": False}',
     ),
     (
         "EAGLE-3: later steps see their own earlier positions",
