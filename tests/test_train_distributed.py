@@ -274,6 +274,15 @@ def test_resuming_with_other_settings_is_refused(tiny_data, target, tmp_path):
     with pytest.raises(SpecBlockError, match="shift_slot0"):
         train(legacy, data, target, tmp_path / "legacy-specblock")
     assert train(replace(legacy, shift_slot0=True), data, target, tmp_path / "legacy-specblock")["resumed_from"] == 2
+    # checkpoints from before `valid_floor` existed trained with the design's plain slot mean (0)
+    floor0 = replace(s, method="specblock", valid_floor=0.0)
+    train(floor0, data, target, tmp_path / "legacy-floor")
+    state = json.loads((tmp_path / "legacy-floor" / "checkpoint" / "state.json").read_text())
+    del state["settings"]["valid_floor"]
+    (tmp_path / "legacy-floor" / "checkpoint" / "state.json").write_text(json.dumps(state))
+    with pytest.raises(SpecBlockError, match="valid_floor"):
+        train(replace(floor0, max_steps=3, valid_floor=1.0), data, target, tmp_path / "legacy-floor")
+    assert train(replace(floor0, max_steps=3), data, target, tmp_path / "legacy-floor")["resumed_from"] == 2
     # the trainer builds the form it was asked for, and the drafter says which
     assert json.loads((tmp_path / "legacy-specblock" / "drafter" / "config.json").read_text())["shift_slot0"] is True
     train(replace(legacy, max_steps=1), data, target, tmp_path / "ours")

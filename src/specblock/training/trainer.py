@@ -46,6 +46,9 @@ PRECISIONS = ("auto", "float32", "bfloat16")
 RESUME_KEYS = ("method", "batch_size", "micro_batch", "window", "seed", "blocks", "valid_prefix", "layer_shift",
                "shift_slot0", "valid_floor", "intermediate_size")  # fmt: skip
 SPECBLOCK_ONLY = ("blocks", "valid_prefix", "layer_shift", "shift_slot0", "valid_floor")
+# what a checkpoint saved before a setting existed was trained with, where that is not today's default:
+# the drafter's own (LEGACY_SETTINGS), and the design's plain slot mean from before --valid-floor
+RUN_LEGACY_SETTINGS = LEGACY_SETTINGS | {"valid_floor": 0.0}
 
 
 @dataclass
@@ -254,7 +257,7 @@ def _load_training_state(out: Path, model, opt: torch.optim.Optimizer, s: TrainS
     moot = set() if s.method == "specblock" else set(SPECBLOCK_ONLY)
     if not s.layer_shift:  # no projection: how it would treat slot 0 does not matter
         moot.add("shift_slot0")
-    was = {k: saved.get(k, LEGACY_SETTINGS.get(k, defaults[k])) for k in RESUME_KEYS if k not in moot}
+    was = {k: saved.get(k, RUN_LEGACY_SETTINGS.get(k, defaults[k])) for k in RESUME_KEYS if k not in moot}
     changed = {k for k, v in was.items() if v != asdict(s)[k]}
     if changed:
         raise SpecBlockError(f"{ckpt} was trained with other settings ({', '.join(sorted(changed))}); use a new --out")
