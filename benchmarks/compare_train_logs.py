@@ -54,22 +54,18 @@ def main() -> None:
     parser.add_argument("--last-step", type=int, default=10**9)
     parser.add_argument("--heldout", action="store_true", help="the runs' held-out evaluations instead")
     args = parser.parse_args()
+    specs = [spec.partition("=") for spec in args.run]
+    names, runs = [name for name, _, _ in specs], [Path(path) for _, _, path in specs]
+    header = run_header()
     if args.heldout:
-        header = run_header()
         print(f"Held-out evaluations. `{header['command']}`, {header['date']}, read on {header['machine']}.\n")
-        specs = [spec.partition("=") for spec in args.run]
-        print_heldout([n for n, _, _ in specs], [Path(p) for _, _, p in specs], args.first_step, args.last_step)
+        print_heldout(names, runs, args.first_step, args.last_step)
         return
-    names, logs = [], []
-    for spec in args.run:
-        name, _, path = spec.partition("=")
-        names.append(name)
-        logs.append(read_log(Path(path), args.slot))
+    logs = [read_log(run, args.slot) for run in runs]
     common = sorted(set.intersection(*(set(log) for log in logs)))
     steps = [s for s in common if args.first_step <= s <= args.last_step]
     if not steps:
         raise SystemExit("the runs share no logged step in that range")
-    header = run_header()
     print(f"Training accuracy at slot {args.slot} (block 1), same crops at every step.\n")
     print(f"`{header['command']}`, {header['date']}, read on {header['machine']}.\n")
     print("| step | " + " | ".join(names) + " |")

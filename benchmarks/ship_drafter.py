@@ -16,7 +16,7 @@ from pathlib import Path
 from benchmarks_common import machine_description
 
 from specblock.drafters.model_card import card_sections
-from specblock.drafters.specblock_model import LEGACY_SETTINGS
+from specblock.training.trainer import RUN_LEGACY_SETTINGS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,7 +34,8 @@ def wall_clock_s(log: list[dict]) -> float:
 def deviations(method: str, t: dict) -> list[str]:
     """Training switches that depart from the design's recipe, said on the card."""
     out = []
-    if method == "specblock" and t.get("valid_floor", 0.0) > 0:
+    t = RUN_LEGACY_SETTINGS | t  # a run saved before a setting existed was trained with its legacy value
+    if method == "specblock" and t["valid_floor"] > 0:
         out.append(
             f"- Deviation from design §5: each slot's loss is its sum over the valid-prefix positions divided by at "
             f"least {t['valid_floor']} x its trainable positions (`--valid-floor`), not the plain mean over the valid "
@@ -42,8 +43,7 @@ def deviations(method: str, t: dict) -> list[str]:
             "gradient; a floor of 1 weighs each slot by how often its prefix is right, as the accepted length does "
             "(docs/drafters.md, benchmarks/results/slot_weights_qwen2.5-coder-1.5b)."
         )
-    slot0_projected = t.get("shift_slot0", LEGACY_SETTINGS["shift_slot0"])
-    if method == "specblock" and t.get("layer_shift", True) and not slot0_projected:
+    if method == "specblock" and t.get("layer_shift", True) and not t["shift_slot0"]:
         out.append(
             "- Deviation from design §4: the layer-wise shift leaves slot 0's hidden unprojected and its projection "
             "starts as [I ; 0]; the design's form slowed slot 0's learning (benchmarks/results/"
