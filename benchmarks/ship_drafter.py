@@ -16,7 +16,7 @@ from pathlib import Path
 from benchmarks_common import machine_description
 
 from specblock.drafters.model_card import card_sections
-from specblock.training.trainer import RUN_LEGACY_SETTINGS
+from specblock.training.train_state import RUN_LEGACY_SETTINGS
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -27,6 +27,7 @@ from safetensors.torch import load_file
 from specblock import SpecGenerator
 from specblock.errors import SpecBlockError
 from specblock.target.config import ModelConfig
+from specblock.training import train_state
 from specblock.training.conversations import Conversation
 from specblock.training.dataset import load_sequences
 from specblock.training.draft_vocab import DraftVocab
@@ -247,6 +248,31 @@ def test_a_killed_run_resumes_to_the_uninterrupted_weights(tiny_data, target, tm
     train(replace(s, max_steps=2), data, target, tmp_path / "longer")
     assert train(s, data, target, tmp_path / "longer")["resumed_from"] == 2
     assert_same(weights_and_moments(tmp_path / "longer"), whole)
+
+
+def test_a_kill_between_the_checkpoint_renames_resumes_from_the_previous_one(tiny_data, target, tmp_path, monkeypatch):
+    data, _ = tiny_data
+    s = TrainSettings(method="eagle3", max_steps=4, batch_size=2, micro_batch=2, window=WINDOW, warmup_steps=2,
+                      checkpoint_every=2, eval_every=100, eval_sequences=2)  # fmt: skip
+    train(s, data, target, tmp_path / "whole")
+    real_replace = os.replace
+
+    def die_before_step_4_takes_its_place(src, dst) -> None:
+        # the step-4 save has moved step 2's checkpoint aside and is about to rename its own into place
+        if Path(src).name == "checkpoint.tmp" and '"step": 4' in (Path(src) / "state.json").read_text():
+            raise Killed
+        real_replace(src, dst)
+
+    monkeypatch.setattr(train_state.os, "replace", die_before_step_4_takes_its_place)
+    run = tmp_path / "killed"
+    with pytest.raises(Killed):
+        train(s, data, target, run)
+    monkeypatch.undo()
+    assert not (run / "checkpoint").exists()
+    assert '"step": 2' in (run / "checkpoint.previous" / "state.json").read_text()
+    assert train(s, data, target, run)["resumed_from"] == 2
+    assert_same(weights_and_moments(run), weights_and_moments(tmp_path / "whole"))
+    assert not (run / "checkpoint.previous").exists() and not (run / "checkpoint.tmp").exists()
 
 
 def test_resuming_with_other_settings_is_refused(tiny_data, target, tmp_path):

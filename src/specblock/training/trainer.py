@@ -7,8 +7,8 @@ distributed, sees the same data in the same order. The batch is cut into micro-b
 share of the micro-batches and DDP averages the gradients, so a 2-process step equals the
 single-process step with the same micro-batches (tested).
 
-Checkpoints (`OUT/checkpoint/`: weights, AdamW moments and the step, all safetensors + JSON)
-are written atomically every `checkpoint_every` steps; a killed run resumes from the last.
+Checkpoints (`OUT/checkpoint/`, train_state.py) are written every `checkpoint_every` steps; a
+killed run resumes from the last. The settings and the schedule live in settings.py.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -26,98 +25,19 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 
 from specblock.drafters.checkpoint import save_drafter
 from specblock.drafters.model_card import write_model_card
 from specblock.drafters.eagle3_model import Eagle3Config, Eagle3Model
-from specblock.drafters.specblock_model import LEGACY_SETTINGS, SpecBlockConfig, SpecBlockModel
-from specblock.errors import InvalidSettingError, SpecBlockError
+from specblock.drafters.specblock_model import SpecBlockConfig, SpecBlockModel
+from specblock.errors import SpecBlockError
 from specblock.target.config import ModelConfig
-from specblock.target.kernels import auto_dtype
 from specblock.training.dataset import Batch, Sequence, collate, load_manifest, load_sequences
 from specblock.training.draft_vocab import DraftVocab
 from specblock.training.eagle3_loss import eagle3_loss
+from specblock.training.settings import TrainSettings, lr_at
 from specblock.training.specblock_loss import LossReport, specblock_loss
-
-METHODS = ("specblock", "eagle3")
-PRECISIONS = ("auto", "float32", "bfloat16")
-# settings that shape the weights: a resumed run must keep them (the others, e.g. max_steps, may change)
-RESUME_KEYS = ("method", "batch_size", "micro_batch", "window", "seed", "blocks", "valid_prefix", "layer_shift",
-               "shift_slot0", "valid_floor", "intermediate_size")  # fmt: skip
-SPECBLOCK_ONLY = ("blocks", "valid_prefix", "layer_shift", "shift_slot0", "valid_floor")
-# what a checkpoint saved before a setting existed was trained with, where that is not today's default:
-# the drafter's own (LEGACY_SETTINGS), and the design's plain slot mean from before --valid-floor
-RUN_LEGACY_SETTINGS = LEGACY_SETTINGS | {"valid_floor": 0.0}
-
-
-@dataclass
-class TrainSettings:
-    method: str
-    max_steps: int = 1000
-    batch_size: int = 8  # sequences per optimizer step (over all processes)
-    micro_batch: int = 2
-    window: int = 128  # positions per sequence crop
-    lr: float = 6e-4
-    warmup_steps: int = 50
-    grad_clip: float = 0.5
-    seed: int = 0
-    log_every: int = 10
-    eval_every: int = 200
-    checkpoint_every: int = 50
-    snapshot_every: int = 0  # > 0: keep the drafter every this many steps (OUT/snapshots/step-N), for scaling curves
-    stop_at: int = 0  # > 0: end this run after that step, the schedule still that of max_steps (budgeted ablations)
-    eval_sequences: int = 32
-    # SpecBlock only (the ablations of design §9 switch these off)
-    blocks: int = 3
-    valid_prefix: bool = True
-    layer_shift: bool = True
-    shift_slot0: bool = False  # True: the design's shift, which projects slot 0 as well (SpecBlockConfig)
-    # see specblock_loss: 1 = each slot weighted by how often its prefix is right; 0 = the design's per-slot mean
-    valid_floor: float = 1.0
-    intermediate_size: int = 0  # both drafters' MLP width; 0 = the target's (design §4), less = a compact drafter
-    device: str = "cpu"  # "cuda" trains on the GPU (nccl under torchrun)
-    precision: str = "auto"  # "bfloat16" autocast (fp32 master weights), "float32", or the fastest here
-
-    def validate(self, world: int) -> None:
-        if self.method not in METHODS:
-            raise InvalidSettingError(f"unknown method {self.method!r}: choose one of {', '.join(METHODS)}")
-        if self.max_steps < 1 or self.batch_size < 1 or self.micro_batch < 1 or self.window < 8:
-            raise InvalidSettingError("max_steps, batch_size, micro_batch must be >= 1 and window >= 8")
-        if self.batch_size % (self.micro_batch * world):
-            raise InvalidSettingError(
-                f"batch_size {self.batch_size} must be a multiple of micro_batch x processes ({self.micro_batch} x {world})"
-            )
-        if self.blocks < 1 or self.intermediate_size < 0:
-            raise InvalidSettingError("blocks must be >= 1 and intermediate_size >= 0")
-        if not 0 <= self.stop_at <= self.max_steps or self.snapshot_every < 0:
-            raise InvalidSettingError("stop_at must lie in 0..max_steps and snapshot_every be >= 0")
-        if self.precision not in PRECISIONS:
-            raise InvalidSettingError(f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
-        if not (self.device == "cpu" or self.device.startswith("cuda")):
-            raise InvalidSettingError(f"unknown device {self.device!r}: cpu or cuda")
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise InvalidSettingError("--device cuda: no CUDA device is visible to PyTorch")
-
-    def autocast_dtype(self) -> torch.dtype | None:
-        """The autocast dtype of the forward passes, None for plain fp32. `auto` takes bf16 where
-        this machine multiplies bf16 natively (CUDA, AMX, AVX512-BF16), as `--dtype auto` does."""
-        if self.precision == "auto":
-            return torch.bfloat16 if auto_dtype(self.device) == torch.bfloat16 else None
-        return torch.bfloat16 if self.precision == "bfloat16" else None
-
-    def autocast(self):
-        dtype = self.autocast_dtype()
-        device_type = "cuda" if self.device.startswith("cuda") else "cpu"
-        return torch.autocast(device_type, dtype=dtype) if dtype else contextlib.nullcontext()
-
-
-def lr_at(step: int, s: TrainSettings) -> float:
-    """Linear warm-up, then linear decay to 0 at max_steps (the authors' schedule shape)."""
-    if step < s.warmup_steps:
-        return s.lr * (step + 1) / s.warmup_steps
-    return s.lr * max(0.0, (s.max_steps - step) / max(1, s.max_steps - s.warmup_steps))
-
+from specblock.training.train_state import drop_log_after, load_training_state, save_training_state
 
 def crop(seq: Sequence, window: int, gen: torch.Generator) -> Sequence:
     """At most `window` positions ending at a random point after the first answer token."""
@@ -227,59 +147,6 @@ def accumulate_gradients(
     return reports
 
 
-def _save_training_state(out: Path, model, opt: torch.optim.Optimizer, step: int, s: TrainSettings) -> None:
-    tmp = out / "checkpoint.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    params = dict(model.named_parameters())
-    save_file({k: v.detach().contiguous() for k, v in params.items()}, str(tmp / "weights.safetensors"))
-    moments = {}
-    for name, p in params.items():
-        st = opt.state.get(p)
-        if st:
-            moments[f"{name}.exp_avg"] = st["exp_avg"].contiguous()
-            moments[f"{name}.exp_avg_sq"] = st["exp_avg_sq"].contiguous()
-            moments[f"{name}.step"] = torch.as_tensor(st["step"], dtype=torch.float64).reshape(1)
-    save_file(moments, str(tmp / "optimizer.safetensors"))
-    (tmp / "state.json").write_text(json.dumps({"step": step, "settings": asdict(s)}, indent=2))
-    final = out / "checkpoint"
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-
-
-def _load_training_state(out: Path, model, opt: torch.optim.Optimizer, s: TrainSettings) -> int:
-    ckpt = out / "checkpoint"
-    if not (ckpt / "state.json").exists():
-        return 0
-    state = json.loads((ckpt / "state.json").read_text())
-    saved = state["settings"]
-    defaults = asdict(TrainSettings(method=s.method))  # settings added later read as their default
-    moot = set() if s.method == "specblock" else set(SPECBLOCK_ONLY)
-    if not s.layer_shift:  # no projection: how it would treat slot 0 does not matter
-        moot.add("shift_slot0")
-    was = {k: saved.get(k, RUN_LEGACY_SETTINGS.get(k, defaults[k])) for k in RESUME_KEYS if k not in moot}
-    changed = {k for k, v in was.items() if v != asdict(s)[k]}
-    if changed:
-        raise SpecBlockError(f"{ckpt} was trained with other settings ({', '.join(sorted(changed))}); use a new --out")
-    try:
-        weights = load_file(str(ckpt / "weights.safetensors"))
-        moments = load_file(str(ckpt / "optimizer.safetensors"))
-    except Exception as exc:
-        raise SpecBlockError(f"cannot resume from {ckpt}: {exc}") from None
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, p in params.items():
-            p.copy_(weights[name])
-    for name, p in params.items():
-        if f"{name}.exp_avg" in moments:
-            opt.state[p] = {
-                "exp_avg": moments[f"{name}.exp_avg"].to(p.device).clone(),
-                "exp_avg_sq": moments[f"{name}.exp_avg_sq"].to(p.device).clone(),
-                "step": torch.tensor(float(moments[f"{name}.step"][0])),
-            }
-    return int(state["step"])
-
-
 @torch.no_grad()
 def evaluate(model, seqs: list[Sequence], vocab: DraftVocab, s: TrainSettings) -> dict:
     """Held-out per-depth greedy accuracy (teacher-forced) and the 4-deep chain tau estimate.
@@ -334,13 +201,13 @@ def train(
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, betas=(0.9, 0.95), weight_decay=0.0)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    start = _load_training_state(out, model, opt, settings)
+    start = load_training_state(out, model, opt, settings)
     objective = TrainingObjective(model, settings)
     wrapped = wrap_objective(objective, ddp)
     model.train()
     log_path = out / "train_log.jsonl"
     if ddp.rank == 0:
-        _drop_log_after(log_path, start)  # a killed run may have logged steps past its last checkpoint
+        drop_log_after(log_path, start)  # a killed run may have logged steps past its last checkpoint
     end = settings.stop_at or settings.max_steps
     if start > end:
         raise SpecBlockError(f"{out / 'checkpoint'} is at step {start}, past this run's end (step {end}); "
@@ -371,7 +238,7 @@ def train(
                 snapshot_meta = _drafter_meta(settings, data_dir, manifest) | {"snapshot_step": done}
                 save_drafter(model, out / "snapshots" / f"step-{done:06d}", meta=snapshot_meta)
             if done % settings.checkpoint_every == 0 or done == end:
-                _save_training_state(out, model, opt, done, settings)
+                save_training_state(out, model, opt, done, settings)
     summary = {"steps": settings.max_steps, "resumed_from": start, "wall_s_this_run": round(time.time() - t0, 1)}
     if end < settings.max_steps:  # stopped early: the drafter of that step is its snapshot, the run can go on
         if ddp.world > 1:
@@ -397,13 +264,6 @@ def _drafter_meta(settings: TrainSettings, data_dir: Path, manifest: dict) -> di
     if settings.method == "specblock" and settings.blocks == 1:
         meta["drafting"] = {"blocks": 1}  # the no-inheritance ablation drafts as it trained (M = 1)
     return meta
-
-
-def _drop_log_after(path: Path, step: int) -> None:
-    if not path.exists():
-        return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in kept))
 
 
 def _log_entry(step: int, reports: list[LossReport], grad_norm: float, lr: float, elapsed: float, s: TrainSettings) -> dict:
