@@ -58,10 +58,10 @@ def test_profile_is_measured_once_and_cached(tiny_llama):
 
 
 def test_generator_resolves_auto_and_rejects_bad_budgets(tiny_llama, monkeypatch):
-    from specblock import SpecGenerator, api
+    from specblock import SpecGenerator, methods
 
     # a fixed profile: what auto picks must not depend on this machine's timing noise
-    monkeypatch.setattr(api, "load_or_measure", lambda runner, name: {0: 0.010, 1: 0.011, 4: 0.012, 8: 0.014, 16: 0.030})
+    monkeypatch.setattr(methods, "load_or_measure", lambda runner, name: {0: 0.010, 1: 0.011, 4: 0.012, 8: 0.014, 16: 0.030})
     gen = SpecGenerator.load(tiny_llama, "lookup", node_budget="auto")
     assert gen.node_budget == 8  # the largest tree verifying within 1.5 one-token forwards
     assert SpecGenerator.load(tiny_llama, "vanilla", node_budget="auto").node_budget == 0

@@ -18,20 +18,15 @@ from pathlib import Path
 
 import torch
 
-from specblock.decoding import DecodeSettings, DecodeStats, speculative_decode
 from specblock.adapt.drafter import AdaptiveDrafter, AdaptSettings
+from specblock.budget import batch_budgets
+from specblock.decoding import DecodeSettings, DecodeStats, speculative_decode
 from specblock.drafters.base import Drafter
-from specblock.budget import auto_budget, batch_budgets, drafter_key, load_draft_latency, load_or_measure
-from specblock.drafters.checkpoint import load_drafter, read_config
-from specblock.drafters.draft_model import DraftModelDrafter
-from specblock.drafters.eagle3 import Eagle3Drafter
-from specblock.drafters.lookup import LookupDrafter
-from specblock.drafters.shipped import shipped_drafter
-from specblock.drafters.specblock import SpecBlockDrafter
 from specblock.drafters.vanilla import VanillaDrafter
-from specblock.errors import InvalidSettingError, UnknownModelError
+from specblock.errors import InvalidSettingError
+from specblock.methods import DEFAULT_BUDGET, budget_inputs, build_drafter, check_method, resolve_budget
 from specblock.models.fetch import Reporter
-from specblock.models.registry import DEFAULT_TARGET, DRAFT_MODEL_FOR
+from specblock.models.registry import DEFAULT_TARGET
 from specblock.models.resolve import resolve_model
 from specblock.sampling import SamplingParams
 from specblock.target.kernels import auto_dtype
@@ -39,12 +34,6 @@ from specblock.target.runner import TargetRunner
 from specblock.target.transformer import Transformer
 from specblock.text import ChatTokenizer
 
-METHODS = ("vanilla", "lookup", "draft-model", "specblock", "eagle3")
-NEURAL_METHODS = ("specblock", "eagle3")
-# Default draft-node budgets per method. Verification cost grows quickly with tree size on a
-# CPU, so the defaults are small; the trained drafters pick theirs from the measured
-# verify-latency profile (`auto`, see specblock.budget).
-DEFAULT_BUDGET: dict[str, int | str] = {"vanilla": 0, "lookup": 10, "draft-model": 8, "specblock": "auto", "eagle3": "auto"}
 DTYPES = {
     "float32": torch.float32, "fp32": torch.float32,
     "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -228,7 +217,7 @@ class SpecGenerator:
         `node_budget` is a number of draft nodes or "auto"; `drafter` is a trained SpecBlock /
         EAGLE-3 checkpoint directory (default: the shipped one for the target, if any).
         """
-        _check_method(method)  # before the (slow) model load
+        check_method(method)  # before the (slow) model load
         device = parse_device(device)
         torch_dtype = parse_dtype(dtype, device)
         model_dir = resolve_model(target, report=report)
@@ -251,7 +240,7 @@ class SpecGenerator:
         report: Reporter | None,
     ) -> "SpecGenerator":  # fmt: skip
         """Build `method`'s drafter and budget around an already loaded target."""
-        _check_method(method)
+        check_method(method)
         drafter = build_drafter(
             method, model, tokenizer, target_name, draft_model, model.dtype, str(model.device), report, drafter_dir
         )  # fmt: skip
@@ -265,7 +254,7 @@ class SpecGenerator:
         (`budget.batch_budgets`); None for a fixed budget, which every batch size keeps."""
         if not self.budget_is_auto or isinstance(self.drafter, VanillaDrafter):
             return None
-        profile, calibration, measured = _budget_inputs(self.target, self.target_name, self.drafter)
+        profile, calibration, measured = budget_inputs(self.target, self.target_name, self.drafter)
         return batch_budgets(profile, calibration, max_batch, draft_s=measured)
 
     def stream(
@@ -324,95 +313,8 @@ class SpecGenerator:
         return self.drafter.save(out)
 
 
-def load_trained_drafter(method: str, target: Transformer, target_name: str | Path, drafter_dir: str | Path | None) -> Drafter:
-    """A SpecBlock or EAGLE-3 drafter: the given checkpoint, else the one shipped for the target."""
-    if drafter_dir is None:
-        drafter_dir = shipped_drafter(str(target_name), method)
-        if drafter_dir is None:
-            raise UnknownModelError(
-                f"no trained {method} drafter ships for target {target_name!r}; train one with `specblock train` "
-                "and pass it with --drafter"
-            )
-    path = Path(drafter_dir)
-    if not path.is_dir():
-        raise InvalidSettingError(f"drafter directory {path} does not exist")
-    model = load_drafter(path, target.cfg, target.embed, method=method).to(target.device)
-    config = read_config(path)
-    if method == "specblock":  # a checkpoint may carry drafting-time ablation switches (design §9)
-        drafting = config.get("drafting", {})
-        drafter = SpecBlockDrafter(model, fixed_topk=drafting.get("fixed_topk"), blocks=drafting.get("blocks", 2))
-    else:
-        drafter = Eagle3Drafter(model)
-    drafter.calibration = config.get("calibration")
-    drafter.source_dir = path
-    return drafter
-
-
-def resolve_budget(budget: int | str, target: Transformer, target_name: str | Path, drafter: Drafter) -> int:
-    """A node budget from a number or "auto" (the measured best for this machine)."""
-    if isinstance(budget, str):
-        if budget.strip().lower() == "auto":
-            if isinstance(drafter, VanillaDrafter):
-                return 0
-            profile, calibration, measured = _budget_inputs(target, target_name, drafter)
-            return auto_budget(profile, calibration, draft_s=measured)
-        try:
-            budget = int(budget)
-        except ValueError:
-            raise InvalidSettingError(f"node budget must be a number of nodes or 'auto', got {budget!r}") from None
-    if budget < 0:
-        raise InvalidSettingError(f"node budget must be >= 0, got {budget}")
-    return budget
-
-
-def _budget_inputs(target: Transformer, target_name: str | Path, drafter: Drafter):
-    """What `auto` decides from: this machine's T(n), the drafter's calibration, its measured D(n)."""
-    runner, name = TargetRunner(target), str(target_name) or "target"
-    profile = load_or_measure(runner, name)
-    source = getattr(drafter, "source_dir", None)
-    measured = load_draft_latency(runner, name, drafter_key(drafter.name, source)) if source else None
-    return profile, getattr(drafter, "calibration", None), measured
-
-
-def _check_method(method: str) -> None:
-    if method not in METHODS:
-        raise InvalidSettingError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
-
-
 def _checked_ids(ids: list[int], vocab_size: int) -> list[int]:
     out = list(ids)
     if not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab_size for t in out):
         raise InvalidSettingError(f"input_ids must be integers in [0, {vocab_size})")
     return out
-
-
-def build_drafter(
-    method: str,
-    target: Transformer,
-    tokenizer: ChatTokenizer,
-    target_name: str | Path,
-    draft_model: str | Path | None,
-    dtype: torch.dtype,
-    device: str,
-    report: Reporter | None,
-    drafter_dir: str | Path | None = None,
-) -> Drafter:
-    if drafter_dir is not None and method not in NEURAL_METHODS:
-        raise InvalidSettingError(f"--drafter applies to {' and '.join(NEURAL_METHODS)}, not to {method}")
-    if method in NEURAL_METHODS:
-        return load_trained_drafter(method, target, target_name, drafter_dir)
-    if method == "vanilla":
-        return VanillaDrafter()
-    if method == "lookup":
-        return LookupDrafter()
-    # draft-model: a smaller LM that shares the target's tokenizer
-    name = draft_model or DRAFT_MODEL_FOR.get(str(target_name))
-    if name is None:
-        raise UnknownModelError(
-            f"no same-tokenizer draft model is known for {target_name}; pass one with --draft-model"
-        )
-    draft_dir = resolve_model(name, report=report)
-    small = Transformer.load(draft_dir, dtype, device)
-    if small.cfg.vocab_size != target.cfg.vocab_size or not tokenizer.same_vocabulary(ChatTokenizer.load(draft_dir)):
-        raise InvalidSettingError(f"draft model {name} does not share the target's tokenizer")
-    return DraftModelDrafter(small)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from specblock.api import METHODS, NEURAL_METHODS
+from specblock.methods import METHODS, NEURAL_METHODS
 from specblock.errors import InvalidSettingError
 
 

@@ -15,12 +15,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from specblock.adapt.drafter import AdaptiveDrafter
-from specblock.api import NEURAL_METHODS, GenerationResult, SpecGenerator
+from specblock.api import GenerationResult, SpecGenerator
 from specblock.bench.machine import machine_description
 from specblock.bench.methods import MethodSpec, parse_drafters, parse_methods
 from specblock.bench.prompts import Prompt, load_prompts
 from specblock.bench.results import ResultsFile, check_settings, write_settings
 from specblock.errors import InvalidSettingError, SpecBlockError
+from specblock.methods import NEURAL_METHODS
 
 Reporter = Callable[[str, int, int], None]
 WARMUP_PROMPT = "Say hello."
