@@ -27,7 +27,6 @@ from safetensors.torch import load_file
 from specblock import SpecGenerator
 from specblock.errors import SpecBlockError
 from specblock.target.config import ModelConfig
-from specblock.training import train_state
 from specblock.training.conversations import Conversation
 from specblock.training.dataset import load_sequences
 from specblock.training.draft_vocab import DraftVocab
@@ -263,16 +262,16 @@ def test_a_kill_between_the_checkpoint_renames_resumes_from_the_previous_one(tin
             raise Killed
         real_replace(src, dst)
 
-    monkeypatch.setattr(train_state.os, "replace", die_before_step_4_takes_its_place)
+    monkeypatch.setattr(os, "replace", die_before_step_4_takes_its_place)
     run = tmp_path / "killed"
     with pytest.raises(Killed):
         train(s, data, target, run)
     monkeypatch.undo()
     assert not (run / "checkpoint").exists()
-    assert '"step": 2' in (run / "checkpoint.previous" / "state.json").read_text()
+    assert '"step": 2' in (run / "checkpoint.old" / "state.json").read_text()
     assert train(s, data, target, run)["resumed_from"] == 2
     assert_same(weights_and_moments(run), weights_and_moments(tmp_path / "whole"))
-    assert not (run / "checkpoint.previous").exists() and not (run / "checkpoint.tmp").exists()
+    assert not (run / "checkpoint.old").exists() and not (run / "checkpoint.tmp").exists()
 
 
 def test_resuming_with_other_settings_is_refused(tiny_data, target, tmp_path):

@@ -7,7 +7,6 @@ leaves the previous one whole. Resuming refuses a run whose weight-shaping setti
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from specblock.drafters.checkpoint import swap_in
 from specblock.drafters.specblock_model import LEGACY_SETTINGS
 from specblock.errors import SpecBlockError
 from specblock.training.settings import TrainSettings
@@ -43,20 +43,14 @@ def save_training_state(out: Path, model, opt: torch.optim.Optimizer, step: int,
             moments[f"{name}.step"] = torch.as_tensor(st["step"], dtype=torch.float64).reshape(1)
     save_file(moments, str(tmp / "optimizer.safetensors"))
     (tmp / "state.json").write_text(json.dumps({"step": step, "settings": asdict(s)}, indent=2))
-    final, previous = out / "checkpoint", out / "checkpoint.previous"
-    # at every instant one whole checkpoint exists: `final`, or (between the renames) `previous`
-    if (final / "state.json").exists():
-        shutil.rmtree(previous, ignore_errors=True)
-        os.replace(final, previous)
-    shutil.rmtree(final, ignore_errors=True)  # a partial one, which no save leaves: never trust it
-    os.replace(tmp, final)
-    shutil.rmtree(previous, ignore_errors=True)
+    swap_in(tmp, out / "checkpoint")  # the old one moves aside as checkpoint.old until the new one is in place
+    shutil.rmtree(out / "checkpoint.old", ignore_errors=True)  # left by a kill between the renames, now stale
 
 
 def checkpoint_dir(out: Path) -> Path | None:
-    """The run's last whole checkpoint: `checkpoint/`, or `checkpoint.previous/` when a kill
-    fell between the two renames of a save; None before the first save."""
-    for name in ("checkpoint", "checkpoint.previous"):
+    """The run's last whole checkpoint: `checkpoint/`, or `checkpoint.old/` when a kill fell
+    between the two renames of a save (`swap_in`); None before the first save."""
+    for name in ("checkpoint", "checkpoint.old"):
         if (out / name / "state.json").exists():
             return out / name
     return None
