@@ -3,8 +3,8 @@
 # (regen, vocabulary coverage, SpecBlock and EAGLE-3 training, scaling curve), llama.cpp, the
 # 0.5B for draft-model, the full report (llama.cpp plain, n-gram and EAGLE-3 rows: the build
 # script patches llama.cpp's Qwen2 graph for EAGLE-3, docs/drafters.md), the held-out code
-# bench (and smollm2's on the same prompts, with llama.cpp's rows on smollm2), the rank head's
-# classes and the ablations (item 7: about 5 more hours). Each stage continues
+# bench (and smollm2's on the same prompts, with llama.cpp's rows on smollm2), then the scaling
+# curve, the rank head's classes and the ablations (item 7: about 5 more hours). Each stage continues
 # from where a kill left it, so a new working session reruns the same line and the CPU never
 # waits between stages:
 #
@@ -26,8 +26,12 @@ DATA=$WORK/data/regen-$TARGET
 BUDGET=${BUDGET:-auto}
 log() { echo "$(date -u +%FT%TZ) $*"; }
 
-TARGET=$TARGET PER_SOURCE=1000 WIDTH=1472 STEPS=1500 SCALING_DTYPE=bfloat16 WORK=$WORK RUNS=$RUNS \
-  DATA=$DATA bash benchmarks/drafter_recipe.sh
+recipe() {  # the drafter recipe's stages named in $1 (benchmarks/drafter_recipe.sh)
+  STAGES=$1 TARGET=$TARGET PER_SOURCE=1000 WIDTH=1472 STEPS=1500 SCALING_DTYPE=bfloat16 WORK=$WORK RUNS=$RUNS \
+    DATA=$DATA bash benchmarks/drafter_recipe.sh
+}
+
+recipe "regen vocab specblock eagle3"  # the scaling curve waits until the headline numbers are measured
 for method in specblock eagle3; do  # tau and drafting time per budget, for `auto` (skipped once stored)
   drafter=$RUNS/$TARGET-$method/drafter
   if ! grep -q '"calibration"' "$drafter/config.json"; then
@@ -61,6 +65,7 @@ log "source and id), then llama.cpp's three server rows with their draft counts 
   --max-new-tokens 256 --methods vanilla --temperature 0 --runs 1 \
   --references llama.cpp-server,llama.cpp-server-ngram,llama.cpp-server-eagle3 \
   --out benchmarks/results/report15_smollm2-135m/llama_cpp_rows
+recipe scaling
 log "rank head classes"
 .venv/bin/python benchmarks/rank_head_classes.py --data "$DATA" --target "$TARGET" --sequences 24 \
   $(ls -d "$RUNS/$TARGET-specblock/snapshots"/step-* "$RUNS/$TARGET-specblock/drafter") \
