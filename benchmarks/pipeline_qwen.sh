@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Issue 15's qwen2.5-coder-1.5b work, end to end, as one resumable command: the drafter recipe
-# (regen, vocabulary coverage, SpecBlock and EAGLE-3 training, scaling curve), llama.cpp, the
-# 0.5B for draft-model, the full report (llama.cpp plain, n-gram and EAGLE-3 rows: the build
-# script patches llama.cpp's Qwen2 graph for EAGLE-3, docs/drafters.md), the held-out code
-# bench (and smollm2's on the same prompts, with llama.cpp's rows on smollm2), then the scaling
-# curve, the rank head's classes and the ablations (item 7: about 5 more hours). Each stage continues
+# (regen, vocabulary coverage, SpecBlock and EAGLE-3 training), llama.cpp, the 0.5B for
+# draft-model, the full report (llama.cpp plain, n-gram and EAGLE-3 rows: the build script
+# patches llama.cpp's Qwen2 graph for EAGLE-3, docs/drafters.md), the held-out code bench (and
+# smollm2's on the same prompts, with llama.cpp's rows on smollm2), then the recipe's scaling
+# curve (about an hour), the rank head's classes and the ablations (item 7: about 5 hours). Each stage continues
 # from where a kill left it, so a new working session reruns the same line and the CPU never
 # waits between stages:
 #

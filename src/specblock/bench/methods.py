@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from specblock.methods import METHODS, NEURAL_METHODS
 from specblock.errors import InvalidSettingError
+from specblock.methods import METHODS, NEURAL_METHODS
 
 
 @dataclass(frozen=True)

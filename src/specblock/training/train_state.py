@@ -1,7 +1,9 @@
 """A training run's checkpoint (weights, AdamW moments, step and settings) and its resume check.
 
-The checkpoint is written to a temporary folder and renamed into place, so a kill mid-save
-leaves the previous one whole. Resuming refuses a run whose weight-shaping settings differ.
+The checkpoint is written to `checkpoint.tmp/` (its state.json last) and swapped into place by
+renames (`swap_in`), so a killed process leaves a whole checkpoint under one of three names,
+which resuming looks for in turn (`checkpoint_dir`). Resuming refuses a run whose weight-shaping
+settings differ. (Renames, not fsync: a power loss is not covered.)
 """
 
 from __future__ import annotations
@@ -48,9 +50,11 @@ def save_training_state(out: Path, model, opt: torch.optim.Optimizer, step: int,
 
 
 def checkpoint_dir(out: Path) -> Path | None:
-    """The run's last whole checkpoint: `checkpoint/`, or `checkpoint.old/` when a kill fell
-    between the two renames of a save (`swap_in`); None before the first save."""
-    for name in ("checkpoint", "checkpoint.old"):
+    """The run's last whole checkpoint, None before the first save. `checkpoint/` if there is
+    one; else `checkpoint.old/`, when a kill fell between the two renames of `swap_in`; else a
+    finished `checkpoint.tmp/` (state.json is written last), when a save by a version before
+    `swap_in` was killed between deleting the old checkpoint and the rename."""
+    for name in ("checkpoint", "checkpoint.old", "checkpoint.tmp"):
         if (out / name / "state.json").exists():
             return out / name
     return None

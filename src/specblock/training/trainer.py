@@ -39,6 +39,7 @@ from specblock.training.settings import TrainSettings, lr_at
 from specblock.training.specblock_loss import LossReport, specblock_loss
 from specblock.training.train_state import drop_log_after, load_training_state, save_training_state
 
+
 def crop(seq: Sequence, window: int, gen: torch.Generator) -> Sequence:
     """At most `window` positions ending at a random point after the first answer token."""
     n = seq.tokens.numel()
@@ -210,7 +211,7 @@ def train(
         drop_log_after(log_path, start)  # a killed run may have logged steps past its last checkpoint
     end = settings.stop_at or settings.max_steps
     if start > end:
-        raise SpecBlockError(f"{out / 'checkpoint'} is at step {start}, past this run's end (step {end}); "
+        raise SpecBlockError(f"{out}'s checkpoint is at step {start}, past this run's end (step {end}); "
                              "use a later --stop-at / --max-steps or a new --out")  # fmt: skip
     t0 = time.time()
     for step in range(start, end):
