@@ -27,6 +27,7 @@ from safetensors.torch import load_file
 from specblock import SpecGenerator
 from specblock.errors import SpecBlockError
 from specblock.target.config import ModelConfig
+from specblock.training import train_state
 from specblock.training.conversations import Conversation
 from specblock.training.dataset import load_sequences
 from specblock.training.draft_vocab import DraftVocab
@@ -289,6 +290,26 @@ def test_resume_looks_for_a_whole_checkpoint_under_each_name_in_turn(tmp_path):
     assert checkpoint_dir(tmp_path) == tmp_path / "checkpoint.old"
     whole("checkpoint", 4)  # killed before the stale .old was deleted
     assert checkpoint_dir(tmp_path) == tmp_path / "checkpoint"
+
+
+def test_a_run_resumed_from_a_finished_tmp_keeps_it_until_the_next_save_is_whole(tiny_data, target, tmp_path, monkeypatch):
+    data, _ = tiny_data
+    s = TrainSettings(method="eagle3", max_steps=4, batch_size=2, micro_batch=2, window=WINDOW, warmup_steps=2,
+                      checkpoint_every=2, eval_every=100, eval_sequences=2)  # fmt: skip
+    train(s, data, target, tmp_path / "whole")
+    run = tmp_path / "run"
+    train(replace(s, max_steps=2), data, target, run)
+    os.replace(run / "checkpoint", run / "checkpoint.tmp")  # what a kill inside an older version's save left
+
+    def die_writing_weights(*args, **kwargs) -> None:
+        raise Killed
+
+    monkeypatch.setattr(train_state, "save_file", die_writing_weights)
+    with pytest.raises(Killed):  # the step-4 save dies after it cleared its temporary folder
+        train(s, data, target, run)
+    monkeypatch.undo()
+    assert train(s, data, target, run)["resumed_from"] == 2
+    assert_same(weights_and_moments(run), weights_and_moments(tmp_path / "whole"))
 
 
 def test_resuming_with_other_settings_is_refused(tiny_data, target, tmp_path):

@@ -9,6 +9,7 @@ settings differ. (Renames, not fsync: a power loss is not covered.)
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -32,6 +33,8 @@ RUN_LEGACY_SETTINGS = LEGACY_SETTINGS | {"valid_floor": 0.0}
 
 def save_training_state(out: Path, model, opt: torch.optim.Optimizer, step: int, s: TrainSettings) -> None:
     tmp = out / "checkpoint.tmp"
+    if checkpoint_dir(out) == tmp:  # the run resumed from it: keep it whole while this save writes
+        os.replace(tmp, out / "checkpoint")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     params = dict(model.named_parameters())
