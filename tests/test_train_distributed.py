@@ -32,7 +32,6 @@ from specblock.training.conversations import Conversation
 from specblock.training.dataset import load_sequences
 from specblock.training.draft_vocab import DraftVocab
 from specblock.training.prepare import PrepareSettings, prepare
-from specblock.training.train_state import checkpoint_dir
 from specblock.training.trainer import (
     Distributed,
     TrainingObjective,
@@ -274,22 +273,6 @@ def test_a_kill_between_the_checkpoint_renames_resumes_from_the_previous_one(tin
     assert train(s, data, target, run)["resumed_from"] == 2
     assert_same(weights_and_moments(run), weights_and_moments(tmp_path / "whole"))
     assert not (run / "checkpoint.old").exists() and not (run / "checkpoint.tmp").exists()
-
-
-def test_resume_looks_for_a_whole_checkpoint_under_each_name_in_turn(tmp_path):
-    def whole(name: str, step: int) -> None:
-        (tmp_path / name).mkdir(exist_ok=True)
-        (tmp_path / name / "state.json").write_text(json.dumps({"step": step}))
-
-    assert checkpoint_dir(tmp_path) is None
-    (tmp_path / "checkpoint.tmp").mkdir()  # a save killed before it wrote state.json, its last file
-    assert checkpoint_dir(tmp_path) is None
-    whole("checkpoint.tmp", 6)  # an older version's save, killed after it deleted `checkpoint`
-    assert checkpoint_dir(tmp_path) == tmp_path / "checkpoint.tmp"
-    whole("checkpoint.old", 2)  # killed between swap_in's renames
-    assert checkpoint_dir(tmp_path) == tmp_path / "checkpoint.old"
-    whole("checkpoint", 4)  # killed before the stale .old was deleted
-    assert checkpoint_dir(tmp_path) == tmp_path / "checkpoint"
 
 
 def test_a_run_resumed_from_a_finished_tmp_keeps_it_until_the_next_save_is_whole(tiny_data, target, tmp_path, monkeypatch):

@@ -97,7 +97,19 @@ def load_training_state(out: Path, model, opt: torch.optim.Optimizer, s: TrainSe
 
 
 def drop_log_after(path: Path, step: int) -> None:
+    """Keep the log lines up to the resumed step: later ones describe steps that will be redone,
+    and a half-written last line (the process was killed mid-write) is dropped with them."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break
+            raise SpecBlockError(f"{path}:{number} is not a JSON line; fix or remove the log") from None
+        if entry["step"] <= step:
+            kept.append(line)
     path.write_text("".join(line + "\n" for line in kept))
