@@ -26,6 +26,7 @@ VOCAB=${VOCAB:-4096}               # draft vocabulary, chosen from the coverage 
 WIDTH=${WIDTH:-0}                  # drafter MLP width (0 = the target's)
 STEPS=${STEPS:-3000}
 SCALING_DTYPE=${SCALING_DTYPE:-float32}  # the target's in the scaling curve's decoding (bf16: exact where verification is batch-invariant)
+SCALING_OUT=${SCALING_OUT:-benchmarks/results/scaling_$TARGET}
 LR=${LR:-8e-4}
 VALID_FLOOR=${VALID_FLOOR:-1.0}    # SpecBlock's --valid-floor (the smollm2 pair shipped in issue 15 was trained at 0.1)
 STAGES=${STAGES:-regen vocab specblock eagle3 scaling}
@@ -66,7 +67,7 @@ for stage in $STAGES; do
     log "scaling curve"
     .venv/bin/python benchmarks/scaling_curve.py --target "$TARGET" --data "$DATA" \
       --run "$RUNS/$TARGET-specblock" --run "$RUNS/$TARGET-eagle3" --dtype "$SCALING_DTYPE" \
-      --out "benchmarks/results/scaling_$TARGET"
+      --out "$SCALING_OUT"
     ;;
   *) echo "unknown stage $stage" >&2; exit 2 ;;
   esac
