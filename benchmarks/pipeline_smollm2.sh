@@ -27,14 +27,7 @@ recipe() {  # the drafter recipe's stages named in $1, at its defaults for smoll
 }
 
 recipe "regen vocab specblock eagle3"
-for method in specblock eagle3; do  # tau and drafting time per budget, for `auto` (skipped once stored)
-  drafter=$RUNS/$TARGET-$method/drafter
-  if ! grep -q '"calibration"' "$drafter/config.json"; then
-    log "calibrate $method"
-    .venv/bin/python benchmarks/calibrate_drafter.py --method "$method" --drafter "$drafter" --target "$TARGET" \
-      --budgets 4,8,12,16,24,32 --data "$DATA" --skip 96  # past the held-out code bench's first 15 per source
-  fi
-done
+bash benchmarks/calibrate_pair.sh "$TARGET" "$RUNS" "$DATA"  # for `auto` (skipped once stored)
 log "llama.cpp (reuses an earlier build)"
 bash scripts/build_llama_cpp.sh
 log "full report"
