@@ -11,8 +11,8 @@
 #   mkdir -p /work/data/logs && nohup bash benchmarks/pipeline_qwen.sh >> /work/data/logs/pipeline-qwen.log 2>&1 &
 #
 # About 26 hours of a 2-core Zen 4 in all (docs/drafters.md, "The recipe"). Pause it with
-# `kill -STOP` (every process of the job) while anything else uses the CPU, never benchmark
-# beside it. Shipping (`benchmarks/ship_drafter.py`) stays a step by hand.
+# `bash scripts/pipeline_pause.sh stop` (then `cont`) while anything else uses the CPU, never
+# benchmark beside it. Shipping (`benchmarks/ship_drafter.py`) stays a step by hand.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TARGET=qwen2.5-coder-1.5b

@@ -46,7 +46,10 @@ def settings_lines(s: dict) -> list[str]:
 
 def render_report(summary: dict, figures: list[str] | None = None) -> str:
     s, table, cats = summary.get("settings", {}), summary["table"], summary["categories"]
-    lines = ["# specblock bench", "", *settings_lines(s), f"- turns: {summary['turns']}", "", "## Definitions", ""]
+    lines = ["# specblock bench", "", *settings_lines(s), f"- turns: {summary['turns']}"]
+    if summary.get("suspended_rows"):
+        lines.append(f"- **{summary['suspended_rows']} row(s) timed across a stop of the process** (`suspended` in results.jsonl)")
+    lines += ["", "## Definitions", ""]
     lines += [f"{line}" for line in summary["definitions"].splitlines()]
     lines += [
         (

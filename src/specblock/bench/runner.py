@@ -12,7 +12,9 @@ import datetime
 import hashlib
 import json
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 from specblock.adapt.drafter import AdaptiveDrafter
 from specblock.api import GenerationResult, SpecGenerator
@@ -20,10 +22,12 @@ from specblock.bench.machine import machine_description
 from specblock.bench.methods import MethodSpec, parse_drafters, parse_methods
 from specblock.bench.prompts import Prompt, load_prompts
 from specblock.bench.results import ResultsFile, check_settings, write_settings
+from specblock.bench.suspension import SuspensionWatch
 from specblock.errors import InvalidSettingError, SpecBlockError
 from specblock.methods import NEURAL_METHODS
 
 Reporter = Callable[[str, int, int], None]
+T = TypeVar("T")
 WARMUP_PROMPT = "Say hello."
 PROGRESS_STAGE = "measuring (question x turn x method x run)"
 # What users would run instead: speed rows, run 1 only. The llama.cpp-server ones run its own
@@ -31,6 +35,19 @@ PROGRESS_STAGE = "measuring (question x turn x method x run)"
 REFERENCES = ("hf-generate", "llama.cpp", "llama.cpp-server", "llama.cpp-server-ngram", "llama.cpp-server-eagle3")
 LLAMA_NGRAM_FLAGS = ("--spec-type", "ngram-simple")
 LLAMA_DRAFT_MAX = 8  # --spec-draft-n-max for EAGLE-3 (llama.cpp's default is 3)
+MAX_ATTEMPTS = 3  # a row timed across a stop of the process (SIGSTOP) is measured again, at most this often
+
+
+def measured(watch: SuspensionWatch, measure: Callable[[], T], again: bool = True) -> tuple[T, bool]:
+    """`measure()`, run again while the process was stopped during it (`again`, at most
+    MAX_ATTEMPTS runs in all); also whether the timing kept still spans a stop."""
+    for _ in range(MAX_ATTEMPTS):
+        mark = watch.mark()
+        result = measure()
+        stopped = watch.stopped_since(mark)
+        if not (stopped and again):
+            break
+    return result, stopped
 
 
 def request_seed(seed: int, question_id: object, run: int, turn: int) -> int:
@@ -121,6 +138,7 @@ def run_bench(
 
     results = ResultsFile(out)
     decode = gens["vanilla"].tokenizer.decode
+    watch = SuspensionWatch()
     total, done = runs * sum(len(p.turns) for p in prompts) * len(specs), 0
     for run in range(1, runs + 1):
         for prompt in prompts:
@@ -132,16 +150,20 @@ def run_bench(
                     row = results.get(key)
                     if row is None:
                         seed_r = None if temperature == 0 else request_seed(seed, prompt.question_id, run, turn)
-                        r = gens[s.spec].generate(
-                            messages=messages, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed_r
-                        )
+                        gen = gens[s.spec]
+                        adaptive = isinstance(gen.drafter, AdaptiveDrafter)  # it learned from the first try: keep it
+                        request = partial(gen.generate, messages=messages, max_new_tokens=max_new_tokens,
+                                          temperature=temperature, seed=seed_r)  # fmt: skip
+                        r, stopped = measured(watch, request, again=not adaptive)
                         reference = None  # greedy outputs are checked token for token against vanilla's
                         if temperature == 0:
                             vanilla_row = results.get((key[0], turn, "vanilla", run))
                             reference = r.token_ids if s.spec == "vanilla" else (vanilla_row or {}).get("token_ids")
                         row = make_row(prompt, turn, s.spec, run, r, reference)
-                        if isinstance(gens[s.spec].drafter, AdaptiveDrafter):
-                            row["adaptation"] = gens[s.spec].drafter.summary()
+                        if adaptive:
+                            row["adaptation"] = gen.drafter.summary()
+                        if stopped:
+                            row["suspended"] = True
                         results.append(row)
                     history[s.spec] = messages + [{"role": "assistant", "content": decode(row["token_ids"])}]
                     done += 1
@@ -155,13 +177,15 @@ def run_bench(
                         if results.get(key) is not None:
                             continue
                         try:
-                            reply = engine.run(ids, max_new_tokens)
+                            reply, stopped = measured(watch, partial(engine.run, ids, max_new_tokens))
                         except RuntimeError as exc:  # a reference that dies mid-run loses its row, not the benchmark
                             engines.pop(name).close()
                             settings["references_unavailable"][name] = f"failed on {prompt.question_id}: {exc}"
                             write_settings(out, settings)
                             continue
-                        results.append(reference_row(prompt, turn, name, reply, len(ids)))
+                        row = reference_row(prompt, turn, name, reply, len(ids))
+                        results.append(row | {"suspended": True} if stopped else row)
+    watch.close()
     for engine in engines.values():
         engine.close()
     return settings

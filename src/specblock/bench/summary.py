@@ -165,6 +165,7 @@ def summarise(rows: list[dict], methods: list[str] | None = None, pairs: list[tu
         "table": table,
         "comparisons": [compare(rows, a, b) for a, b in pairs if a in present and b in present],
         "turns": "MT-bench turn 2 (asked after the method's own turn-1 answer) is a separate row, pooled with turn 1",
+        "suspended_rows": sum(1 for r in rows if r.get("suspended")),  # timed across a stop: should be 0
         "definitions": __doc__.split("Definitions (the same as `specblock generate`):\n", 1)[1].strip(),
     }
 
