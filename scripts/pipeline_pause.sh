@@ -6,7 +6,8 @@
 #
 # Training and regen just wait. A benchmark row timed across the stop is measured again
 # (docs/benchmarking.md, "Pausing"); drafting times measured by a calibration or a profile are
-# not protected, so the script refuses to stop those unless FORCE=1.
+# not protected, so the script refuses to stop those unless FORCE=1. Keep a stop under 10
+# minutes during a benchmark's llama.cpp rows (their requests time out after 600 s).
 set -euo pipefail
 case ${1:-} in
   stop) sig=STOP ;;
