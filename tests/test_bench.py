@@ -123,6 +123,18 @@ def test_other_settings_refuse_to_resume(bench_out, tiny_llama, tiny_draft_llama
     shutil.copytree(bench_out, tmp_path / "copy")
     with pytest.raises(InvalidSettingError, match="max_new_tokens"):
         run_bench(**bench_args(tiny_llama, tiny_draft_llama, data_file, tmp_path / "copy", max_new_tokens=MAX_NEW + 1))
+    # timings from another CPU are refused; a directory from before the CPU was recorded resumes
+    settings_path = tmp_path / "copy" / "settings.json"
+    settings = json.loads(settings_path.read_text())
+    assert settings["cpu"]
+    settings_path.write_text(json.dumps(settings | {"cpu": "another CPU [cpu family 1 model 2 stepping 3]"}))
+    with pytest.raises(InvalidSettingError, match="cpu"):
+        run_bench(**bench_args(tiny_llama, tiny_draft_llama, data_file, tmp_path / "copy"))
+    settings.pop("cpu")
+    settings_path.write_text(json.dumps(settings))
+    before = (tmp_path / "copy" / "results.jsonl").read_text()
+    run_bench(**bench_args(tiny_llama, tiny_draft_llama, data_file, tmp_path / "copy"))
+    assert (tmp_path / "copy" / "results.jsonl").read_text() == before
 
 
 def test_sampling_rows_are_seeded(tiny_llama, tiny_draft_llama, data_file, tmp_path):

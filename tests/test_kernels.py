@@ -59,6 +59,18 @@ def test_the_table_is_cached_per_machine_and_remeasured_when_missing_or_unreadab
         assert kernel_table()["bfloat16"].min_rows in kernels.PAD_CANDIDATES
 
 
+def test_cpus_sharing_a_model_name_keep_their_own_measurements(monkeypatch):
+    from specblock.budget import machine_key
+
+    flags = {"amx_bf16": False, "avx512_bf16": True, "avx512": True, "avx2": True}
+    keys = []
+    for generation in ("cpu family 25 model 17 stepping 1", "cpu family 26 model 2 stepping 0"):  # Zen 4, Zen 5
+        monkeypatch.setattr(kernels, "cpu_features", lambda g=generation: CpuFeatures("AMD EPYC", **flags, generation=g))
+        keys.append((kernels._table_key(), machine_key()))
+    assert keys[0][0] != keys[1][0] and keys[0][1] != keys[1][1]
+    assert "family 25" in keys[0][0] and "family 26" in keys[1][1]
+
+
 def test_auto_dtype_follows_the_instruction_set(monkeypatch):
     def cpu(**flags):
         base = {"amx_bf16": False, "avx512_bf16": False, "avx512": True, "avx2": True}

@@ -33,10 +33,10 @@ PARITY_BUDGET = 59
 
 
 def machine_key() -> str:
-    """The CPU model and core count a profile was measured on."""
+    """The CPU (model, instruction sets, generation) and core count a profile was measured on."""
     from specblock.target.kernels import cpu_features
 
-    return f"{cpu_features().model} x{os.cpu_count()}"
+    return f"{cpu_features().key()} x{os.cpu_count()}"
 
 
 def profile_path(target_name: str, dtype: torch.dtype | str, device: str) -> Path:

@@ -11,6 +11,8 @@ RESULTS = "results.jsonl"
 SETTINGS = "settings.json"
 # Settings that change what a row means: a run with other values must not resume into the same file.
 RESUME_KEYS = ("target", "dtype", "device", "temperature", "max_new_tokens", "seed")
+# Timings from two CPUs must not share a report; a directory written before "cpu" was recorded passes.
+RESUME_IF_RECORDED = ("cpu",)
 
 Key = tuple[str, int, str, int]
 
@@ -79,7 +81,8 @@ def check_settings(out: Path, settings: dict) -> None:
     path = Path(out) / SETTINGS
     if path.is_file() and (Path(out) / RESULTS).is_file():
         old = json.loads(path.read_text())
-        for key in RESUME_KEYS:
+        recorded = [key for key in RESUME_IF_RECORDED if key in old]
+        for key in (*RESUME_KEYS, *recorded):
             if old.get(key) != settings.get(key):
                 raise InvalidSettingError(
                     f"{out} holds results with {key}={old.get(key)!r}, not {settings.get(key)!r}; "

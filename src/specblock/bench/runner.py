@@ -25,6 +25,7 @@ from specblock.bench.results import ResultsFile, check_settings, write_settings
 from specblock.bench.suspension import SuspensionWatch
 from specblock.errors import InvalidSettingError, SpecBlockError
 from specblock.methods import NEURAL_METHODS
+from specblock.target.kernels import cpu_features
 
 Reporter = Callable[[str, int, int], None]
 T = TypeVar("T")
@@ -120,7 +121,7 @@ def run_bench(
         "max_new_tokens": max_new_tokens, "seed": seed, "methods": [s.spec for s in specs], "data": str(data),
         "per_category": per_category, "runs": runs, "drafters": drafters, "command": command,
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": machine_description(device), "turns": "one row per turn; turn 2 follows the method's own turn-1 answer",
+        "machine": machine_description(device), "cpu": cpu_features().key(), "turns": "one row per turn; turn 2 follows the method's own turn-1 answer",
         "adapt": adapt, "references": list(references or []),
     }  # fmt: skip
     check_settings(out, settings)  # before the slow model load

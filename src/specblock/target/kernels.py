@@ -46,6 +46,9 @@ class CpuFeatures:
     avx512_bf16: bool
     avx512: bool
     avx2: bool
+    # family / model / stepping: KVM guests of different CPU generations can share one model
+    # name ("AMD EPYC"), and timings or bit-exactness measured on one must not pass for another's
+    generation: str = ""
 
     @property
     def fast_bf16(self) -> bool:
@@ -57,20 +60,28 @@ class CpuFeatures:
                                      ("AVX-512", self.avx512), ("AVX2", self.avx2)) if on]  # fmt: skip
         return f"{self.model} ({', '.join(isa) or 'no AVX2'})"
 
+    def key(self) -> str:
+        """What a cached measurement (kernel table, verify profile) is filed under."""
+        return f"{self.describe()} [{self.generation or 'generation unknown'}]"
+
 
 @lru_cache(maxsize=1)
 def cpu_features() -> CpuFeatures:
     """The CPU model and the instruction sets that decide the kernels (from /proc/cpuinfo)."""
-    model, flags = platform.processor() or platform.machine(), set()
+    model, flags, fields = platform.processor() or platform.machine(), set(), {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model in ("", platform.machine(), platform.processor()):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
+            name, _, value = (part.strip() for part in line.partition(":"))
+            if name == "model name" and model in ("", platform.machine(), platform.processor()):
+                model = value
+            elif name == "flags" and not flags:
+                flags = set(value.split())
+            elif name in ("cpu family", "model", "stepping") and name not in fields:
+                fields[name] = value
     except OSError:
         pass
-    return CpuFeatures(model, "amx_bf16" in flags, "avx512_bf16" in flags, "avx512f" in flags, "avx2" in flags)
+    generation = " ".join(f"{name} {value}" for name, value in fields.items())
+    return CpuFeatures(model, "amx_bf16" in flags, "avx512_bf16" in flags, "avx512f" in flags, "avx2" in flags, generation)
 
 
 def auto_dtype(device: str) -> torch.dtype:
@@ -206,7 +217,7 @@ TABLE_FORMAT = 4  # bump when KernelPlan or the candidates change: older tables 
 
 
 def _table_key() -> str:
-    return f"format {TABLE_FORMAT} | {cpu_features().model} | {compute_threads()} threads | torch {torch.__version__}"
+    return f"format {TABLE_FORMAT} | {cpu_features().key()} | {compute_threads()} threads | torch {torch.__version__}"
 
 
 def table_path() -> Path:
