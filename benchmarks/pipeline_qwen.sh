@@ -61,7 +61,7 @@ log "source and id), then llama.cpp's three server rows with their draft counts 
 recipe scaling
 log "rank head classes"
 .venv/bin/python benchmarks/rank_head_classes.py --data "$DATA" --target "$TARGET" --sequences 24 \
-  $(ls -d "$RUNS/$TARGET-specblock/snapshots"/step-* "$RUNS/$TARGET-specblock/drafter") \
+  $(ls -d "$RUNS/$TARGET-specblock/snapshots"/step-[0-9]*[0-9] "$RUNS/$TARGET-specblock/drafter") \
   > "benchmarks/results/scaling_$TARGET/rank_head_classes.txt"
 log "ablations (item 7, on the 1.5B: variants to step 500 of the same schedule, the control the main run's snapshot)"
 .venv/bin/specblock data heldout-questions --data "$DATA" --out "$WORK/data/heldout-$TARGET.jsonl" --per-source 8

@@ -43,6 +43,6 @@ questions=$WORK/data/heldout-code-$TARGET.jsonl
 recipe scaling
 log "rank head classes"
 .venv/bin/python benchmarks/rank_head_classes.py --data "$DATA" --target "$TARGET" --sequences 24 \
-  $(ls -d "$RUNS/$TARGET-specblock/snapshots"/step-* "$RUNS/$TARGET-specblock/drafter") \
+  $(ls -d "$RUNS/$TARGET-specblock/snapshots"/step-[0-9]*[0-9] "$RUNS/$TARGET-specblock/drafter") \
   > "benchmarks/results/scaling_retrained_$TARGET/rank_head_classes.txt"
 log "done"

@@ -42,9 +42,10 @@ from specblock.training.trainer import TrainSettings, evaluate
 def kept_drafters(run: Path) -> list[tuple[int, Path]]:
     """(step, drafter directory) for each snapshot of a run, and its final drafter unless the
     last snapshot already is that step, by step."""
-    found = [
-        (int(p.name.split("-")[1]), p) for p in (run / "snapshots").glob("step-*") if (p / "config.json").is_file()
-    ]
+    found = [  # not step-N.tmp / step-N.old, which a kill inside a save can leave
+        (int(p.name.removeprefix("step-")), p) for p in (run / "snapshots").glob("step-*")
+        if p.name.removeprefix("step-").isdigit() and (p / "config.json").is_file()
+    ]  # fmt: skip
     final = run / "drafter"
     if (final / "config.json").is_file():
         last = read_config(final)["training"]["max_steps"]
