@@ -18,5 +18,5 @@ def run_header() -> dict:
         "command": "python " + " ".join(sys.argv),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_description(),
-        "cpu": cpu_features().describe(),
+        "cpu": cpu_features().key(),
     }
