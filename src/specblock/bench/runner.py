@@ -41,7 +41,7 @@ MAX_ATTEMPTS = 3  # a row timed across a stop of the process (SIGSTOP) is measur
 
 def measured(watch: SuspensionWatch, measure: Callable[[], T], again: bool = True) -> tuple[T, bool]:
     """`measure()`, run again while the process was stopped during it (`again`, at most
-    MAX_ATTEMPTS runs in all); also whether the timing kept still spans a stop."""
+    MAX_ATTEMPTS runs in all); also whether the kept result's timing still spans a stop."""
     for _ in range(MAX_ATTEMPTS):
         mark = watch.mark()
         result = measure()
@@ -121,7 +121,8 @@ def run_bench(
         "max_new_tokens": max_new_tokens, "seed": seed, "methods": [s.spec for s in specs], "data": str(data),
         "per_category": per_category, "runs": runs, "drafters": drafters, "command": command,
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": machine_description(device), "cpu": cpu_features().key(), "turns": "one row per turn; turn 2 follows the method's own turn-1 answer",
+        "machine": machine_description(device), "cpu": cpu_features().key(),
+        "turns": "one row per turn; turn 2 follows the method's own turn-1 answer",
         "adapt": adapt, "references": list(references or []),
     }  # fmt: skip
     check_settings(out, settings)  # before the slow model load
