@@ -14,17 +14,38 @@ case ${1:-} in
   cont) sig=CONT ;;
   *) echo "usage: $0 stop|cont" >&2; exit 2 ;;
 esac
-descendants() { local p; for p in $(ps -o pid= --ppid "$1"); do echo "$p"; descendants "$p"; done; }
-roots=$(pgrep -f "benchmarks/pipeline_[a-z0-9]*[.]sh" || true)
-if [ -z "$roots" ]; then echo "no pipeline is running"; exit 0; fi
-pids=$(for r in $roots; do echo "$r"; descendants "$r"; done | sort -un)
+descendants() {  # not into this script's own subtree (its subshells, ps, pgrep)
+  local p
+  for p in $(ps -o pid= --ppid "$1"); do
+    [ "$p" = $$ ] && continue
+    echo "$p"; descendants "$p"
+  done
+}
+ancestors() { local p=$$; while [ "$p" -gt 1 ]; do echo "$p"; p=$(ps -o ppid= -p "$p" | tr -d ' '); done; }
+mine=" $(ancestors | tr '\n' ' ') "  # this script and its callers: never stop those
+tree() {  # every process of the running pipelines, but for ours
+  local r p
+  for r in $(pgrep -f "benchmarks/pipeline_[a-z0-9]*[.]sh"); do
+    for p in "$r" $(descendants "$r"); do
+      case $mine in *" $p "*) ;; *) echo "$p" ;; esac
+    done
+  done | sort -un
+}
+pids=$(tree)
+if [ -z "$pids" ]; then echo "no pipeline is running"; exit 0; fi
 if [ "$sig" = STOP ] && [ "${FORCE:-0}" != 1 ]; then
   for p in $pids; do
-    if tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null | grep -q -e "calibrate_drafter[.]py" -e "specblock profile"; then
+    if { tr '\0' ' ' < "/proc/$p/cmdline"; } 2>/dev/null | grep -q -e "calibrate_drafter[.]py" -e "specblock profile"; then
       echo "a calibration or profile is timing drafters now: a stop would skew it (FORCE=1 stops anyway)" >&2
       exit 1
     fi
   done
 fi
-kill -s "$sig" $pids 2>/dev/null || true  # a process that ended since the listing is no error
+# a process that was not stopped yet may start a child meanwhile: signal until the tree stays the same
+for _ in 1 2 3 4 5; do
+  kill -s "$sig" $pids 2>/dev/null || true  # a process that ended since the listing is no error
+  again=$(tree)
+  [ "$again" = "$pids" ] && break
+  pids=$again
+done
 echo "$1: $(echo "$pids" | wc -w) processes"

@@ -71,6 +71,14 @@ class StoppedDuringTheFirst:
         pass
 
 
+def test_a_row_that_must_not_run_twice_is_kept_and_flagged():
+    calls = []
+    result, stopped = runner.measured(StoppedDuringTheFirst(1), lambda: calls.append(1) or len(calls), again=False)
+    assert (result, stopped, len(calls)) == (1, True, 1)  # an adaptive drafter learned from the first try
+    result, stopped = runner.measured(StoppedDuringTheFirst(1), lambda: calls.append(1) or len(calls))
+    assert (result, stopped, len(calls)) == (3, False, 3)
+
+
 @pytest.fixture()
 def one_question(tmp_path):
     path = tmp_path / "questions.jsonl"

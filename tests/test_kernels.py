@@ -71,6 +71,20 @@ def test_cpus_sharing_a_model_name_keep_their_own_measurements(monkeypatch):
     assert "family 25" in keys[0][0] and "family 26" in keys[1][1]
 
 
+def test_cpuinfo_parsing_reads_the_generation_on_x86_and_arm():
+    x86 = ("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
+           "model name\t: AMD EPYC\nstepping\t: 1\nflags\t\t: fpu avx2 avx512f avx512_bf16\n\n"
+           "processor\t: 1\ncpu family\t: 99\nmodel\t\t: 99\nmodel name\t: other\nflags\t\t: fpu\n")  # fmt: skip
+    cpu = kernels.parse_cpuinfo(x86)
+    assert (cpu.model, cpu.avx512_bf16, cpu.amx_bf16) == ("AMD EPYC", True, False)  # "model" is not "model name"
+    assert cpu.generation == "cpu family 25 model 17 stepping 1"  # the first processor's
+    arm = "processor\t: 0\nFeatures\t: fp asimd\nCPU implementer\t: 0x41\nCPU part\t: 0xd0c\n"
+    cpu = kernels.parse_cpuinfo(arm, fallback_model="aarch64")
+    assert cpu.model == "aarch64" and cpu.generation == "CPU implementer 0x41 CPU part 0xd0c"
+    empty = kernels.parse_cpuinfo("", fallback_model="x86_64")
+    assert empty.model == "x86_64" and "generation unknown" in empty.key()
+
+
 def test_auto_dtype_follows_the_instruction_set(monkeypatch):
     def cpu(**flags):
         base = {"amx_bf16": False, "avx512_bf16": False, "avx512": True, "avx2": True}

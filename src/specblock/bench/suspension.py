@@ -30,13 +30,17 @@ class SuspensionWatch:
             self._last = now
 
     def mark(self) -> int:
-        """A mark to pass to `stopped_since` when the timing starts."""
+        """A mark to pass to `stopped_since` when the timing starts. After a stop the ticker
+        first catches up, so a stop between two timings is not charged to the next one."""
+        while time.monotonic() - self._last > self.gap and self._thread.is_alive():
+            time.sleep(self.tick)
         return self._stops
 
     def stopped_since(self, mark: int) -> bool:
         """Whether the process was stopped since `mark`: a gap the ticker has seen, or one it
         has not yet woken up to see (it was stopped too, and the main thread ran first)."""
-        return self._stops != mark or time.monotonic() - self._last > self.gap
+        lag = time.monotonic() - self._last  # before the count: the ticker writes the count first
+        return lag > self.gap or self._stops != mark
 
     def close(self) -> None:
         self._done.set()

@@ -86,7 +86,7 @@ def profile(
                 "target": str(target), "verify_s": latency, "drafters": list(measured.values()),
                 "command": "specblock " + " ".join(sys.argv[1:]),
                 "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                "machine": machine_description(str(gen.target.device)), "cpu": cpu_features().describe(),
+                "machine": machine_description(str(gen.target.device)), "cpu": cpu_features().key(),
                 "dtype": gen.target.dtype_name,
                 "kernel_table": {name: asdict(plan) for name, plan in table.items()},
             }  # fmt: skip

@@ -11,9 +11,10 @@ which kernel wins depends on the CPU, which varies between this project's machin
 So at first use on a machine `measure_kernel_table` times the candidates on a few weight
 shapes and checks which row counts give bit-identical rows (batch invariance: a token's
 products must not depend on how many other rows share the call). The table is cached under
-the cache root, keyed by CPU model, thread count and torch version; `specblock profile`
-measures it again. A `Linear` then never converts weights per call: weights are stored once,
-in the layout and dtype of the chosen kernel.
+the cache root, keyed by CPU (`CpuFeatures.key`: model, instruction sets, generation), thread
+count and torch version; `specblock profile` measures it again. A `Linear` then never
+converts weights per call: weights are stored once, in the layout and dtype of the chosen
+kernel.
 """
 
 from __future__ import annotations
@@ -65,23 +66,34 @@ class CpuFeatures:
         return f"{self.describe()} [{self.generation or 'generation unknown'}]"
 
 
+# what tells CPU generations apart: x86's family/model/stepping, ARM's implementer/part/variant/revision
+GENERATION_FIELDS = ("cpu family", "model", "stepping", "CPU implementer", "CPU part", "CPU variant", "CPU revision")
+
+
+def parse_cpuinfo(text: str, fallback_model: str = "") -> CpuFeatures:
+    """The first processor's model name, instruction sets and generation in /proc/cpuinfo text."""
+    model, flags, fields = "", set(), {}
+    for line in text.splitlines():
+        name, _, value = (part.strip() for part in line.partition(":"))
+        if name == "model name" and not model:
+            model = value
+        elif name in ("flags", "Features") and not flags:
+            flags = set(value.split())
+        elif name in GENERATION_FIELDS and name not in fields:
+            fields[name] = value
+    generation = " ".join(f"{name} {value}" for name, value in fields.items())
+    return CpuFeatures(model or fallback_model, "amx_bf16" in flags, "avx512_bf16" in flags, "avx512f" in flags,
+                       "avx2" in flags, generation)  # fmt: skip
+
+
 @lru_cache(maxsize=1)
 def cpu_features() -> CpuFeatures:
     """The CPU model and the instruction sets that decide the kernels (from /proc/cpuinfo)."""
-    model, flags, fields = platform.processor() or platform.machine(), set(), {}
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            name, _, value = (part.strip() for part in line.partition(":"))
-            if name == "model name" and model in ("", platform.machine(), platform.processor()):
-                model = value
-            elif name == "flags" and not flags:
-                flags = set(value.split())
-            elif name in ("cpu family", "model", "stepping") and name not in fields:
-                fields[name] = value
+        text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        pass
-    generation = " ".join(f"{name} {value}" for name, value in fields.items())
-    return CpuFeatures(model, "amx_bf16" in flags, "avx512_bf16" in flags, "avx512f" in flags, "avx2" in flags, generation)
+        text = ""
+    return parse_cpuinfo(text, platform.processor() or platform.machine())
 
 
 def auto_dtype(device: str) -> torch.dtype:
