@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import datetime
 import sys
+from pathlib import Path
 
 from specblock.bench.machine import machine_description
+from specblock.drafters.checkpoint import read_config
 
-__all__ = ["machine_description", "run_header"]
+__all__ = ["kept_drafters", "machine_description", "run_header"]
 
 
 def run_header() -> dict:
@@ -20,3 +22,20 @@ def run_header() -> dict:
         "machine": machine_description(),
         "cpu": cpu_features().key(),
     }
+
+
+def kept_drafters(run: Path) -> list[tuple[int, Path]]:
+    """(step, drafter directory) for each snapshot of a run, and its final drafter unless the
+    last snapshot already is that step, by step."""
+    found = [  # not step-N.tmp / step-N.old, which a kill inside a save can leave
+        (int(p.name.removeprefix("step-")), p) for p in (run / "snapshots").glob("step-*")
+        if p.name.removeprefix("step-").isdigit() and (p / "config.json").is_file()
+    ]  # fmt: skip
+    final = run / "drafter"
+    if (final / "config.json").is_file():
+        last = read_config(final)["training"]["max_steps"]
+        if last not in {step for step, _ in found}:
+            found.append((last, final))
+    if not found:
+        raise SystemExit(f"{run} holds no drafter (OUT/drafter or OUT/snapshots/step-N)")
+    return sorted(found)

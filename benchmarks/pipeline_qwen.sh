@@ -43,17 +43,11 @@ TARGET=$TARGET OUT=benchmarks/results/report15_$TARGET BUDGET=$BUDGET EXTRA_METH
   REFERENCES=llama.cpp-server,llama.cpp-server-ngram,llama.cpp-server-eagle3 bash benchmarks/full_report.sh
 log "held-out code bench (the issue's second prompt set: code prompts never trained on)"
 questions=$WORK/data/heldout-code-$TARGET.jsonl
-.venv/bin/specblock data heldout-questions --data "$DATA" --out "$questions" \
-  --sources code_alpaca_4535,code_alpaca_2k --per-source 15
-.venv/bin/specblock bench --target "$TARGET" --data "$questions" --per-category 15 --max-new-tokens 256 \
-  --methods "vanilla,lookup,eagle3@$BUDGET,specblock@$BUDGET" --temperature 0 --runs 3 \
-  --drafters "specblock=$RUNS/$TARGET-specblock/drafter,eagle3=$RUNS/$TARGET-eagle3/drafter" \
-  --out "benchmarks/results/report15_$TARGET/heldout_code"
+bash benchmarks/heldout_code.sh "$TARGET" "$DATA" "$questions" "benchmarks/results/report15_$TARGET/heldout_code" "$BUDGET" \
+  "specblock=$RUNS/$TARGET-specblock/drafter,eagle3=$RUNS/$TARGET-eagle3/drafter"
 log "smollm2-135m: the shipped pair on the same held-out code prompts (never trained on: the split is a hash of"
 log "source and id), then llama.cpp's three server rows with their draft counts on Spec-Bench"
-.venv/bin/specblock bench --target smollm2-135m --data "$questions" --per-category 15 --max-new-tokens 256 \
-  --methods "vanilla,lookup,eagle3@auto,specblock@auto" --temperature 0 --runs 3 \
-  --out benchmarks/results/report15_smollm2-135m/heldout_code
+bash benchmarks/heldout_code.sh smollm2-135m "$DATA" "$questions" benchmarks/results/report15_smollm2-135m/heldout_code auto
 .venv/bin/specblock bench --target smollm2-135m --data ../shared/data/eval/spec_bench_question.jsonl --per-category 5 \
   --max-new-tokens 256 --methods vanilla --temperature 0 --runs 1 \
   --references llama.cpp-server,llama.cpp-server-ngram,llama.cpp-server-eagle3 \
@@ -61,8 +55,7 @@ log "source and id), then llama.cpp's three server rows with their draft counts 
 recipe scaling
 log "rank head classes"
 .venv/bin/python benchmarks/rank_head_classes.py --data "$DATA" --target "$TARGET" --sequences 24 \
-  $(ls -d "$RUNS/$TARGET-specblock/snapshots"/step-[0-9]*[0-9] "$RUNS/$TARGET-specblock/drafter") \
-  > "benchmarks/results/scaling_$TARGET/rank_head_classes.txt"
+  --run "$RUNS/$TARGET-specblock" > "benchmarks/results/scaling_$TARGET/rank_head_classes.txt"
 log "ablations (item 7, on the 1.5B: variants to step 500 of the same schedule, the control the main run's snapshot)"
 .venv/bin/specblock data heldout-questions --data "$DATA" --out "$WORK/data/heldout-$TARGET.jsonl" --per-source 8
 # CONTROL_RUN before RUNS: a command's prefix assigns left to right, so a later $RUNS is the new one

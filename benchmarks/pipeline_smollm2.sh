@@ -34,15 +34,10 @@ log "full report"
 TARGET=$TARGET OUT=benchmarks/results/report15_retrained_$TARGET BUDGET=$BUDGET DRAFTERS=$DRAFTERS \
   REFERENCES=llama.cpp-server,llama.cpp-server-ngram,llama.cpp-server-eagle3 bash benchmarks/full_report.sh
 log "held-out code bench (code prompts never trained on)"
-questions=$WORK/data/heldout-code-$TARGET.jsonl
-.venv/bin/specblock data heldout-questions --data "$DATA" --out "$questions" \
-  --sources code_alpaca_4535,code_alpaca_2k --per-source 15
-.venv/bin/specblock bench --target "$TARGET" --data "$questions" --per-category 15 --max-new-tokens 256 \
-  --methods "vanilla,lookup,eagle3@auto,specblock@auto" --temperature 0 --runs 3 --drafters "$DRAFTERS" \
-  --out "benchmarks/results/report15_retrained_$TARGET/heldout_code"
+bash benchmarks/heldout_code.sh "$TARGET" "$DATA" "$WORK/data/heldout-code-$TARGET.jsonl" \
+  "benchmarks/results/report15_retrained_$TARGET/heldout_code" auto "$DRAFTERS"
 recipe scaling
 log "rank head classes"
 .venv/bin/python benchmarks/rank_head_classes.py --data "$DATA" --target "$TARGET" --sequences 24 \
-  $(ls -d "$RUNS/$TARGET-specblock/snapshots"/step-[0-9]*[0-9] "$RUNS/$TARGET-specblock/drafter") \
-  > "benchmarks/results/scaling_retrained_$TARGET/rank_head_classes.txt"
+  --run "$RUNS/$TARGET-specblock" > "benchmarks/results/scaling_retrained_$TARGET/rank_head_classes.txt"
 log "done"

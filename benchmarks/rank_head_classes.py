@@ -7,6 +7,7 @@ drafter could draft, the predicted class, the true class (the target token's ran
 both after the top-1 probability caps that drafting applies.
 
   python benchmarks/rank_head_classes.py --data /work/runs/data-uc-gsm8k DRAFTER_DIR [...]
+  python benchmarks/rank_head_classes.py --data DATA --run RUN_DIR   # each snapshot of a run, then its drafter
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import collections
 from pathlib import Path
 
 import torch
+from benchmarks_common import kept_drafters
 
 from specblock.adapt.updates import vocab_of
 from specblock.drafters.checkpoint import load_drafter
@@ -48,16 +50,20 @@ def count(net, sequences, fixed: int) -> tuple[collections.Counter, collections.
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("drafters", nargs="+", type=Path)
+    ap.add_argument("drafters", nargs="*", type=Path)
+    ap.add_argument("--run", type=Path, help="a training run: its snapshots by step, then its final drafter")
     ap.add_argument("--data", type=Path, required=True, help="a `data prepare` directory with a heldout split")
     ap.add_argument("--target", default="smollm2-135m")
     ap.add_argument("--sequences", type=int, default=12)
     ap.add_argument("--fixed", type=int, default=4)
     args = ap.parse_args()
+    drafters = list(args.drafters) + ([path for _, path in kept_drafters(args.run)] if args.run else [])
+    if not drafters:
+        ap.error("name drafter directories or --run")
     model = Transformer.load(resolve_model(args.target), torch.float32, "cpu")
     sequences = load_sequences(args.data, "heldout")[: args.sequences]
     print(f"rank classes: 0 = rank 1, 1 = rank 2-4, 2 = rank 5-10, 3 = beyond 10; widths {RANK_TOPK}")
-    for path in args.drafters:
+    for path in drafters:
         net = load_drafter(path, model.cfg, model.embed.float(), method="specblock").eval()
         classes, truth, widths = count(net, sequences, args.fixed)
         n = sum(classes.values())

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from benchmarks_common import run_header
+from benchmarks_common import kept_drafters, run_header
 
 from specblock import SpecGenerator
 from specblock.adapt.updates import vocab_of
@@ -37,23 +37,6 @@ from specblock.drafters.checkpoint import load_drafter, read_config
 from specblock.training.dataset import load_sequences
 from specblock.training.regen_store import heldout_questions
 from specblock.training.trainer import TrainSettings, evaluate
-
-
-def kept_drafters(run: Path) -> list[tuple[int, Path]]:
-    """(step, drafter directory) for each snapshot of a run, and its final drafter unless the
-    last snapshot already is that step, by step."""
-    found = [  # not step-N.tmp / step-N.old, which a kill inside a save can leave
-        (int(p.name.removeprefix("step-")), p) for p in (run / "snapshots").glob("step-*")
-        if p.name.removeprefix("step-").isdigit() and (p / "config.json").is_file()
-    ]  # fmt: skip
-    final = run / "drafter"
-    if (final / "config.json").is_file():
-        last = read_config(final)["training"]["max_steps"]
-        if last not in {step for step, _ in found}:
-            found.append((last, final))
-    if not found:
-        raise SystemExit(f"{run} holds no drafter (OUT/drafter or OUT/snapshots/step-N)")
-    return sorted(found)
 
 
 def tree_tau(generator: SpecGenerator, prompts: list[dict], max_new_tokens: int) -> dict:
