@@ -4,6 +4,10 @@ the commands, the wall clock from the training log and the benchmark summary's r
 
     .venv/bin/python benchmarks/ship_drafter.py --method specblock --run /work/runs/train-specblock \
         --bench benchmarks/results/drafters_smollm2-135m
+
+`--bench` may be given more than once (Spec-Bench and a held-out set) or left out: the card then
+says that no benchmark has measured the drafter yet. Shipping again with the same run rewrites
+the card and leaves the weights' bytes as they were.
 """
 
 from __future__ import annotations
@@ -64,8 +68,8 @@ def report_path(bench: Path) -> str:
     return str(report.relative_to(ROOT) if report.is_relative_to(ROOT) else bench / "report.md")
 
 
-def measured_lines(method: str, config: dict, bench: dict) -> list[str]:
-    """The calibration the drafter carries and its rows of a `specblock bench` summary."""
+def measured_lines(method: str, config: dict, benches: list[dict]) -> list[str]:
+    """The calibration the drafter carries and its rows of each `specblock bench` summary."""
     lines = []
     cal = config.get("calibration")
     if cal:
@@ -75,9 +79,13 @@ def measured_lines(method: str, config: dict, bench: dict) -> list[str]:
         lines.append(
             f"- calibration (tau and drafter ms per iteration by node budget, used by `auto`): {pairs}; {cal['prompts']}."
         )
-    settings = bench["settings"]
-    for spec, cats in bench["table"].items():
-        if spec.partition("@")[0] == method:
+    if not benches:
+        lines.append("- No benchmark has measured this drafter yet: see the README's status table.")
+    for bench in benches:
+        settings = bench["settings"]
+        for spec, cats in bench["table"].items():
+            if spec.partition("@")[0] != method:
+                continue
             a = cats["all"]
             lines.append(
                 f"- `{settings.get('data', 'Spec-Bench')}` ({settings.get('per_category')} per category, "
@@ -94,7 +102,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--method", required=True)
     ap.add_argument("--run", type=Path, required=True, help="the `specblock train --out` directory")
-    ap.add_argument("--bench", type=Path, required=True, help="a `specblock bench --out` directory")
+    ap.add_argument("--bench", type=Path, action="append", default=[], help="a `specblock bench --out` directory (repeatable)")
     ap.add_argument("--target", default="smollm2-135m")
     ap.add_argument("--train-command", required=True)
     ap.add_argument("--data-command", required=True)
@@ -109,7 +117,7 @@ def main() -> None:
     log = [json.loads(line) for line in (args.run / "train_log.jsonl").read_text().splitlines() if line.strip()]
     summary = json.loads((args.run / "summary.json").read_text())
     manifest = json.loads((Path(t["data"]) / "manifest.json").read_text())
-    bench = json.loads((args.bench / "summary.json").read_text())
+    benches = [json.loads((bench / "summary.json").read_text()) for bench in args.bench]
     lines = card_sections(out, args.target, manifest, summary, t)
     data_end = lines.index("## Training") - 1  # the blank line that closes the Data section
     lines.insert(data_end, f"- `{args.data_command}`")
@@ -122,10 +130,10 @@ def main() -> None:
         ),
         "",
         "## Measured",
-        *measured_lines(args.method, config, bench),
+        *measured_lines(args.method, config, benches),
         "",
         "tau = new tokens / target forwards, the prefill counted as one (plain decoding: 1).",
-        f"Full report: `{report_path(args.bench)}`.",
+        *(f"Full report: `{report_path(bench)}`." for bench in args.bench),
     ]
     (out / "README.md").write_text("\n".join(lines) + "\n")
     print(f"shipped to {out} ({(out / 'model.safetensors').stat().st_size / 1e6:.1f} MB)")
