@@ -137,6 +137,25 @@ def test_other_settings_refuse_to_resume(bench_out, tiny_llama, tiny_draft_llama
     assert (tmp_path / "copy" / "results.jsonl").read_text() == before
 
 
+def test_llama_server_flags_are_recorded_and_a_resume_with_others_refused(tmp_path):
+    """A reference row measured with some llama-server flags (e.g. EAGLE-3's draft length) never
+    shares a report with rows of other flags; a reference added on resume is recorded beside."""
+    from specblock.bench.results import check_settings, write_settings
+
+    base = {"target": "t", "dtype": "auto", "device": "cpu", "temperature": 0.0, "max_new_tokens": 8, "seed": 0}
+    eagle = {"llama.cpp-server-eagle3": ["--spec-type", "draft-eagle3", "--spec-draft-n-max", "8"]}
+    write_settings(tmp_path, base | {"reference_flags": eagle})
+    (tmp_path / "results.jsonl").write_text("")
+    other = {"llama.cpp-server-eagle3": ["--spec-type", "draft-eagle3", "--spec-draft-n-max", "3"]}
+    with pytest.raises(InvalidSettingError, match="spec-draft-n-max"):
+        check_settings(tmp_path, base | {"reference_flags": other})
+    added = base | {"reference_flags": {"llama.cpp-server": []}}
+    check_settings(tmp_path, added)
+    assert added["reference_flags"] == eagle | {"llama.cpp-server": []}
+    write_settings(tmp_path, base)  # a report from before the flags were recorded resumes
+    check_settings(tmp_path, base | {"reference_flags": other})
+
+
 def test_sampling_rows_are_seeded(tiny_llama, tiny_draft_llama, data_file, tmp_path):
     assert request_seed(0, 81, 1, 1) == request_seed(0, 81, 1, 1) != request_seed(0, 81, 2, 1)
     args = {"methods": "vanilla,lookup", "per_category": 1, "runs": 1, "temperature": 1.0, "drafters": None}

@@ -88,6 +88,14 @@ def check_settings(out: Path, settings: dict) -> None:
                     f"{out} holds results with {key}={old.get(key)!r}, not {settings.get(key)!r}; "
                     "use another --out directory to measure other settings"
                 )
+        old_flags, new_flags = old.get("reference_flags", {}), settings.get("reference_flags", {})
+        for name in old_flags.keys() & new_flags.keys():
+            if old_flags[name] != new_flags[name]:
+                raise InvalidSettingError(
+                    f"{out} holds {name} rows measured with flags {old_flags[name]}, not {new_flags[name]}; "
+                    "use another --out directory, or drop that reference's rows from results.jsonl"
+                )
+        settings["reference_flags"] = old_flags | new_flags
         resume = {"date": settings.get("date"), "command": settings.get("command")}
         settings["resumed"] = old.get("resumed", []) + [resume]
         settings["date"] = old.get("date", settings.get("date"))

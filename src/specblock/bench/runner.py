@@ -34,8 +34,16 @@ PROGRESS_STAGE = "measuring (question x turn x method x run)"
 # What users would run instead: speed rows, run 1 only. The llama.cpp-server ones run its own
 # speculative modes on the same GGUF: n-gram lookup, and EAGLE-3 with our exported drafter.
 REFERENCES = ("hf-generate", "llama.cpp", "llama.cpp-server", "llama.cpp-server-ngram", "llama.cpp-server-eagle3")
-LLAMA_NGRAM_FLAGS = ("--spec-type", "ngram-simple")
-LLAMA_DRAFT_MAX = 8  # --spec-draft-n-max for EAGLE-3 (llama.cpp's default is 3)
+# --spec-draft-n-max for EAGLE-3: llama.cpp's best on the 1.5B on a Zen 4 (1: 0.81x plain llama-server,
+# its default 3: 0.68x, 4: 0.60x; benchmarks/results/llama_eagle3_draft_max_qwen2.5-coder-1.5b)
+LLAMA_DRAFT_MAX = 1
+# What each llama-server row adds to plain llama-server (EAGLE-3's `-md DRAFT.gguf` too); kept in
+# the settings, and a resume with other flags for a row already measured is refused.
+LLAMA_SERVER_FLAGS = {
+    "llama.cpp-server": (),
+    "llama.cpp-server-ngram": ("--spec-type", "ngram-simple"),
+    "llama.cpp-server-eagle3": ("--spec-type", "draft-eagle3", "--spec-draft-n-max", str(LLAMA_DRAFT_MAX)),
+}
 MAX_ATTEMPTS = 3  # a row timed across a stop of the process (SIGSTOP) is measured again, at most this often
 
 
@@ -124,6 +132,7 @@ def run_bench(
         "machine": machine_description(device), "cpu": cpu_features().key(),
         "turns": "one row per turn; turn 2 follows the method's own turn-1 answer",
         "adapt": adapt, "references": list(references or []),
+        "reference_flags": {name: list(LLAMA_SERVER_FLAGS[name]) for name in references or [] if name in LLAMA_SERVER_FLAGS},
     }  # fmt: skip
     check_settings(out, settings)  # before the slow model load
     gens = build_generators(target, specs, drafters, dtype, device, report)
@@ -239,15 +248,13 @@ def start_references(
             args = ("hf", str(hf_dir), str(vanilla.tokenizer.eos_token_ids(vanilla.target.cfg)[0]), dtype)
         elif name.startswith("llama.cpp-server"):
             args = ("llama-server", "" if local else str(gguf_file(target)), str(llama_server_binary()))
-            if name.endswith("-ngram"):
-                args += LLAMA_NGRAM_FLAGS
-            elif name.endswith("-eagle3"):
+            if name.endswith("-eagle3"):
                 try:
-                    draft = eagle3_gguf(target, drafters.get("eagle3"))
+                    args += ("-md", str(eagle3_gguf(target, drafters.get("eagle3"))))
                 except SpecBlockError as exc:
                     missing[name] = f"no EAGLE-3 draft GGUF: {exc}"
                     continue
-                args += ("-md", str(draft), "--spec-type", "draft-eagle3", "--spec-draft-n-max", str(LLAMA_DRAFT_MAX))
+            args += LLAMA_SERVER_FLAGS[name]
         else:
             args = ("llama.cpp", "" if local else str(gguf_file(target)))
         try:
