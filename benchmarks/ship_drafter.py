@@ -134,6 +134,10 @@ def main() -> None:
         "",
         "tau = new tokens / target forwards, the prefill counted as one (plain decoding: 1).",
         *(f"Full report: `{report_path(bench)}`." for bench in args.bench),
+        "",
+        "## Use",
+        "Shipped with the package: the target's default drafter for this method, no `--drafter` needed.",
+        f'`specblock generate --target {args.target} --method {args.method} --prompt "..."`',
     ]
     (out / "README.md").write_text("\n".join(lines) + "\n")
     print(f"shipped to {out} ({(out / 'model.safetensors').stat().st_size / 1e6:.1f} MB)")
