@@ -4,15 +4,17 @@
 # source, benched at T=0 over 3 runs beside vanilla and lookup. The pipelines run it after the
 # full report; `specblock bench` continues a killed run row by row.
 #
-#   bash benchmarks/heldout_code.sh TARGET DATA QUESTIONS OUT BUDGET [DRAFTERS]
+#   bash benchmarks/heldout_code.sh TARGET QUESTIONS OUT BUDGET [DRAFTERS]
 #
-# DATA: a regen directory, read only to write QUESTIONS when that file is missing. DRAFTERS:
-# `specblock=DIR,eagle3=DIR`; left out, the target's shipped pair.
+# QUESTIONS is written from the two code prompt files of ../shared/data/train when missing (their
+# held-out prompts: no regenerated data needed). DRAFTERS: `specblock=DIR,eagle3=DIR`; left
+# out, the target's shipped pair.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-target=$1 data=$2 questions=$3 out=$4 budget=$5 drafters=${6:-}
+target=$1 questions=$2 out=$3 budget=$4 drafters=${5:-}
 if [ ! -s "$questions" ]; then
-  .venv/bin/specblock data heldout-questions --data "$data" --out "$questions" \
+  train=../shared/data/train
+  .venv/bin/specblock data heldout-questions --data "$train/code_alpaca_4535.json" --data "$train/code_alpaca_2k.json" --out "$questions" \
     --sources code_alpaca_4535,code_alpaca_2k --per-source 15
 fi
 .venv/bin/specblock bench --target "$target" --data "$questions" --per-category 15 --max-new-tokens 256 \

@@ -31,27 +31,39 @@ recipe() {  # the drafter recipe's stages named in $1 (benchmarks/drafter_recipe
     DATA=$DATA bash benchmarks/drafter_recipe.sh
 }
 
-recipe "regen vocab specblock eagle3"  # the scaling curve waits until the headline numbers are measured
-bash benchmarks/calibrate_pair.sh "$TARGET" "$RUNS" "$DATA"  # for `auto` (skipped once stored)
+# PAIR=shipped measures the committed pair (src/specblock/shipped, calibration included) and
+# skips the recipe: the stages that need the regenerated data (scaling, rank head, ablations)
+# then wait for PAIR=trained. Left out: trained where this machine holds the runs.
+PAIR=${PAIR:-$([ -d "$RUNS/$TARGET-specblock/drafter" ] && echo trained || echo shipped)}
+if [ "$PAIR" = trained ]; then
+  recipe "regen vocab specblock eagle3"  # the scaling curve waits until the headline numbers are measured
+  bash benchmarks/calibrate_pair.sh "$TARGET" "$RUNS" "$DATA"  # for `auto` (skipped once stored)
+  DRAFTERS=specblock=$RUNS/$TARGET-specblock/drafter,eagle3=$RUNS/$TARGET-eagle3/drafter
+else
+  DRAFTERS=""  # the shipped pair
+fi
+log "pair: $PAIR"
 log "llama.cpp (reuses an earlier build)"
 bash scripts/build_llama_cpp.sh
 log "the draft model"
 .venv/bin/specblock models fetch qwen2.5-coder-0.5b
 log "full report"
 TARGET=$TARGET OUT=benchmarks/results/report15_$TARGET BUDGET=$BUDGET EXTRA_METHODS=draft-model@auto \
-  DRAFTERS=specblock=$RUNS/$TARGET-specblock/drafter,eagle3=$RUNS/$TARGET-eagle3/drafter \
-  REFERENCES=llama.cpp-server,llama.cpp-server-ngram,llama.cpp-server-eagle3 bash benchmarks/full_report.sh
+  DRAFTERS=$DRAFTERS REFERENCES=llama.cpp-server,llama.cpp-server-ngram,llama.cpp-server-eagle3 bash benchmarks/full_report.sh
 log "held-out code bench (the issue's second prompt set: code prompts never trained on)"
-questions=$WORK/data/heldout-code-$TARGET.jsonl
-bash benchmarks/heldout_code.sh "$TARGET" "$DATA" "$questions" "benchmarks/results/report15_$TARGET/heldout_code" "$BUDGET" \
-  "specblock=$RUNS/$TARGET-specblock/drafter,eagle3=$RUNS/$TARGET-eagle3/drafter"
+questions=$WORK/data/heldout-code.jsonl
+bash benchmarks/heldout_code.sh "$TARGET" "$questions" "benchmarks/results/report15_$TARGET/heldout_code" "$BUDGET" "$DRAFTERS"
 log "smollm2-135m: the shipped pair on the same held-out code prompts (never trained on: the split is a hash of"
 log "source and id), then llama.cpp's three server rows with their draft counts on Spec-Bench"
-bash benchmarks/heldout_code.sh smollm2-135m "$DATA" "$questions" benchmarks/results/report15_smollm2-135m/heldout_code auto
+bash benchmarks/heldout_code.sh smollm2-135m "$questions" benchmarks/results/report15_smollm2-135m/heldout_code auto
 .venv/bin/specblock bench --target smollm2-135m --data ../shared/data/eval/spec_bench_question.jsonl --per-category 5 \
   --max-new-tokens 256 --methods vanilla --temperature 0 --runs 1 \
   --references llama.cpp-server,llama.cpp-server-ngram,llama.cpp-server-eagle3 \
   --out benchmarks/results/report15_smollm2-135m/llama_cpp_rows
+if [ "$PAIR" != trained ]; then
+  log "stopped: the scaling curve, the rank head's classes and the ablations need the regenerated data and the trained runs (PAIR=trained)"
+  exit 0
+fi
 recipe scaling
 log "rank head classes"
 .venv/bin/python benchmarks/rank_head_classes.py --data "$DATA" --target "$TARGET" --sequences 24 \

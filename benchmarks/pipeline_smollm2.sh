@@ -34,7 +34,7 @@ log "full report"
 TARGET=$TARGET OUT=benchmarks/results/report15_retrained_$TARGET BUDGET=$BUDGET DRAFTERS=$DRAFTERS \
   REFERENCES=llama.cpp-server,llama.cpp-server-ngram,llama.cpp-server-eagle3 bash benchmarks/full_report.sh
 log "held-out code bench (code prompts never trained on)"
-bash benchmarks/heldout_code.sh "$TARGET" "$DATA" "$WORK/data/heldout-code-$TARGET.jsonl" \
+bash benchmarks/heldout_code.sh "$TARGET" "$WORK/data/heldout-code.jsonl" \
   "benchmarks/results/report15_retrained_$TARGET/heldout_code" auto "$DRAFTERS"
 recipe scaling
 log "rank head classes"

@@ -350,3 +350,24 @@ def test_a_follow_up_reuses_its_slots_cache_and_records(tiny_qwen2):
     # a prompt that is exactly what a slot holds: its last token must run, so it prefills whole
     again = [GenerationRequest("again", done.prompt + done.tokens[:-1], 2, SamplingParams())]
     assert len(list(engine.run(lambda: again.pop() if again else None))) == 1 and engine.reused == before
+
+
+def test_heldout_questions_from_a_prompt_file_are_the_hash_split(tmp_path):
+    """A prompt file gives its held-out prompts (the (source, id) hash), none trained on."""
+    from specblock.bench.prompts import read_questions
+    from specblock.training.conversations import is_heldout
+
+    prompts = tmp_path / "code_alpaca_tiny.json"
+    rows = [{"instruction": f"task {i}", "input": "x" if i % 2 else "", "output": "ignored"} for i in range(400)]
+    prompts.write_text(json.dumps(rows))
+    held = [i for i in range(400) if is_heldout("code_alpaca_tiny", f"code_alpaca_tiny-{i}")]
+    assert 3 <= len(held) < 40  # about 3% of 400
+    questions = tmp_path / "heldout.jsonl"
+    args = ["data", "heldout-questions", "--data", str(prompts), "--out", str(questions), "--per-source", "3"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    got = read_questions(questions)
+    assert [q.question_id for q in got] == [f"code_alpaca_tiny-{i}" for i in held[:3]]
+    assert got[1].turns == (f"task {held[1]}" + ("\n\nx" if held[1] % 2 else ""),)
+    missing = CliRunner().invoke(app, ["data", "heldout-questions", "--data", str(tmp_path / "nope.json"), "--out", str(questions)])
+    assert missing.exit_code == 1 and "no such data file" in missing.output and "Traceback" not in missing.output

@@ -106,13 +106,16 @@ def data_regen(
 
 @data_app.command("heldout-questions")
 def data_heldout_questions(
-    data: Annotated[Path, typer.Option(help="A `specblock data regen` directory.")],
+    data: Annotated[list[Path], typer.Option(help="A `specblock data regen` directory or a training prompt file (its held-out prompts); repeatable.")],
     out: Annotated[Path, typer.Option(help="Question file to write (Spec-Bench JSONL: question_id, category, turns).")],
     sources: Annotated[str | None, typer.Option(help="Only these sources, comma-separated (e.g. code_alpaca_4535,code_alpaca_2k).")] = None,
     per_source: Annotated[int | None, typer.Option(help="At most this many questions of each source.")] = None,
     max_turns: Annotated[int, typer.Option(help="User turns kept per question.")] = 1,
 ) -> None:
-    """Write the held-out conversations as a question file for `specblock bench --data` (never trained on)."""
+    """Write the held-out conversations as a question file for `specblock bench --data` (never trained on).
+
+    The split is a hash of source and id, so a prompt file gives the same held-out prompts as
+    its regen directory would, without regenerating anything."""
     import json
 
     from specblock.training.prepare import write_text_atomic
@@ -124,7 +127,7 @@ def data_heldout_questions(
         wanted = source_names(sources) if sources is not None else None
         questions = heldout_questions(data, wanted, per_source, max_turns)
         if not questions:
-            raise InvalidSettingError(f"{data} holds no held-out conversations")
+            raise InvalidSettingError(f"{', '.join(map(str, data))}: no held-out conversations")
         out.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out, "".join(json.dumps(q) + "\n" for q in questions))
         err.print(f"{len(questions)} held-out questions written to {out}")

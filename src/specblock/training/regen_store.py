@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from specblock.errors import SpecBlockError
-from specblock.training.conversations import round_robin
+from specblock.training.conversations import read_conversations, round_robin
 from specblock.training.prepare import pack_shard, save_shard, write_json, write_text_atomic
 
 SPLITS = ("train", "heldout")
@@ -109,19 +109,37 @@ def answer_rows(out: Path) -> Iterator[dict]:
 
 
 def heldout_questions(
-    out: Path, sources: set[str] | None = None, per_source: int | None = None, max_turns: int = 1
+    paths: list[Path], sources: set[str] | None = None, per_source: int | None = None, max_turns: int = 1
 ) -> list[dict]:
     """The held-out conversations as Spec-Bench questions (`question_id`, `category` = the
     source, `turns` = their first `max_turns` user turns), taken one source after another so
-    that any prefix of the list mixes the sources. `specblock bench --data` reads them."""
+    that any prefix of the list mixes the sources. `specblock bench --data` reads them.
+
+    Each path is a regen directory (its rows marked held out) or a prompt file (its prompts
+    whose (source, id) hash holds them out): the same split, so a bench of held-out prompts
+    needs no regenerated data."""
     by_source: dict[str, list[dict]] = {}
-    for row in answer_rows(out):
-        if row.get("split") != "heldout" or (sources and row["source"] not in sources):
-            continue
-        rows = by_source.setdefault(row["source"], [])
-        if per_source is None or len(rows) < per_source:
-            turns = [m["content"] for m in row["messages"] if m["role"] == "user"][:max_turns]
-            rows.append({"question_id": row["id"], "category": row["source"], "turns": turns})
+    seen: set[str] = set()
+    for path in paths:
+        for conv_id, source, user_turns in _heldout_conversations(Path(path)):
+            if conv_id in seen or (sources and source not in sources):
+                continue
+            seen.add(conv_id)
+            rows = by_source.setdefault(source, [])
+            if per_source is None or len(rows) < per_source:
+                rows.append({"question_id": conv_id, "category": source, "turns": user_turns[:max_turns]})
     if sources and (missing := sorted(sources - set(by_source))):
-        raise SpecBlockError(f"{out} holds no held-out conversations of {', '.join(missing)}")
+        raise SpecBlockError(f"{', '.join(map(str, paths))} hold no held-out conversations of {', '.join(missing)}")
     return round_robin([rows for _, rows in sorted(by_source.items())])
+
+
+def _heldout_conversations(path: Path) -> Iterator[tuple[str, str, list[str]]]:
+    """(id, source, user turns) of each held-out conversation of a regen directory or prompt file."""
+    if path.is_dir():
+        for row in answer_rows(path):
+            if row.get("split") == "heldout":
+                yield str(row["id"]), row["source"], [m["content"] for m in row["messages"] if m["role"] == "user"]
+        return
+    for conv in read_conversations(path):
+        if conv.heldout:
+            yield conv.id, conv.source, [m["content"] for m in conv.messages if m["role"] == "user"]
