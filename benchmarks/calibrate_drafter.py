@@ -53,7 +53,7 @@ def main() -> None:
     budgets = [int(b) for b in args.budgets.split(",")]
     base = SpecGenerator.load(args.target, method="vanilla")
     if args.data:
-        questions = heldout_questions(args.data)[args.skip : args.skip + args.prompts]
+        questions = heldout_questions([args.data])[args.skip : args.skip + args.prompts]
         if len(questions) < args.prompts:
             raise SystemExit(f"{args.data} has fewer than {args.skip + args.prompts} held-out conversations")
         prompts = [[{"role": "user", "content": q["turns"][0]}] for q in questions]

@@ -144,7 +144,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     header = run_header()
     target = SpecGenerator.load(args.target, "vanilla", dtype=args.dtype)
-    prompts = heldout_questions(args.data)[: args.prompts]  # the sources in turn
+    prompts = heldout_questions([args.data])[: args.prompts]  # the sources in turn
     if not prompts:
         raise SystemExit(f"{args.data} holds no held-out conversations")
     heldout = load_sequences(args.data, "heldout")

@@ -31,6 +31,15 @@ def save_char_tokenizer(out: Path) -> None:
     tok.save_pretrained(str(out))
 
 
+def exact_dtype() -> torch.dtype:
+    """bf16 where this CPU's bf16 verification is batch-invariant (the kernel table: Zen 4 and
+    Zen 5 so far), else fp32 (the Sapphire Rapids Xeon): the dtype in which a batched request's
+    greedy output must equal its solo output token for token."""
+    from specblock.target.kernels import kernel_table
+
+    return torch.bfloat16 if kernel_table()["bfloat16"].invariant else torch.float32
+
+
 def randomise_(model: torch.nn.Module, std: float) -> None:
     """Norm weights ~ N(1, 0.1), every other weight ~ N(0, std): a model with sharp, varied outputs."""
     with torch.no_grad():

@@ -14,6 +14,7 @@ from specblock.cli import app
 from specblock.errors import InvalidSettingError, SpecBlockError
 from specblock.models.resolve import resolve_model
 from specblock.sampling import SamplingParams
+from specblock.target.kernels import kernel_table
 from specblock.target.transformer import Transformer
 from specblock.text import ChatTokenizer
 from specblock.training.conversations import Conversation, is_heldout, read_conversations
@@ -50,7 +51,7 @@ def rows(out):
 
 
 def settings(model, **kw):
-    return RegenSettings(str(model), **({"max_new_tokens": 8, "batch_size": 3, "dtype": "bfloat16"} | kw))
+    return RegenSettings(str(model), **({"max_new_tokens": 8, "batch_size": 3, "dtype": "float32"} | kw))
 
 
 def test_the_four_formats_are_read(prompt_files):
@@ -114,7 +115,10 @@ def test_batched_answers_equal_solo_greedy_decoding_every_turn(tiny_llama, promp
     """Batch 4 with continuous batching gives each turn exactly the target's own greedy answer.
     In bf16 only the first turns are held to the bit: a later turn prefills just its new tokens
     after the earlier turn's cache, and a chunked prefill may part from a whole-prompt one at a
-    near-tie in bf16 (it does on this model)."""
+    near-tie in bf16 (it does on this model). Where no bf16 product is row-invariant (the kernel
+    table), a batch is not bit-exact in bf16 at all, so only fp32 is held to it there."""
+    if dtype == "bfloat16" and not kernel_table()["bfloat16"].invariant:
+        pytest.skip("this CPU gives no row-invariant bf16 product, so batched bf16 is not exact here")
     out = tmp_path / "regen"
     regenerate(prompt_files, out, settings(tiny_llama, max_new_tokens=30, batch_size=4, dtype=dtype))
     generator = SpecGenerator.load(str(tiny_llama), method="vanilla", dtype=dtype)
@@ -186,7 +190,7 @@ def test_resume_after_a_kill_and_refuse_other_settings(tiny_llama, prompt_files,
 
 def test_answers_stop_at_eos(tiny_llama, tmp_path):
     """A model whose config also names a frequent character as EOS: answers end there, without it."""
-    vanilla = SpecGenerator.load(str(tiny_llama), method="vanilla", dtype="bfloat16")
+    vanilla = SpecGenerator.load(str(tiny_llama), method="vanilla", dtype="float32")
     prompts = tmp_path / "gsm8k.jsonl"
     prompts.write_text("".join(json.dumps({"question": p}) + "\n" for p in PROMPTS))
     first = [vanilla.generate(p, max_new_tokens=20).token_ids for p in PROMPTS]

@@ -17,6 +17,7 @@ from specblock.target.runner import TargetRunner, verify_batch
 from specblock.target.transformer import Transformer
 from specblock.tree import DraftTree
 
+from conftest import exact_dtype
 from helpers import held_iterations, run_decode
 from neural_helpers import random_specblock
 from test_decoding import prompts
@@ -120,10 +121,10 @@ def _requests(vocab_eos=2):
 
 @pytest.mark.parametrize("method", ["vanilla", "lookup", "specblock"])
 def test_eight_batched_requests_each_equal_their_solo_output(tiny_llama, method):
-    model = Transformer.load(tiny_llama, torch.bfloat16)
+    model = Transformer.load(tiny_llama, exact_dtype())
     batched_calls = []
     if method == "specblock":
-        net = random_specblock(model).to(torch.bfloat16)
+        net = random_specblock(model).to(model.dtype)
         real_blocks = net.blocks
         net.blocks = lambda *a, **kw: batched_calls.append(kw.get("caches") is not None) or real_blocks(*a, **kw)
         drafter = SpecBlockDrafter(net)
@@ -215,7 +216,7 @@ def test_a_failing_drafter_fails_only_its_request(tiny_llama):
 
 
 def test_batch_budgets_shrink_trees_under_load_but_not_seeded_requests(tiny_llama):
-    model = Transformer.load(tiny_llama, torch.bfloat16)
+    model = Transformer.load(tiny_llama, exact_dtype())
     drafter = LookupDrafter()
     seeded = SamplingParams(temperature=0.8, seed=5)
     requests = [(p, DecodeSettings(max_new_tokens=60, node_budget=6)) for p in prompts(3, seed=31)]
