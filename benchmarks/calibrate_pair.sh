@@ -12,6 +12,6 @@ for method in specblock eagle3; do
   if ! grep -q '"calibration"' "$drafter/config.json"; then
     echo "$(date -u +%FT%TZ) calibrate $method"
     .venv/bin/python benchmarks/calibrate_drafter.py --method "$method" --drafter "$drafter" --target "$target" \
-      --budgets 4,8,12,16,24,32 --data "$data" --skip 96  # past the held-out code bench's first 15 per source
+      --budgets 4,8,12,16,24,32 --data "$data" --skip 96  # held-out prompts past the first 96 (the code bench takes its own from the prompt files)
   fi
 done

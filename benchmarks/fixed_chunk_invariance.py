@@ -5,21 +5,25 @@ a larger call whole. On a CPU where no candidate came out row-invariant (the Sap
 AMX chooses its blocking by row count), this probes the next idea: cut every call into chunks of
 exactly C rows, the last one padded with zeros, so that each row always meets the same kernel.
 For the 1.5B's three weight shapes it checks 32 rows alone against the same rows inside calls of
-1-320 rows (as `_rows_invariant` does), and times 1 and 64 rows chunked against one plain row.
-A probe for the kernel table's next candidate, not a kernel the engine uses.
+1-320 rows (as `_rows_invariant` does), and times 1 and 64 rows chunked against plain calls of 1
+and 64 rows. It also copies this machine's cached kernel table beside the result. A probe for the
+kernel table's next candidate, not a kernel the engine uses.
 
-    .venv/bin/python benchmarks/fixed_chunk_invariance.py --out benchmarks/results/fixed_chunk_invariance.md
+    .venv/bin/python benchmarks/fixed_chunk_invariance.py --out benchmarks/results/fixed_chunk_invariance_NAME
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from benchmarks_common import run_header
+
+from specblock.target.kernels import _table_key, kernel_table, table_path
 
 SHAPES = [(1536, 1536), (8960, 1536), (1536, 8960)]  # qwen2.5-coder-1.5b: attention, MLP up, MLP down
 CALL_ROWS = (1, 2, 5, 16, 17, 64, 160, 320)
@@ -68,23 +72,27 @@ def main() -> None:
         f"- date: {header['date']}",
         f"- machine: {header['machine']}",
         "",
-        "| weight (out x in) | chunk rows | row-invariant | 1 row chunked, ms | 64 rows chunked, ms | 1 row plain F.linear, ms | plain F.linear row-invariant |",
-        "|---|---|---|---|---|---|---|",
+        "| weight (out x in) | chunk rows | row-invariant | 1 row chunked, ms | 64 rows chunked, ms | 1 row plain F.linear, ms | 64 rows plain, ms | plain F.linear row-invariant |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for out_f, in_f in SHAPES:
         gen = torch.Generator().manual_seed(out_f + in_f)
         weight = (torch.randn(out_f, in_f, generator=gen) / in_f**0.5).bfloat16()
         x = torch.randn(max(CALL_ROWS), in_f, generator=gen).bfloat16()
         plain_ms = median_ms(lambda: F.linear(x[:1], weight))
+        plain_64_ms = median_ms(lambda: F.linear(x[:64], weight))
         plain_ok = invariant(lambda a: F.linear(a, weight), x)
         for chunk in map(int, args.chunks.split(",")):
             product = chunked(weight, chunk)
             ok = invariant(product, x)
             one, many = median_ms(lambda: product(x[:1])), median_ms(lambda: product(x[:64]))
-            lines.append(f"| {out_f} x {in_f} | {chunk} | {ok} | {one:.2f} | {many:.2f} | {plain_ms:.2f} | {plain_ok} |")
+            lines.append(f"| {out_f} x {in_f} | {chunk} | {ok} | {one:.2f} | {many:.2f} | {plain_ms:.2f} | {plain_64_ms:.2f} | {plain_ok} |")
             print(lines[-1], flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
+    kernel_table()  # this machine's table, measured if not cached yet
+    table = json.loads(table_path().read_text())["tables"][_table_key()]
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "probe.md").write_text("\n".join(lines) + "\n")
+    (args.out / "kernel_table.json").write_text(json.dumps({"key": _table_key(), "plans": table}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

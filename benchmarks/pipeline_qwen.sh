@@ -33,8 +33,10 @@ recipe() {  # the drafter recipe's stages named in $1 (benchmarks/drafter_recipe
 
 # PAIR=shipped measures the committed pair (src/specblock/shipped, calibration included) and
 # skips the recipe: the stages that need the regenerated data (scaling, rank head, ablations)
-# then wait for PAIR=trained. Left out: trained where this machine holds the runs.
-PAIR=${PAIR:-$([ -d "$RUNS/$TARGET-specblock/drafter" ] && echo trained || echo shipped)}
+# then wait for PAIR=trained. Left out: trained where this machine holds any of the recipe's
+# work (its data or a run, finished or not, so a killed recipe resumes), else shipped.
+PAIR=${PAIR:-$([ -d "$DATA" ] || [ -d "$RUNS/$TARGET-specblock" ] && echo trained || echo shipped)}
+case $PAIR in trained|shipped) ;; *) echo "PAIR must be trained or shipped, not '$PAIR'" >&2; exit 2 ;; esac
 if [ "$PAIR" = trained ]; then
   recipe "regen vocab specblock eagle3"  # the scaling curve waits until the headline numbers are measured
   bash benchmarks/calibrate_pair.sh "$TARGET" "$RUNS" "$DATA"  # for `auto` (skipped once stored)

@@ -156,6 +156,18 @@ def test_llama_server_flags_are_recorded_and_a_resume_with_others_refused(tmp_pa
     check_settings(tmp_path, base | {"reference_flags": other})
 
 
+def test_a_resume_with_other_drafters_is_refused(tmp_path):
+    """Rows of the shipped pair and of a training run's drafters never pool in one report."""
+    from specblock.bench.results import check_settings, write_settings
+
+    base = {"target": "t", "dtype": "auto", "device": "cpu", "temperature": 0.0, "max_new_tokens": 8, "seed": 0}
+    write_settings(tmp_path, base | {"drafters": {}})
+    (tmp_path / "results.jsonl").write_text("")
+    check_settings(tmp_path, base | {"drafters": {}})
+    with pytest.raises(InvalidSettingError, match="drafters"):
+        check_settings(tmp_path, base | {"drafters": {"specblock": "/runs/t-specblock/drafter"}})
+
+
 def test_sampling_rows_are_seeded(tiny_llama, tiny_draft_llama, data_file, tmp_path):
     assert request_seed(0, 81, 1, 1) == request_seed(0, 81, 1, 1) != request_seed(0, 81, 2, 1)
     args = {"methods": "vanilla,lookup", "per_category": 1, "runs": 1, "temperature": 1.0, "drafters": None}

@@ -9,6 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from conftest import exact_dtype
 from specblock import SpecGenerator
 from specblock.cli import app
 from specblock.errors import InvalidSettingError, SpecBlockError
@@ -51,7 +52,8 @@ def rows(out):
 
 
 def settings(model, **kw):
-    return RegenSettings(str(model), **({"max_new_tokens": 8, "batch_size": 3, "dtype": "float32"} | kw))
+    dtype = str(exact_dtype()).removeprefix("torch.")  # batched rows must equal solo ones in it
+    return RegenSettings(str(model), **({"max_new_tokens": 8, "batch_size": 3, "dtype": dtype} | kw))
 
 
 def test_the_four_formats_are_read(prompt_files):
@@ -190,7 +192,7 @@ def test_resume_after_a_kill_and_refuse_other_settings(tiny_llama, prompt_files,
 
 def test_answers_stop_at_eos(tiny_llama, tmp_path):
     """A model whose config also names a frequent character as EOS: answers end there, without it."""
-    vanilla = SpecGenerator.load(str(tiny_llama), method="vanilla", dtype="float32")
+    vanilla = SpecGenerator.load(str(tiny_llama), method="vanilla", dtype=str(exact_dtype()).removeprefix("torch."))
     prompts = tmp_path / "gsm8k.jsonl"
     prompts.write_text("".join(json.dumps({"question": p}) + "\n" for p in PROMPTS))
     first = [vanilla.generate(p, max_new_tokens=20).token_ids for p in PROMPTS]
@@ -359,7 +361,6 @@ def test_a_follow_up_reuses_its_slots_cache_and_records(tiny_qwen2):
 def test_heldout_questions_from_a_prompt_file_are_the_hash_split(tmp_path):
     """A prompt file gives its held-out prompts (the (source, id) hash), none trained on."""
     from specblock.bench.prompts import read_questions
-    from specblock.training.conversations import is_heldout
 
     prompts = tmp_path / "code_alpaca_tiny.json"
     rows = [{"instruction": f"task {i}", "input": "x" if i % 2 else "", "output": "ignored"} for i in range(400)]
@@ -373,5 +374,18 @@ def test_heldout_questions_from_a_prompt_file_are_the_hash_split(tmp_path):
     got = read_questions(questions)
     assert [q.question_id for q in got] == [f"code_alpaca_tiny-{i}" for i in held[:3]]
     assert got[1].turns == (f"task {held[1]}" + ("\n\nx" if held[1] % 2 else ""),)
+    # two files: their sources in turn, and an id met twice (the same file again) taken once
+    gsm = tmp_path / "gsm8k_tiny.jsonl"
+    gsm.write_text("".join(json.dumps({"question": f"sum {i}"}) + "\n" for i in range(400)))
+    held_gsm = [i for i in range(400) if is_heldout("gsm8k", f"gsm8k-{i}")]
+    both = ["data", "heldout-questions", "--data", str(prompts), "--data", str(gsm), "--data", str(prompts),
+            "--out", str(questions)]  # fmt: skip
+    result = CliRunner().invoke(app, both)
+    assert result.exit_code == 0, result.output
+    got = [q.question_id for q in read_questions(questions)]
+    assert len(got) == len(held) + len(held_gsm)  # the repeated file added nothing
+    assert got[:4] == [
+        f"code_alpaca_tiny-{held[0]}", f"gsm8k-{held_gsm[0]}", f"code_alpaca_tiny-{held[1]}", f"gsm8k-{held_gsm[1]}",
+    ]  # fmt: skip
     missing = CliRunner().invoke(app, ["data", "heldout-questions", "--data", str(tmp_path / "nope.json"), "--out", str(questions)])
     assert missing.exit_code == 1 and "no such data file" in missing.output and "Traceback" not in missing.output

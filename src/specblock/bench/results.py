@@ -11,8 +11,9 @@ RESULTS = "results.jsonl"
 SETTINGS = "settings.json"
 # Settings that change what a row means: a run with other values must not resume into the same file.
 RESUME_KEYS = ("target", "dtype", "device", "temperature", "max_new_tokens", "seed")
-# Timings from two CPUs must not share a report; a directory written before "cpu" was recorded passes.
-RESUME_IF_RECORDED = ("cpu",)
+# Timings from two CPUs, or rows of two drafter sets (a trained run's against the shipped copy),
+# must not share a report; a directory written before a key was recorded passes.
+RESUME_IF_RECORDED = ("cpu", "drafters")
 
 Key = tuple[str, int, str, int]
 

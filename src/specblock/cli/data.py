@@ -114,8 +114,9 @@ def data_heldout_questions(
 ) -> None:
     """Write the held-out conversations as a question file for `specblock bench --data` (never trained on).
 
-    The split is a hash of source and id, so a prompt file gives the same held-out prompts as
-    its regen directory would, without regenerating anything."""
+    The split is a hash of source and id, so a prompt file's held-out prompts are never trained
+    on, whatever was regenerated from it: a held-out bench needs no regenerated data. (In file
+    order; a regen directory lists them in the order they were answered.)"""
     import json
 
     from specblock.training.prepare import write_text_atomic

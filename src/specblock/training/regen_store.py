@@ -141,5 +141,5 @@ def _heldout_conversations(path: Path) -> Iterator[tuple[str, str, list[str]]]:
                 yield str(row["id"]), row["source"], [m["content"] for m in row["messages"] if m["role"] == "user"]
         return
     for conv in read_conversations(path):
-        if conv.heldout:
+        if conv.heldout and conv.user_turns():
             yield conv.id, conv.source, [m["content"] for m in conv.messages if m["role"] == "user"]
