@@ -2,7 +2,8 @@
 tokens (issue 15, item 4), with no snapshot, data or target at hand.
 
 `specblock train --eval-every N` logs, every N steps, the teacher-forced held-out accuracy and
-chain tau (1 + sum over d = 1..4 of P(depths 1..d right)) on the run's held-out crops. This
+chain tau (1 + sum over d = 1..4 of P(depths 1..d right), each P estimated as the product of the
+per-depth accuracies) on the run's held-out crops. This
 reads those rows from committed `train_log.jsonl` files and plots them against training tokens
 (step x positions per step). It measures nothing: the tree tau that `scaling_curve.py` adds needs
 the snapshots. The last point can be set beside each drafter's calibrated tree tau at `--nodes`
