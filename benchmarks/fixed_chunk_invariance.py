@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from benchmarks_common import run_header
 
-from specblock.target.kernels import _table_key, kernel_table, table_path
+from specblock.target.kernels import _table_key, kernel_table, median_us, table_path
 
 SHAPES = [(1536, 1536), (8960, 1536), (1536, 8960)]  # qwen2.5-coder-1.5b: attention, MLP up, MLP down
 CALL_ROWS = (1, 2, 5, 16, 17, 64, 160, 320)
@@ -47,14 +46,8 @@ def invariant(product, x: torch.Tensor) -> bool:
     return all(torch.equal(full[m][i], product(x[i : i + 1])[0]) for i in range(32) for m in full if i < m)
 
 
-def median_ms(fn, repeats: int = 21) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * sorted(times)[repeats // 2]
+def median_ms_of(fn) -> float:
+    return median_us(fn, repeats=21) / 1000
 
 
 def main() -> None:
@@ -79,13 +72,13 @@ def main() -> None:
         gen = torch.Generator().manual_seed(out_f + in_f)
         weight = (torch.randn(out_f, in_f, generator=gen) / in_f**0.5).bfloat16()
         x = torch.randn(max(CALL_ROWS), in_f, generator=gen).bfloat16()
-        plain_ms = median_ms(lambda: F.linear(x[:1], weight))
-        plain_64_ms = median_ms(lambda: F.linear(x[:64], weight))
+        plain_ms = median_ms_of(lambda: F.linear(x[:1], weight))
+        plain_64_ms = median_ms_of(lambda: F.linear(x[:64], weight))
         plain_ok = invariant(lambda a: F.linear(a, weight), x)
         for chunk in map(int, args.chunks.split(",")):
             product = chunked(weight, chunk)
             ok = invariant(product, x)
-            one, many = median_ms(lambda: product(x[:1])), median_ms(lambda: product(x[:64]))
+            one, many = median_ms_of(lambda: product(x[:1])), median_ms_of(lambda: product(x[:64]))
             lines.append(f"| {out_f} x {in_f} | {chunk} | {ok} | {one:.2f} | {many:.2f} | {plain_ms:.2f} | {plain_64_ms:.2f} | {plain_ok} |")
             print(lines[-1], flush=True)
     kernel_table()  # this machine's table, measured if not cached yet
