@@ -1,8 +1,8 @@
 """Are bf16 products row-invariant when every call runs a fixed number of rows?
 
 The kernel table (`target/kernels.py`) pads calls of fewer rows than `min_rows` up to it, but runs
-a larger call whole. On a CPU where no candidate came out row-invariant (the Sapphire Rapids Xeon:
-AMX chooses its blocking by row count), this probes the next idea: cut every call into chunks of
+a larger call whole. On a CPU where no candidate came out row-invariant (the AMX Xeon, where a
+row's product depends on how many rows share the call), this probes the next idea: cut every call into chunks of
 exactly C rows, the last one padded with zeros, so that each row always meets the same kernel.
 For the 1.5B's three weight shapes it checks 32 rows alone against the same rows inside calls of
 1-320 rows (as `_rows_invariant` does), and times 1 and 64 rows chunked against plain calls of 1
