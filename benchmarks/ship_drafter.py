@@ -8,6 +8,13 @@ the commands, the wall clock from the training log and the benchmark summary's r
 `--bench` may be given more than once (Spec-Bench and a held-out set) or left out: the card then
 says that no benchmark has measured the drafter yet. Shipping again with the same run rewrites
 the card and leaves the weights' bytes as they were.
+
+Once the training run is gone (its directory, or the data manifest the card's Data section is
+made from), `--measured-only` rewrites just the card's "Measured" section of a shipped drafter
+from the given benches and leaves every other line and the weights as they are:
+
+    .venv/bin/python benchmarks/ship_drafter.py --measured-only --method specblock \
+        --target qwen2.5-coder-1.5b --bench benchmarks/results/report15_qwen2.5-coder-1.5b/t0
 """
 
 from __future__ import annotations
@@ -87,28 +94,61 @@ def measured_lines(method: str, config: dict, benches: list[dict]) -> list[str]:
             if spec.partition("@")[0] != method:
                 continue
             a = cats["all"]
+            equal = a["equal_to_vanilla_count"] if a.get("equal_to_vanilla_count") is not None else "not compared (sampling)"
             lines.append(
                 f"- `{settings.get('data', 'Spec-Bench')}` ({settings.get('per_category')} per category, "
                 f"{'greedy' if not settings.get('temperature') else 'temperature ' + str(settings['temperature'])}, "
-                f"{settings.get('max_new_tokens')} new tokens, {settings.get('dtype_resolved', settings.get('dtype', '?'))}), `{spec}`: tau {a['tau']:.2f}, "
+                f"{settings.get('max_new_tokens')} new tokens, {settings.get('dtype_resolved', settings.get('dtype', '?'))}, "
+                f"{settings.get('runs', '?')} run(s)), `{spec}`: tau {a['tau']:.2f}, "
                 f"speedup {a['speedup_mean']:.2f}x over vanilla, {a['drafter_forwards_per_iteration']:.1f} drafter "
                 f"forwards and {a['draft_ms_per_iteration']:.1f} ms per iteration, output equal to vanilla: "
-                f"{a['equal_to_vanilla_count']}."
+                f"{equal}; {settings.get('cpu', 'CPU not recorded')}."
             )
     return lines
+
+
+def measured_section(method: str, config: dict, bench_dirs: list[Path]) -> list[str]:
+    """The card's "Measured" section, from the calibration and each bench's summary."""
+    benches = [json.loads((bench / "summary.json").read_text()) for bench in bench_dirs]
+    return [
+        "## Measured",
+        *measured_lines(method, config, benches),
+        "",
+        "tau = new tokens / target forwards, the prefill counted as one (plain decoding: 1).",
+        *(f"Full report: `{report_path(bench)}`." for bench in bench_dirs),
+        "",
+    ]
+
+
+def rewrite_measured(out: Path, method: str, bench_dirs: list[Path]) -> None:
+    """Replace the card's "Measured" section (up to "## Use") and nothing else."""
+    card = (out / "README.md").read_text().splitlines()
+    if "## Measured" not in card or "## Use" not in card:
+        raise SystemExit(f"{out / 'README.md'} has no '## Measured' ... '## Use' sections to rewrite")
+    start, end = card.index("## Measured"), card.index("## Use")
+    config = json.loads((out / "config.json").read_text())
+    card[start:end] = measured_section(method, config, bench_dirs)
+    (out / "README.md").write_text("\n".join(card) + "\n")
+    print(f"rewrote the Measured section of {out / 'README.md'}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--method", required=True)
-    ap.add_argument("--run", type=Path, required=True, help="the `specblock train --out` directory")
+    ap.add_argument("--run", type=Path, help="the `specblock train --out` directory")
     ap.add_argument("--bench", type=Path, action="append", default=[], help="a `specblock bench --out` directory (repeatable)")
     ap.add_argument("--target", default="smollm2-135m")
-    ap.add_argument("--train-command", required=True)
-    ap.add_argument("--data-command", required=True)
+    ap.add_argument("--train-command")
+    ap.add_argument("--data-command")
+    ap.add_argument("--measured-only", action="store_true", help="rewrite only the shipped card's Measured section")
     ap.add_argument("--train-machine", default=machine_description(), help="where the training ran (default: here)")
     args = ap.parse_args()
     out = ROOT / "src/specblock/shipped" / f"{args.target}-{args.method}"
+    if args.measured_only:
+        rewrite_measured(out, args.method, args.bench)
+        return
+    if not (args.run and args.train_command and args.data_command):
+        ap.error("--run, --train-command and --data-command are required (unless --measured-only)")
     out.mkdir(parents=True, exist_ok=True)
     for name in ("config.json", "model.safetensors"):
         shutil.copy2(args.run / "drafter" / name, out / name)
@@ -117,7 +157,6 @@ def main() -> None:
     log = [json.loads(line) for line in (args.run / "train_log.jsonl").read_text().splitlines() if line.strip()]
     summary = json.loads((args.run / "summary.json").read_text())
     manifest = json.loads((Path(t["data"]) / "manifest.json").read_text())
-    benches = [json.loads((bench / "summary.json").read_text()) for bench in args.bench]
     lines = card_sections(out, args.target, manifest, summary, t)
     data_end = lines.index("## Training") - 1  # the blank line that closes the Data section
     lines.insert(data_end, f"- `{args.data_command}`")
@@ -129,12 +168,7 @@ def main() -> None:
             "summed over resumed segments)."
         ),
         "",
-        "## Measured",
-        *measured_lines(args.method, config, benches),
-        "",
-        "tau = new tokens / target forwards, the prefill counted as one (plain decoding: 1).",
-        *(f"Full report: `{report_path(bench)}`." for bench in args.bench),
-        "",
+        *measured_section(args.method, config, args.bench),
         "## Use",
         "Shipped with the package: the target's default drafter for this method, no `--drafter` needed.",
         f'`specblock generate --target {args.target} --method {args.method} --prompt "..."`',
