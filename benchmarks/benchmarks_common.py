@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import datetime
+import json
 import sys
 from pathlib import Path
 
 from specblock.bench.machine import machine_description
 from specblock.drafters.checkpoint import read_config
 
-__all__ = ["kept_drafters", "machine_description", "run_header"]
+__all__ = ["heldout_evaluations", "kept_drafters", "machine_description", "run_header"]
 
 
 def run_header() -> dict:
@@ -22,6 +23,13 @@ def run_header() -> dict:
         "machine": machine_description(),
         "cpu": cpu_features().key(),
     }
+
+
+def heldout_evaluations(log: Path) -> list[dict]:
+    """The entries of a `train_log.jsonl` that hold a held-out evaluation (`--eval-every`): the
+    held-out accuracy per slot and the 4-deep chain tau, in logged order."""
+    entries = (json.loads(line) for line in Path(log).read_text().splitlines() if line.strip())
+    return [entry for entry in entries if "chain_tau4" in entry]
 
 
 def kept_drafters(run: Path) -> list[tuple[int, Path]]:

@@ -19,7 +19,7 @@ import argparse
 import json
 from pathlib import Path
 
-from benchmarks_common import run_header
+from benchmarks_common import heldout_evaluations, run_header
 
 
 def read_log(run: Path, slot: int) -> dict[int, float]:
@@ -37,9 +37,8 @@ def print_heldout(names: list[str], runs: list[Path], first: int, last: int) -> 
     print("|---|---|---|---|")
     rows = []
     for order, (name, run) in enumerate(zip(names, runs)):
-        for line in (run / "train_log.jsonl").read_text().splitlines():
-            entry = json.loads(line)
-            if "chain_tau4" in entry and first <= entry["step"] <= last:
+        for entry in heldout_evaluations(run / "train_log.jsonl"):
+            if first <= entry["step"] <= last:
                 rows.append((entry["step"], order, name, entry))
     for step, _, name, entry in sorted(rows, key=lambda r: r[:2]):
         accuracy = " / ".join(f"{a:.3f}" for a in entry["heldout_accuracy"])

@@ -22,17 +22,17 @@ import json
 import sys
 from pathlib import Path
 
+from benchmarks_common import heldout_evaluations, run_header
+
 
 def eval_rows(log: Path) -> list[dict]:
     """The held-out evaluations of one training log, in step order."""
     rows = []
-    for n, line in enumerate(log.read_text().splitlines(), 1):
-        row = json.loads(line)
-        if "chain_tau4" in row:
-            if "positions_per_step" not in row:
-                sys.exit(f"{log}:{n}: no positions_per_step, so no training tokens")
-            rows.append({"step": row["step"], "training_tokens": row["step"] * row["positions_per_step"],
-                         "heldout_accuracy": row["heldout_accuracy"], "chain_tau4": row["chain_tau4"]})  # fmt: skip
+    for row in heldout_evaluations(log):
+        if "positions_per_step" not in row:
+            sys.exit(f"{log}: the evaluation at step {row['step']} has no positions_per_step, so no training tokens")
+        rows.append({"step": row["step"], "training_tokens": row["step"] * row["positions_per_step"],
+                     "heldout_accuracy": row["heldout_accuracy"], "chain_tau4": row["chain_tau4"]})  # fmt: skip
     if not rows:
         sys.exit(f"{log} holds no held-out evaluation (train with --eval-every)")
     return rows
@@ -88,7 +88,7 @@ def main() -> None:
     curves = {name: eval_rows(log) for name, log in pairs(args.log, "--log").items()}
     endpoints = {name: calibrated_tau(cfg, args.nodes) for name, cfg in pairs(args.config, "--config").items()}
     args.out.mkdir(parents=True, exist_ok=True)
-    command = "python benchmarks/scaling_from_train_logs.py " + " ".join(sys.argv[1:])
+    command = run_header()["command"]
     (args.out / "scaling.json").write_text(json.dumps({"command": command, "curves": curves, "calibrated_tree_tau": endpoints,
                                                        "nodes": args.nodes}, indent=1) + "\n")  # fmt: skip
     lines = ["| drafter | step | training tokens | held-out accuracy, depths 1-4 | chain tau |", "|---|---|---|---|---|"]
