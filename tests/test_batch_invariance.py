@@ -72,3 +72,28 @@ def test_the_attention_probe_fails_when_the_layout_leaks_into_the_result(monkeyp
 
     monkeypatch.setattr(attention, "layout_invariant_attention", leaks_across_requests)
     assert not attention.attention_is_layout_invariant(torch.bfloat16, 2)
+
+
+def test_verify_forwards_ask_every_product_for_exact_calls_and_prefills_do_not(tiny_llama, monkeypatch):
+    """A chunked kernel plan keeps rows invariant only in exact calls: every product of a verify
+    forward (the lm_head too) must ask for them, and a prefill must not (it takes the faster
+    plain call, and is computed the same way with or without speculation)."""
+    from specblock.target import kernels
+    from specblock.target.kernels import KernelPlan, Linear
+
+    chunked = KernelPlan("cpu", "bfloat16", "torch", 1, 4, invariant=True)
+    monkeypatch.setattr(kernels, "_TABLE", kernel_table() | {"bfloat16": chunked})
+    calls: list[bool] = []
+    real = Linear.__call__
+    monkeypatch.setattr(Linear, "__call__", lambda self, x, exact=False: calls.append(exact) or real(self, x, exact))
+    model = Transformer.load(tiny_llama, dtype=torch.bfloat16)
+    assert model.batch_invariant
+    runner = TargetRunner(model)
+    runner.prefill([5, 6, 7, 8], 64, capture=False)
+    assert calls and not any(calls)
+    calls.clear()
+    tree = DraftTree()
+    tree.add(9, tree.add(8, -1))
+    runner.verify(4, tree, capture=False)
+    per_layer = 4  # qkv, o_proj, gate_up, down
+    assert calls == [True] * (per_layer * model.cfg.num_layers + 1)  # + the lm_head

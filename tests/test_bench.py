@@ -126,15 +126,20 @@ def test_other_settings_refuse_to_resume(bench_out, tiny_llama, tiny_draft_llama
     # timings from another CPU are refused; a directory from before the CPU was recorded resumes
     settings_path = tmp_path / "copy" / "settings.json"
     settings = json.loads(settings_path.read_text())
-    assert settings["cpu"]
+    assert settings["cpu"] and "rows padded to" in settings["kernels"]  # the target's kernel choice is recorded
     settings_path.write_text(json.dumps(settings | {"cpu": "another CPU [cpu family 1 model 2 stepping 3]"}))
     with pytest.raises(InvalidSettingError, match="cpu"):
         run_bench(**bench_args(tiny_llama, tiny_draft_llama, data_file, tmp_path / "copy"))
     settings.pop("cpu")
+    settings.pop("kernels")
     settings_path.write_text(json.dumps(settings))
     before = (tmp_path / "copy" / "results.jsonl").read_text()
     run_bench(**bench_args(tiny_llama, tiny_draft_llama, data_file, tmp_path / "copy"))
     assert (tmp_path / "copy" / "results.jsonl").read_text() == before
+    # what the first rows were measured on stays unknown: the resume records its own beside itself
+    resumed = json.loads(settings_path.read_text())
+    assert "cpu" not in resumed and "kernels" not in resumed
+    assert resumed["resumed"][-1]["cpu"] and "rows padded to" in resumed["resumed"][-1]["kernels"]
 
 
 def test_llama_server_flags_are_recorded_and_a_resume_with_others_refused(tmp_path):
@@ -156,16 +161,21 @@ def test_llama_server_flags_are_recorded_and_a_resume_with_others_refused(tmp_pa
     check_settings(tmp_path, base | {"reference_flags": other})
 
 
-def test_a_resume_with_other_drafters_is_refused(tmp_path):
-    """Rows of the shipped pair and of a training run's drafters never pool in one report."""
+def test_a_resume_with_other_drafters_or_kernels_is_refused(tmp_path):
+    """Rows of the shipped pair and of a training run's drafters, or of two kernel choices,
+    never pool in one report."""
     from specblock.bench.results import check_settings, write_settings
 
     base = {"target": "t", "dtype": "auto", "device": "cpu", "temperature": 0.0, "max_new_tokens": 8, "seed": 0}
-    write_settings(tmp_path, base | {"drafters": {}})
+    chunked = "bfloat16: onednn, rows padded to 1, exact calls in chunks of 16 rows, row-invariant"
+    write_settings(tmp_path, base | {"drafters": {}, "kernels": chunked})
     (tmp_path / "results.jsonl").write_text("")
-    check_settings(tmp_path, base | {"drafters": {}})
+    check_settings(tmp_path, base | {"drafters": {}, "kernels": chunked})
     with pytest.raises(InvalidSettingError, match="drafters"):
-        check_settings(tmp_path, base | {"drafters": {"specblock": "/runs/t-specblock/drafter"}})
+        check_settings(tmp_path, base | {"drafters": {"specblock": "/runs/t-specblock/drafter"}, "kernels": chunked})
+    plain = "bfloat16: onednn, rows padded to 1, not row-invariant"
+    with pytest.raises(InvalidSettingError, match="kernels"):
+        check_settings(tmp_path, base | {"drafters": {}, "kernels": plain})
 
 
 def test_sampling_rows_are_seeded(tiny_llama, tiny_draft_llama, data_file, tmp_path):

@@ -15,9 +15,10 @@ def test_the_table_names_a_kernel_for_each_cpu_dtype():
     plans = measure_kernel_table()
     assert set(plans) == {"float32", "bfloat16", "float16", "int8"}
     for name, plan in plans.items():
-        assert (plan.backend, plan.min_rows) in kernels._candidates(getattr(torch, name))
-        assert f"{plan.backend}_rows{plan.min_rows}" in plan.timings_us  # it was timed, not assumed
-        chosen = plan.timings_us[f"{plan.backend}_rows{plan.min_rows}"]
+        candidate = (plan.backend, plan.min_rows, plan.chunk_rows)
+        assert candidate in kernels._candidates(getattr(torch, name))
+        assert kernels.timing_name(candidate) in plan.timings_us  # it was timed, not assumed
+        chosen = plan.timings_us[kernels.timing_name(candidate)]
         if name == "float32":  # the fastest, or within 10% of it
             assert chosen <= 1.1 * min(plan.timings_us.values())
 
@@ -110,6 +111,34 @@ def test_rows_below_the_plan_minimum_are_padded_and_weights_are_never_converted(
     assert torch.equal(lin(x[None])[0], lin(x))  # leading dimensions are rows too
 
 
+def test_a_chunked_plan_runs_exact_calls_in_fixed_size_calls_and_the_rest_plain(monkeypatch):
+    weight = torch.randn(48, 32).bfloat16()
+    lin = Linear(weight, plan=KernelPlan("cpu", "bfloat16", chunk_rows=4))
+    calls = []
+    real = lin._product
+    monkeypatch.setattr(lin, "_product", lambda x: calls.append(x.shape[0]) or real(x))
+    x = torch.randn(10, 32).bfloat16()
+    y = lin(x, exact=True)
+    assert calls == [4, 4, 4] and y.shape == (10, 48)  # 10 rows: three calls of 4, the last padded
+    padded = torch.zeros(12, 32, dtype=torch.bfloat16)
+    padded[:10] = x
+    assert torch.equal(y, torch.cat([F.linear(padded[i : i + 4], weight) for i in (0, 4, 8)])[:10])
+    calls.clear()
+    assert torch.equal(lin(x), F.linear(x, weight)) and calls == [10]  # not exact (a prefill): one plain call
+    assert torch.equal(lin(x[:1], exact=True), F.linear(padded[:4], weight)[:1])
+
+
+def test_a_chunked_candidate_is_checked_in_exact_calls(monkeypatch):
+    """The table's invariance check must see the chunks: plain calls of the same kernel vary here."""
+    assert ("onednn", 1, kernels.CHUNK_ROWS) in kernels._candidates(torch.bfloat16)
+    # a product whose rows depend on the call size, but not within fixed chunks, is chosen chunked
+    monkeypatch.setattr(kernels, "_candidates", lambda dtype: [("torch", 1, 0), ("torch", 1, 4)])
+    monkeypatch.setattr(kernels, "attention_is_layout_invariant", lambda dtype, rows: True)
+    monkeypatch.setattr(Linear, "_product", lambda self, x: F.linear(x, self.weight) + x.shape[0] * 1e-2)
+    plan = measure_kernel_table((torch.bfloat16,))["bfloat16"]
+    assert (plan.backend, plan.min_rows, plan.chunk_rows, plan.invariant) == ("torch", 1, 4, True)
+
+
 def test_fp32_numpy_backend_stores_one_transposed_copy():
     weight = torch.randn(16, 8)
     lin = Linear(weight, torch.randn(16), plan=KernelPlan("cpu", "float32", backend="numpy"))
@@ -125,9 +154,9 @@ def test_bf16_rows_are_identical_alone_and_in_a_batch_with_the_measured_plan():
     weight = (torch.randn(1536, 576) / 24).bfloat16()
     lin = Linear(weight, plan=plan)
     x = torch.randn(40, 576).bfloat16()
-    batch = lin(x)
+    batch = lin(x, exact=True)  # as a verify forward calls it
     for i in range(40):
-        assert torch.equal(lin(x[i : i + 1])[0], batch[i])
+        assert torch.equal(lin(x[i : i + 1], exact=True)[0], batch[i])
 
 
 def test_one_row_bf16_decoding_matches_transformers_in_bf16(tiny_llama):

@@ -33,10 +33,12 @@ PARITY_BUDGET = 59
 
 
 def machine_key() -> str:
-    """The CPU (model, instruction sets, generation) and core count a profile was measured on."""
-    from specblock.target.kernels import cpu_features
+    """The CPU (model, instruction sets, generation), core count and chosen kernels a profile
+    was measured with: another kernel choice (a new candidate, `specblock profile`) times
+    differently, so its profiles are measured again."""
+    from specblock.target.kernels import cpu_features, table_signature
 
-    return f"{cpu_features().key()} x{os.cpu_count()}"
+    return f"{cpu_features().key()} x{os.cpu_count()} | {table_signature()}"
 
 
 def profile_path(target_name: str, dtype: torch.dtype | str, device: str) -> Path:

@@ -11,9 +11,10 @@ RESULTS = "results.jsonl"
 SETTINGS = "settings.json"
 # Settings that change what a row means: a run with other values must not resume into the same file.
 RESUME_KEYS = ("target", "dtype", "device", "temperature", "max_new_tokens", "seed")
-# Timings from two CPUs, or rows of two drafter sets (a trained run's against the shipped copy),
-# must not share a report; a directory written before a key was recorded passes.
-RESUME_IF_RECORDED = ("cpu", "drafters")
+# Timings from two CPUs or two kernel choices, or rows of two drafter sets (a trained run's
+# against the shipped copy), must not share a report; a directory written before a key was
+# recorded passes.
+RESUME_IF_RECORDED = ("cpu", "drafters", "kernels")
 
 Key = tuple[str, int, str, int]
 
@@ -98,6 +99,9 @@ def check_settings(out: Path, settings: dict) -> None:
                 )
         settings["reference_flags"] = old_flags | new_flags
         resume = {"date": settings.get("date"), "command": settings.get("command")}
+        for key in RESUME_IF_RECORDED:  # unknown for the first rows: recorded for this resume only
+            if key not in old and key in settings:
+                resume[key] = settings.pop(key)
         settings["resumed"] = old.get("resumed", []) + [resume]
         settings["date"] = old.get("date", settings.get("date"))
 

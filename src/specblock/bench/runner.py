@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from specblock.adapt.drafter import AdaptiveDrafter
-from specblock.api import GenerationResult, SpecGenerator
+from specblock.api import GenerationResult, SpecGenerator, parse_device, parse_dtype
 from specblock.bench.machine import machine_description
 from specblock.bench.methods import MethodSpec, parse_drafters, parse_methods
 from specblock.bench.prompts import Prompt, load_prompts
@@ -25,7 +25,7 @@ from specblock.bench.results import ResultsFile, check_settings, write_settings
 from specblock.bench.suspension import SuspensionWatch
 from specblock.errors import InvalidSettingError, SpecBlockError
 from specblock.methods import NEURAL_METHODS
-from specblock.target.kernels import cpu_features
+from specblock.target.kernels import cpu_features, kernel_plan
 
 Reporter = Callable[[str, int, int], None]
 T = TypeVar("T")
@@ -98,6 +98,13 @@ def make_row(
     }  # fmt: skip
 
 
+def target_kernels(dtype: str, device: str) -> str:
+    """The target's kernel choice in words (`KernelPlan.describe`), known before the model loads:
+    another choice times and rounds differently, so its rows must not share a report."""
+    resolved = parse_device(device)
+    return kernel_plan(resolved, parse_dtype(dtype, resolved)).describe()
+
+
 def run_bench(
     target: str | Path,
     methods: str | list[str],
@@ -130,6 +137,7 @@ def run_bench(
         "per_category": per_category, "runs": runs, "drafters": drafters, "command": command,
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine_description(device), "cpu": cpu_features().key(),
+        "kernels": target_kernels(dtype, device),
         "turns": "one row per turn; turn 2 follows the method's own turn-1 answer",
         "adapt": adapt, "references": list(references or []),
         "reference_flags": {name: list(LLAMA_SERVER_FLAGS[name]) for name in references or [] if name in LLAMA_SERVER_FLAGS},

@@ -46,9 +46,8 @@ def profile(
 
         err.print(f"CPU: {cpu_features().describe()}; measuring the kernel table...", highlight=False)
         table = kernel_table(refresh=True)
-        for name, plan in table.items():
-            err.print(f"  {name}: backend {plan.backend}, rows padded to {plan.min_rows}, "
-                      f"row-invariant {plan.invariant}, {plan.timings_us}", highlight=False)  # fmt: skip
+        for plan in table.values():
+            err.print(f"  {plan.describe()}; {plan.timings_us}", highlight=False)
         gen = SpecGenerator.load(target, "vanilla", dtype=dtype, device=device)
         err.print(f"dtype: {gen.target.dtype_name}", highlight=False)
         err.print("measuring verify latency (a few seconds)...")

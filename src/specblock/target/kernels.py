@@ -34,6 +34,8 @@ import torch.nn.functional as F
 from specblock.target.attention import attention_is_layout_invariant
 
 PAD_CANDIDATES = (1, 2, 4, 8, 16)  # pad fewer rows than this up to it (half precision, CPU)
+# fixed call size of chunked candidates: about one row's cost with AMX (benchmarks/fixed_chunk_invariance.py)
+CHUNK_ROWS = 16
 PACK_ROWS_HINT = 16  # the row count oneDNN's packed layout is tuned for (trees; one row costs about the same)
 _SHAPES = ((1536, 576), (576, 1536), (8192, 576), (2048, 1536))  # (out, in) of typical products
 _CHECK_ROWS = (1, 2, 3, 4, 5, 8, 9, 16, 17, 64, 160, 320)  # call sizes the 32 checked rows are compared in
@@ -122,17 +124,28 @@ class KernelPlan:
     on a weight packed once into its blocked layout), 'numpy' (OpenBLAS on a transposed copy,
     fp32 only) or 'int8' (weights quantized once per output channel, PyTorch's weight-only int8
     kernel; the dtype 'int8' names the weights, activations are `int8_activation_dtype`).
-    Inputs with fewer than `min_rows` rows are padded up to it. `invariant` says whether rows
-    came out bit-identical for every row count >= min_rows on this machine (and, for half
-    precision, the verify attention passed its probe): the condition for exact bf16
-    speculative decoding."""
+    Inputs with fewer than `min_rows` rows are padded up to it. With `chunk_rows` > 0, exact
+    calls (`Linear(x, exact=True)`: a verify or decoding forward) are cut into calls of exactly
+    that many rows, the last one padded: on CPUs where no call size keeps rows bit-identical
+    (the AMX Xeon), one fixed size does, at about the cost of a plain call of that size.
+    `invariant` says whether rows of exact calls came out bit-identical for every row count on
+    this machine (and, for half precision, the verify attention passed its probe): the
+    condition for exact bf16 speculative decoding."""
 
     device: str
     dtype: str
     backend: str = "torch"
     min_rows: int = 1
+    chunk_rows: int = 0
     invariant: bool = True
     timings_us: dict = field(default_factory=dict)
+
+    def describe(self) -> str:
+        """The choice in words (without timings): printed, and recorded beside every measurement
+        that depends on it (verify profiles, benchmark settings)."""
+        chunks = f", exact calls in chunks of {self.chunk_rows} rows" if self.chunk_rows else ""
+        verdict = "row-invariant" if self.invariant else "not row-invariant"
+        return f"{self.dtype}: {self.backend}, rows padded to {self.min_rows}{chunks}, {verdict}"
 
 
 def median_us(fn, repeats: int = 15) -> float:
@@ -171,13 +184,23 @@ def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (w / scale[:, None]).round().clamp(-127, 127).to(torch.int8), scale
 
 
-def _candidates(dtype: torch.dtype) -> list[tuple[str, int]]:
-    """(backend, min_rows) pairs worth timing for a CPU dtype (int8: the weights' dtype)."""
+Candidate = tuple[str, int, int]  # (backend, min_rows, chunk_rows)
+
+
+def _candidates(dtype: torch.dtype) -> list[Candidate]:
+    """The kernels worth timing for a CPU dtype (int8: the weights' dtype)."""
     if dtype == torch.float32:
-        return [("torch", 1), ("numpy", 1), ("onednn", 1)]
+        return [("torch", 1, 0), ("numpy", 1, 0), ("onednn", 1, 0)]
     if dtype == torch.int8:
-        return [("int8", 1), ("int8", 2)]
-    return [("torch", r) for r in PAD_CANDIDATES] + [("onednn", r) for r in (1, 2, 16)]
+        return [("int8", 1, 0), ("int8", 2, 0)]
+    padded = [("torch", r, 0) for r in PAD_CANDIDATES] + [("onednn", r, 0) for r in (1, 2, 16)]
+    return padded + [(backend, 1, CHUNK_ROWS) for backend in ("torch", "onednn")]
+
+
+def timing_name(candidate: Candidate) -> str:
+    """A candidate's name in `KernelPlan.timings_us`: 'onednn_rows1', 'torch_rows1_chunks16'."""
+    backend, rows, chunk = candidate
+    return f"{backend}_rows{rows}" + (f"_chunks{chunk}" if chunk else "")
 
 
 TABLE_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.int8)  # int8: the weights' dtype
@@ -186,9 +209,11 @@ TABLE_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.int8)  # int
 def measure_kernel_table(dtypes=TABLE_DTYPES) -> dict[str, KernelPlan]:
     """Time the candidate kernels of each CPU dtype on this machine and pick one each (a few seconds).
 
-    Each candidate is timed through `Linear` itself at one row and at 16 rows (decoding and a
-    tree) on four weight shapes, and checked for row invariance. Half precision takes the
-    fastest row-invariant candidate (exact bf16 speculative decoding needs it); fp32 the fastest.
+    Each candidate is timed through `Linear` itself, in exact calls, at one row and at 16 rows
+    (decoding and a tree) on four weight shapes, and checked for row invariance. Half precision
+    takes the fastest row-invariant candidate (exact bf16 speculative decoding needs it),
+    preferring plain calls to fixed chunks, then the fewest padded rows, among those within
+    10% of it; fp32 the fastest.
     """
     weights32 = [torch.randn(o, i, generator=torch.Generator().manual_seed(o + i)) / i**0.5 for o, i in _SHAPES]
     plans: dict[str, KernelPlan] = {}
@@ -196,36 +221,37 @@ def measure_kernel_table(dtypes=TABLE_DTYPES) -> dict[str, KernelPlan]:
         name = str(dtype).removeprefix("torch.")
         activation = int8_activation_dtype() if dtype == torch.int8 else dtype  # int8 plans quantize these
         weights = [w.to(activation) for w in weights32]
-        cost: dict[tuple[str, int], float] = {}
-        invariant: dict[tuple[str, int], bool] = {}
-        for backend, rows in _candidates(dtype):
+        cost: dict[Candidate, float] = {}
+        invariant: dict[Candidate, bool] = {}
+        for candidate in _candidates(dtype):
             try:
-                products = [Linear(w, plan=KernelPlan("cpu", name, backend, rows)) for w in weights]
+                products = [Linear(w, plan=KernelPlan("cpu", name, *candidate)) for w in weights]
                 total = 0.0
                 for lin, w in zip(products, weights):
                     for m in (1, 16):
                         x = torch.randn(m, w.shape[1]).to(activation)
-                        total += median_us(lambda: lin(x))
-                invariant[(backend, rows)] = all(_rows_invariant(lin, w) for lin, w in zip(products, weights))
-                cost[(backend, rows)] = total
+                        total += median_us(lambda: lin(x, exact=True))
+                exact_calls = [lambda x, lin=lin: lin(x, exact=True) for lin in products]
+                invariant[candidate] = all(_rows_invariant(call, w) for call, w in zip(exact_calls, weights))
+                cost[candidate] = total
             except (RuntimeError, NotImplementedError, AttributeError):  # a kernel this torch build or CPU lacks
                 continue
         if not cost:
-            plans[name] = KernelPlan("cpu", name, "torch", 1, False)
+            plans[name] = KernelPlan("cpu", name, "torch", 1, 0, False)
             continue
         ok = [c for c in cost if invariant[c]] or list(cost)
         best = min(cost[c] for c in ok)
-        # within 10% of the fastest, pad the fewest rows (less work on machines where a row costs)
-        backend, rows = min(ok, key=lambda c: (cost[c] > 1.1 * best, c[1], cost[c]))
-        plan = KernelPlan("cpu", name, backend, rows, invariant[(backend, rows)],
-                          {f"{b}_rows{r}": round(t, 1) for (b, r), t in cost.items()})  # fmt: skip
+        # within 10% of the fastest: plain calls, then the fewest padded rows (less work where a row costs)
+        backend, rows, chunk = min(ok, key=lambda c: (cost[c] > 1.1 * best, c[2], c[1], cost[c]))
+        plan = KernelPlan("cpu", name, backend, rows, chunk, invariant[(backend, rows, chunk)],
+                          {timing_name(c): round(t, 1) for c, t in cost.items()})  # fmt: skip
         if dtype in (torch.bfloat16, torch.float16) and plan.invariant:  # (int8 models attend with these plans)
             plan.invariant = attention_is_layout_invariant(dtype, rows)  # the verify attention too
         plans[name] = plan
     return plans
 
 
-TABLE_FORMAT = 4  # bump when KernelPlan or the candidates change: older tables are measured again
+TABLE_FORMAT = 5  # bump when KernelPlan or the candidates change: older tables are measured again
 
 
 def _table_key() -> str:
@@ -274,6 +300,11 @@ def _read_tables(path: Path) -> dict[str, dict]:
     return tables if isinstance(tables, dict) else {}
 
 
+def table_signature() -> str:
+    """Every CPU dtype's chosen kernel in words: what a timing measured through them depends on."""
+    return "; ".join(plan.describe() for plan in kernel_table().values())
+
+
 def kernel_plan(device: str | torch.device, dtype: torch.dtype) -> KernelPlan:
     """The plan for products on `device` in `dtype` (GPUs: F.linear, no padding)."""
     device = torch.device(device)
@@ -304,6 +335,7 @@ class Linear:
         plan = plan or kernel_plan(weight.device, weight.dtype)
         self.bias = bias
         self.min_rows = plan.min_rows
+        self.chunk_rows = plan.chunk_rows
         on_cpu = weight.device.type == "cpu"
         self.uses_numpy = plan.backend == "numpy" and weight.dtype == torch.float32 and on_cpu
         self.packed = plan.backend == "onednn" and on_cpu
@@ -320,14 +352,20 @@ class Linear:
         else:
             self.weight = weight.contiguous()  # [out, in]
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """x of shape [..., in] -> [..., out]; leading dimensions are flattened into rows."""
+    def __call__(self, x: torch.Tensor, exact: bool = False) -> torch.Tensor:
+        """x of shape [..., in] -> [..., out]; leading dimensions are flattened into rows.
+
+        `exact`: each row must come out as it would alone (a verify or decoding forward of a
+        batch-invariant model); a chunked plan then runs it in fixed-size calls. Prefills and
+        drafters leave it off and take the plain, faster call."""
         lead = x.shape[:-1]
         x = x.reshape(-1, x.shape[-1])
         rows = x.shape[0]
         if self.uses_numpy:
             y = torch.from_numpy(np.matmul(x.contiguous().numpy(), self._weight_t))
             y = y if self.bias is None else y + self.bias
+        elif exact and self.chunk_rows:
+            y = self._fixed_chunks(x)
         elif rows < self.min_rows:
             padded = x.new_zeros(self.min_rows, x.shape[1])
             padded[:rows] = x
@@ -335,6 +373,13 @@ class Linear:
         else:
             y = self._product(x)
         return y.reshape(*lead, self.out_features)
+
+    def _fixed_chunks(self, x: torch.Tensor) -> torch.Tensor:
+        """The product in calls of exactly `chunk_rows` rows, the last one padded with zeros."""
+        rows, c = x.shape[0], self.chunk_rows
+        padded = x.new_zeros(-(-rows // c) * c, x.shape[1])
+        padded[:rows] = x
+        return torch.cat([self._product(padded[i : i + c]) for i in range(0, padded.shape[0], c)])[:rows]
 
     def _product(self, x: torch.Tensor) -> torch.Tensor:
         if self.int8:

@@ -108,7 +108,8 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
 
 
-def gated_mlp(x: torch.Tensor, gate_up, down) -> torch.Tensor:
-    """down(SiLU(gate) * up) with gate and up fused in one product (`gate_up` returns both halves)."""
-    gate, up = gate_up(x).chunk(2, dim=-1)
-    return down(swiglu(gate, up))
+def gated_mlp(x: torch.Tensor, gate_up, down, exact: bool = False) -> torch.Tensor:
+    """down(SiLU(gate) * up) with gate and up fused in one product (`gate_up` returns both
+    halves); `exact` goes to both products (`kernels.Linear`)."""
+    gate, up = gate_up(x, exact).chunk(2, dim=-1)
+    return down(swiglu(gate, up), exact)

@@ -106,7 +106,7 @@ def verify_batch(runners: list[TargetRunner], roots: list[int], trees: list[Draf
         raise ValueError("a batched verification runs requests of one model")
     segments = [r.verify_segment(root, tree) for r, root, tree in zip(runners, roots, trees)]
     out = model.forward_segments(segments, capture=capture)
-    logits = model.logits(out.hidden)
+    logits = model.logits(out.hidden, out.exact)
     steps, offset = [], 0
     for runner, segment in zip(runners, segments):
         rows = slice(offset, offset + segment.tokens.shape[0])

@@ -60,6 +60,7 @@ class Segment:
 class ForwardOutput:
     hidden: torch.Tensor  # [n, H] final-normed hidden states (input of the lm_head)
     features: torch.Tensor | None  # [n, 3H] captured hidden states (design §3), or None
+    exact: bool = False  # every row is what a forward of its request alone gives (pass it on to `logits`)
 
 
 class Transformer:
@@ -192,11 +193,12 @@ class Transformer:
         q_size = c.num_heads * c.head_dim
         kv_size = c.num_kv_heads * c.head_dim
         attention = SegmentAttention(self, segments)
+        exact = attention.invariant  # a verify forward of a batch-invariant model: products in exact calls
         x = F.embedding(tokens, self.embed)
         captured: dict[int, torch.Tensor] = {-1: x}  # HF hidden-state index 0 = embedding output
         for i, lw in enumerate(self.layers):
             h = rms_norm(x, lw.input_norm, c.rms_norm_eps)
-            qkv = lw.qkv(h)
+            qkv = lw.qkv(h, exact)
             q = qkv[:, :q_size].view(n, c.num_heads, c.head_dim).transpose(0, 1)
             k = qkv[:, q_size : q_size + kv_size].view(n, c.num_kv_heads, c.head_dim).transpose(0, 1)
             v = qkv[:, q_size + kv_size :].view(n, c.num_kv_heads, c.head_dim).transpose(0, 1)
@@ -206,18 +208,20 @@ class Transformer:
             q = apply_rope(q, cos, sin)
             k = apply_rope(k, cos, sin)
             attn = attention(i, q, k, v)  # [heads, n, d]
-            x = x + lw.o_proj(attn.transpose(0, 1).reshape(n, q_size))
-            x = x + gated_mlp(rms_norm(x, lw.post_norm, c.rms_norm_eps), lw.gate_up, lw.down)
+            x = x + lw.o_proj(attn.transpose(0, 1).reshape(n, q_size), exact)
+            x = x + gated_mlp(rms_norm(x, lw.post_norm, c.rms_norm_eps), lw.gate_up, lw.down, exact)
             if capture and i in self._capture_after:
                 captured[i] = x
         hidden = rms_norm(x, self.final_norm, c.rms_norm_eps)
         features = torch.cat([captured[i] for i in self._capture_after], dim=-1) if capture else None
-        return ForwardOutput(hidden=hidden, features=features)
+        return ForwardOutput(hidden=hidden, features=features, exact=exact)
 
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Float32 logits over the full vocabulary for final-normed hidden states."""
+    def logits(self, hidden: torch.Tensor, exact: bool = False) -> torch.Tensor:
+        """Float32 logits over the full vocabulary for final-normed hidden states (`exact`: rows
+        of an exact forward, `ForwardOutput.exact`, keep their bits in any batch)."""
         with torch.inference_mode():
-            return self.lm_head(hidden if hidden.dim() == 2 else hidden[None]).float().reshape(*hidden.shape[:-1], -1)
+            rows = hidden if hidden.dim() == 2 else hidden[None]
+            return self.lm_head(rows, exact).float().reshape(*hidden.shape[:-1], -1)
 
 
 BATCHED_GRID_BYTES = 8 << 20  # measured on the Zen 5: 8 requests x 9 rows x 2000-token contexts is past it
