@@ -1,8 +1,9 @@
 """What exact bf16 verification costs where no plain call size is row-invariant (the AMX Xeon).
 
 The kernel table's choice (here: products of verify and decoding forwards in fixed 16-row
-chunks, `KernelPlan.chunk_rows`) against the fastest plain kernel without chunks, on one
-loaded target each. For each prompt, every (kernels, method) pair decodes in turn, in a
+chunks, `KernelPlan.chunk_rows`, with the layout-invariant verify attention) against what ran
+before it: the same kernel in one call per product, with scaled-dot-product attention (the
+plan marked not row-invariant), on one loaded target each. The cost is both parts together. For each prompt, every (kernels, method) pair decodes in turn, in a
 rotating order, so both kernel choices see the same machine state. Per kernel choice it
 reports decoding speed, prefill time, and how many outputs of each speculative method equal
 plain decoding through the same kernels token for token. Writes JSON and Markdown (not a test).

@@ -28,7 +28,28 @@ def plain_logits(model: Transformer, prompt: list[int], continuation: list[int])
 def test_a_chain_inside_a_bushy_tree_has_the_logits_of_plain_decoding(fixture, prompt_length, request):
     if not kernel_table()["bfloat16"].invariant:
         pytest.skip("this CPU gives no row-invariant bf16 product (see the kernel table)")
-    model = Transformer.load(request.getfixturevalue(fixture), dtype=torch.bfloat16)
+    assert_chain_in_tree_decodes_plainly(Transformer.load(request.getfixturevalue(fixture), dtype=torch.bfloat16), prompt_length)
+
+
+def test_fixed_chunks_keep_tree_rows_plain_where_a_product_depends_on_the_call_size(tiny_llama, monkeypatch):
+    """The AMX Xeon's case on any CPU: a product whose rows change with the call size (here by
+    an offset of 0.01 per row in the call) still gives a chain inside a tree the logits of
+    plain decoding under a plan that runs exact calls in fixed 4-row chunks."""
+    from specblock.target import attention, kernels
+    from specblock.target.kernels import KernelPlan, Linear
+
+    if not attention.attention_is_layout_invariant(torch.bfloat16, 1):
+        pytest.skip("this CPU's layout-invariant attention is not invariant at 1 row (see the kernel table)")
+    monkeypatch.setattr(kernels, "_TABLE", kernel_table() | {"bfloat16": KernelPlan("cpu", "bfloat16", "torch", 1, 4)})
+    real = Linear._product
+    monkeypatch.setattr(Linear, "_product", lambda self, x: real(self, x) + 0.01 * x.shape[0])
+    model = Transformer.load(tiny_llama, dtype=torch.bfloat16)
+    assert model.batch_invariant
+    assert_chain_in_tree_decodes_plainly(model, 62)
+
+
+def assert_chain_in_tree_decodes_plainly(model: Transformer, prompt_length: int) -> None:
+    """A chain verified inside a bushy tree gets, row for row, the logits of decoding it plainly."""
     prompt = [(7 * i + 5) % 60 + 3 for i in range(prompt_length)]
     chain = [44, 13, 60, 21]
     want = plain_logits(model, prompt, chain)  # rows: after the root, then after each chain token
@@ -76,8 +97,9 @@ def test_the_attention_probe_fails_when_the_layout_leaks_into_the_result(monkeyp
 
 def test_verify_forwards_ask_every_product_for_exact_calls_and_prefills_do_not(tiny_llama, monkeypatch):
     """A chunked kernel plan keeps rows invariant only in exact calls: every product of a verify
-    forward (the lm_head too) must ask for them, and a prefill must not (it takes the faster
-    plain call, and is computed the same way with or without speculation)."""
+    forward (the lm_head too) must ask for them, and a prefill's layers must not (they take the
+    faster plain call, and are computed the same way with or without speculation); a prefill's
+    logits do (the last row's must not depend on how many logit rows came with it)."""
     from specblock.target import kernels
     from specblock.target.kernels import KernelPlan, Linear
 
@@ -89,8 +111,8 @@ def test_verify_forwards_ask_every_product_for_exact_calls_and_prefills_do_not(t
     model = Transformer.load(tiny_llama, dtype=torch.bfloat16)
     assert model.batch_invariant
     runner = TargetRunner(model)
-    runner.prefill([5, 6, 7, 8], 64, capture=False)
-    assert calls and not any(calls)
+    runner.prefill([5, 6, 7, 8], 64, capture=False, logit_rows=[1])
+    assert calls[-1] and not any(calls[:-1])  # the lm_head last
     calls.clear()
     tree = DraftTree()
     tree.add(9, tree.add(8, -1))

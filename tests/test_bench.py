@@ -140,6 +140,11 @@ def test_other_settings_refuse_to_resume(bench_out, tiny_llama, tiny_draft_llama
     resumed = json.loads(settings_path.read_text())
     assert "cpu" not in resumed and "kernels" not in resumed
     assert resumed["resumed"][-1]["cpu"] and "rows padded to" in resumed["resumed"][-1]["kernels"]
+    # and a later resume is held to what that resume recorded
+    resumed["resumed"][-1]["kernels"] = "bfloat16: torch, rows padded to 2, row-invariant"
+    settings_path.write_text(json.dumps(resumed))
+    with pytest.raises(InvalidSettingError, match="kernels"):
+        run_bench(**bench_args(tiny_llama, tiny_draft_llama, data_file, tmp_path / "copy"))
 
 
 def test_llama_server_flags_are_recorded_and_a_resume_with_others_refused(tmp_path):

@@ -67,7 +67,7 @@ def test_cpus_sharing_a_model_name_keep_their_own_measurements(monkeypatch):
     keys = []
     for generation in ("cpu family 25 model 17 stepping 1", "cpu family 26 model 2 stepping 0"):  # Zen 4, Zen 5
         monkeypatch.setattr(kernels, "cpu_features", lambda g=generation: CpuFeatures("AMD EPYC", **flags, generation=g))
-        keys.append((kernels._table_key(), machine_key()))
+        keys.append((kernels._table_key(), machine_key("bfloat16: onednn, rows padded to 2, row-invariant")))
     assert keys[0][0] != keys[1][0] and keys[0][1] != keys[1][1]
     assert "family 25" in keys[0][0] and "family 26" in keys[1][1]
 
@@ -137,6 +137,11 @@ def test_a_chunked_candidate_is_checked_in_exact_calls(monkeypatch):
     monkeypatch.setattr(Linear, "_product", lambda self, x: F.linear(x, self.weight) + x.shape[0] * 1e-2)
     plan = measure_kernel_table((torch.bfloat16,))["bfloat16"]
     assert (plan.backend, plan.min_rows, plan.chunk_rows, plan.invariant) == ("torch", 1, 4, True)
+    # where plain calls are invariant too, they win a tie (prefills and drafters then pay nothing)
+    monkeypatch.setattr(Linear, "_product", lambda self, x: F.linear(x, self.weight))
+    monkeypatch.setattr(kernels, "_rows_invariant", lambda product, weight: True)
+    monkeypatch.setattr(kernels, "median_us", lambda fn: 100.0)
+    assert measure_kernel_table((torch.bfloat16,))["bfloat16"].chunk_rows == 0
 
 
 def test_fp32_numpy_backend_stores_one_transposed_copy():

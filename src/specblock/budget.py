@@ -32,13 +32,13 @@ PROFILE_SIZES = (0, 1, 2, 3, 4, 6, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 59
 PARITY_BUDGET = 59
 
 
-def machine_key() -> str:
-    """The CPU (model, instruction sets, generation), core count and chosen kernels a profile
-    was measured with: another kernel choice (a new candidate, `specblock profile`) times
-    differently, so its profiles are measured again."""
-    from specblock.target.kernels import cpu_features, table_signature
+def machine_key(kernels: str) -> str:
+    """The CPU (model, instruction sets, generation), core count and the model's kernel choice
+    (`Transformer.kernels`) a profile was measured with: another choice (a new candidate,
+    `specblock profile`) times differently, so its profiles are measured again."""
+    from specblock.target.kernels import cpu_features
 
-    return f"{cpu_features().key()} x{os.cpu_count()} | {table_signature()}"
+    return f"{cpu_features().key()} x{os.cpu_count()} | {kernels}"
 
 
 def profile_path(target_name: str, dtype: torch.dtype | str, device: str) -> Path:
@@ -80,20 +80,23 @@ def load_or_measure(runner: TargetRunner, target_name: str, refresh: bool = Fals
     path = profile_path(target_name, model.weights_key, str(model.device))
     if path.exists() and not refresh:
         saved = json.loads(path.read_text())
-        if saved.get("machine") == machine_key():
+        if saved.get("machine") == machine_key(model.kernels):
             return {int(n): float(t) for n, t in saved["verify_s"].items()}
     latency = measure_verify_latency(runner)
-    save_profile(path, str(target_name), latency)
+    save_profile(path, str(target_name), model.kernels, latency)
     return latency
 
 
-def save_profile(path: Path, target_name: str, latency: dict[int, float], draft_s: dict[str, dict[int, float]] | None = None) -> None:
-    """Write T(n) and any drafter latencies; drafter entries measured earlier on this machine are kept."""
-    drafters = dict(_read_drafter_latencies(path))
+def save_profile(
+    path: Path, target_name: str, kernels: str, latency: dict[int, float], draft_s: dict[str, dict[int, float]] | None = None
+) -> None:  # fmt: skip
+    """Write T(n) and any drafter latencies; drafter entries measured earlier on this machine
+    with these kernels (`Transformer.kernels`) are kept."""
+    drafters = dict(_read_drafter_latencies(path, kernels))
     drafters.update(draft_s or {})
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    data = {"machine": machine_key(), "target": target_name, "verify_s": latency, "draft_s": drafters}
+    data = {"machine": machine_key(kernels), "target": target_name, "verify_s": latency, "draft_s": drafters}
     tmp.write_text(json.dumps(data, indent=2))
     os.replace(tmp, path)
 
@@ -111,11 +114,11 @@ def drafter_key(method: str, source_dir: str | Path) -> str:
     return f"{method}:{path}:{digest.hexdigest()[:16]}"
 
 
-def _read_drafter_latencies(path: Path) -> dict[str, dict[int, float]]:
+def _read_drafter_latencies(path: Path, kernels: str) -> dict[str, dict[int, float]]:
     if not path.exists():
         return {}
     saved = json.loads(path.read_text())
-    if saved.get("machine") != machine_key():
+    if saved.get("machine") != machine_key(kernels):
         return {}
     return {key: {int(n): float(t) for n, t in points.items()} for key, points in saved.get("draft_s", {}).items()}
 
@@ -123,7 +126,8 @@ def _read_drafter_latencies(path: Path) -> dict[str, dict[int, float]]:
 def load_draft_latency(runner: TargetRunner, target_name: str, key: str) -> dict[int, float] | None:
     """The drafter's D(n) that `specblock profile` measured on this machine, if it did."""
     model = runner.model
-    return _read_drafter_latencies(profile_path(target_name, model.weights_key, str(model.device))).get(key)
+    path = profile_path(target_name, model.weights_key, str(model.device))
+    return _read_drafter_latencies(path, model.kernels).get(key)
 
 
 def interpolate(points: dict[int, float], n: int) -> float:

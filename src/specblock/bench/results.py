@@ -83,11 +83,10 @@ def check_settings(out: Path, settings: dict) -> None:
     path = Path(out) / SETTINGS
     if path.is_file() and (Path(out) / RESULTS).is_file():
         old = json.loads(path.read_text())
-        recorded = [key for key in RESUME_IF_RECORDED if key in old]
-        for key in (*RESUME_KEYS, *recorded):
-            if old.get(key) != settings.get(key):
+        for key, value in [(key, old.get(key)) for key in RESUME_KEYS] + _recorded(old):
+            if value != settings.get(key):
                 raise InvalidSettingError(
-                    f"{out} holds results with {key}={old.get(key)!r}, not {settings.get(key)!r}; "
+                    f"{out} holds results with {key}={value!r}, not {settings.get(key)!r}; "
                     "use another --out directory to measure other settings"
                 )
         old_flags, new_flags = old.get("reference_flags", {}), settings.get("reference_flags", {})
@@ -104,6 +103,17 @@ def check_settings(out: Path, settings: dict) -> None:
                 resume[key] = settings.pop(key)
         settings["resumed"] = old.get("resumed", []) + [resume]
         settings["date"] = old.get("date", settings.get("date"))
+
+
+def _recorded(old: dict) -> list[tuple[str, object]]:
+    """The RESUME_IF_RECORDED values a directory's rows were measured with: its settings', or
+    for a key its first start did not record yet, the first resume's that did."""
+    found = []
+    for key in RESUME_IF_RECORDED:
+        resumes = [entry[key] for entry in old.get("resumed", []) if key in entry]
+        if key in old or resumes:
+            found.append((key, old[key] if key in old else resumes[0]))
+    return found
 
 
 def write_settings(out: Path, settings: dict) -> None:

@@ -56,7 +56,7 @@ def profile(
         for n, t in latency.items():
             err.print(f"n={n:4d}: {1000 * t:7.1f} ms ({t / one:4.2f}x a one-token forward)", highlight=False)
         path = profile_path(str(target), gen.target.weights_key, str(gen.target.device))
-        save_profile(path, str(target), latency)  # kept even if a drafter's timing fails below
+        save_profile(path, str(target), gen.target.kernels, latency)  # kept even if a drafter's timing fails below
         measured: dict[str, dict] = {}
         for method, directory in wanted:
             err.print(f"measuring {method} drafter latency ({directory})...")
@@ -75,7 +75,7 @@ def profile(
                 err.print("  (no calibration in its config.json: auto cannot weigh this drafter's tau)")
             key = drafter_key(method, directory)
             measured[key] = entry
-            save_profile(path, str(target), latency, {key: draft})
+            save_profile(path, str(target), gen.target.kernels, latency, {key: draft})
         err.print(f"saved to {path} (used by --node-budget auto)")
         if out is not None:
             from specblock.bench.machine import machine_description

@@ -143,6 +143,8 @@ class KernelPlan:
     def describe(self) -> str:
         """The choice in words (without timings): printed, and recorded beside every measurement
         that depends on it (verify profiles, benchmark settings)."""
+        if self.device != "cpu":
+            return f"{self.device} {self.dtype}: F.linear (no kernel table off the CPU)"
         chunks = f", exact calls in chunks of {self.chunk_rows} rows" if self.chunk_rows else ""
         verdict = "row-invariant" if self.invariant else "not row-invariant"
         return f"{self.dtype}: {self.backend}, rows padded to {self.min_rows}{chunks}, {verdict}"
@@ -300,11 +302,6 @@ def _read_tables(path: Path) -> dict[str, dict]:
     return tables if isinstance(tables, dict) else {}
 
 
-def table_signature() -> str:
-    """Every CPU dtype's chosen kernel in words: what a timing measured through them depends on."""
-    return "; ".join(plan.describe() for plan in kernel_table().values())
-
-
 def kernel_plan(device: str | torch.device, dtype: torch.dtype) -> KernelPlan:
     """The plan for products on `device` in `dtype` (GPUs: F.linear, no padding)."""
     device = torch.device(device)
@@ -377,8 +374,10 @@ class Linear:
     def _fixed_chunks(self, x: torch.Tensor) -> torch.Tensor:
         """The product in calls of exactly `chunk_rows` rows, the last one padded with zeros."""
         rows, c = x.shape[0], self.chunk_rows
-        padded = x.new_zeros(-(-rows // c) * c, x.shape[1])
-        padded[:rows] = x
+        padded = x
+        if rows % c or not rows:
+            padded = x.new_zeros(max(1, -(-rows // c)) * c, x.shape[1])
+            padded[:rows] = x
         return torch.cat([self._product(padded[i : i + c]) for i in range(0, padded.shape[0], c)])[:rows]
 
     def _product(self, x: torch.Tensor) -> torch.Tensor:

@@ -69,7 +69,9 @@ class TargetRunner:
         self.cache.length = len(prompt)
         self.forwards = 1
         rows = torch.tensor([*logit_rows, len(prompt) - 1], device=device) - reuse
-        return TargetStep(logits=self.model.logits(out.hidden[rows]), features=out.features)
+        # exact calls: the last row's logits must not depend on how many logit rows came with it
+        logits = self.model.logits(out.hidden[rows], self.model.batch_invariant)
+        return TargetStep(logits=logits, features=out.features)
 
     def verify(self, root: int, tree: DraftTree, capture: bool) -> TargetStep:
         """One forward over the root and the tree's nodes (ancestor mask, depth-based positions)."""

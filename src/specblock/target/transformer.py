@@ -106,6 +106,13 @@ class Transformer:
         return "int8" if self.int8_weights else str(self.dtype).removeprefix("torch.")
 
     @property
+    def kernels(self) -> str:
+        """The kernel choice its timings depend on (`KernelPlan.describe`; with int8 weights
+        also the attention's): verify profiles are filed under it."""
+        own = self.plan.describe()
+        return own if self.attention_plan is self.plan else f"{own}; attention {self.attention_plan.describe()}"
+
+    @property
     def dtype_name(self) -> str:
         """What the output reports: 'bfloat16', or 'int8 weights, bfloat16 activations'."""
         name = str(self.dtype).removeprefix("torch.")
