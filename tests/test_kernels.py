@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from specblock.errors import InvalidSettingError
 from specblock.target import kernels
 from specblock.target.kernels import CpuFeatures, KernelPlan, Linear, auto_dtype, kernel_table, measure_kernel_table
 from specblock.target.transformer import Transformer
@@ -180,3 +181,14 @@ def test_one_row_bf16_decoding_matches_transformers_in_bf16(tiny_llama):
     assert got.dtype == torch.float32
     assert (got - want).abs().max() < 0.03 * want.abs().max()
     assert (got.argmax(-1) == want.argmax(-1)).float().mean() >= 0.9
+
+
+def test_chunks_can_be_switched_off_and_are_filed_apart(monkeypatch):
+    monkeypatch.setenv("SPECBLOCK_KERNEL_CHUNKS", "off")
+    assert all(chunk == 0 for _, _, chunk in kernels._candidates(torch.bfloat16))
+    off = kernels._table_key()
+    monkeypatch.setenv("SPECBLOCK_KERNEL_CHUNKS", "on")
+    assert any(chunk for _, _, chunk in kernels._candidates(torch.bfloat16)) and kernels._table_key() != off
+    monkeypatch.setenv("SPECBLOCK_KERNEL_CHUNKS", "maybe")
+    with pytest.raises(InvalidSettingError, match="on or off"):
+        kernels._candidates(torch.bfloat16)
