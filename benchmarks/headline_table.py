@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter
 from pathlib import Path
 
 from specblock.bench.results import RESULTS, read_rows
@@ -124,6 +125,16 @@ def targets(name: str, summary: dict, rows: list[dict], args: argparse.Namespace
     return lines
 
 
+def runs_measured(rows: list[dict]) -> str:
+    """'2 runs', or '2 runs and run 3 in part (30 of 35 vanilla rows)': counted from the rows,
+    since a resumed report's settings give the last command's --runs."""
+    counts = Counter(r["run"] for r in rows if r["method"] == "vanilla")
+    full = max(counts.values(), default=0)
+    complete = sum(c == full for c in counts.values())
+    partial = [f"run {run} in part ({c} of {full} vanilla rows)" for run, c in sorted(counts.items()) if c < full]
+    return " and ".join([f"{complete} runs", *partial])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--report", type=Path, required=True, help="a full_report.sh directory (its t0/ is read)")
@@ -136,7 +147,7 @@ def main() -> None:
     report, report_rows = load(args.report / "t0")
     heldout, heldout_rows = load(args.heldout) if args.heldout else (None, [])
     s = report["settings"]
-    print(f"{s.get('target')} ({s.get('dtype_resolved')}), {s.get('machine')}; greedy, {s.get('runs')} runs, "
+    print(f"{s.get('target')} ({s.get('dtype_resolved')}), {s.get('machine')}; greedy, {runs_measured(report_rows)}, "
           f"at most {s.get('max_new_tokens')} new tokens; tokens/s mean ± std over runs (llama.cpp rows: run 1)\n")  # fmt: skip
     print("\n".join(table((report, report_rows), (heldout, heldout_rows) if heldout else None)))
     print("\nTargets (issue 15):\n")
