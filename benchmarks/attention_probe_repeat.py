@@ -4,7 +4,10 @@ On the AMX Xeon of 2026-12-07 the probe (`attention_is_layout_invariant`, bf16, 
 now and then when the kernel table was measured in a fresh process, yet passed when called
 again right after in the same process, and in every run on its own. This runs the table in
 `--processes` fresh processes and prints, for each, the verdict inside the measurement and the
-verdict of a second call: a reproducer for finding the cause (not a test).
+verdict of a second call (not a test). The failing calls were a process's first call of the
+attention's kernels: `alone_tree`, the probe's first computation, differed, and the rest
+agreed. Since then the probe makes one warm-up call first, and so does `Transformer` at load
+(`_warm_up_exact_kernels`): `attention_probe_repeat_xeon_spr` is before, `..._warmed` after.
 
     python benchmarks/attention_probe_repeat.py --processes 5 --out DIR
 """

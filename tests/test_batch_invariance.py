@@ -110,6 +110,8 @@ def test_verify_forwards_ask_every_product_for_exact_calls_and_prefills_do_not(t
     monkeypatch.setattr(Linear, "__call__", lambda self, x, exact=False: calls.append(exact) or real(self, x, exact))
     model = Transformer.load(tiny_llama, dtype=torch.bfloat16)
     assert model.batch_invariant
+    assert calls and all(calls)  # the load warmed every product up in exact calls
+    calls.clear()
     runner = TargetRunner(model)
     runner.prefill([5, 6, 7, 8], 64, capture=False, logit_rows=[1])
     assert calls[-1] and not any(calls[:-1])  # the lm_head last

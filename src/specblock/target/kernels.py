@@ -264,7 +264,7 @@ def measure_kernel_table(dtypes=TABLE_DTYPES) -> dict[str, KernelPlan]:
     return plans
 
 
-TABLE_FORMAT = 5  # bump when KernelPlan or the candidates change: older tables are measured again
+TABLE_FORMAT = 6  # bump when KernelPlan or the candidates change: older tables are measured again
 
 
 def _table_key() -> str:
@@ -349,7 +349,7 @@ class Linear:
         self.uses_numpy = plan.backend == "numpy" and weight.dtype == torch.float32 and on_cpu
         self.packed = plan.backend == "onednn" and on_cpu
         self.int8 = plan.backend == "int8"
-        self.out_features = weight.shape[0]
+        self.out_features, self.in_features = weight.shape
         self.weight = self._weight_t = None
         if self.int8:  # PyTorch's weight-only int8 kernel: int8 weights, scales in the activations' dtype
             self.weight, scale = quantize_int8(weight)

@@ -24,6 +24,7 @@ from specblock.target.attention import (
     ATTENTION_CHUNK,
     BatchLayout,
     PaddedBatch,
+    attention_is_layout_invariant,
     layout_invariant_attention,
     padded_attention,
 )
@@ -99,6 +100,21 @@ class Transformer:
         # the attention's products run in the compute dtype: their plan sets its padding
         self.attention_plan = kernel_plan(self.device, self.dtype) if self.int8_weights else self.plan
         self.batch_invariant = half and self.device.type == "cpu" and self.plan.invariant and self.attention_plan.invariant
+        if self.batch_invariant:
+            self.batch_invariant = self._warm_up_exact_kernels()
+
+    def _warm_up_exact_kernels(self) -> bool:
+        """Run every product once in an exact call and the verify attention's probe once, and
+        return the probe's verdict. On the AMX Xeon the first call of the attention's kernels
+        in a process could round differently from every later one (its probe failed now and
+        then on a process's first call, never on a second: benchmarks/attention_probe_repeat.py),
+        so no request may be the first; and a process whose kernels still disagree after
+        warming up does not claim exactness (a few hundred ms for a 1.5B model)."""
+        for lw in self.layers:
+            for lin in (lw.qkv, lw.o_proj, lw.gate_up, lw.down):
+                lin(torch.zeros(1, lin.in_features, dtype=self.dtype, device=self.device), exact=True)
+        self.lm_head(torch.zeros(1, self.cfg.hidden_size, dtype=self.dtype, device=self.device), exact=True)
+        return attention_is_layout_invariant(self.dtype, self.attention_plan.min_rows)
 
     @property
     def weights_key(self) -> str:
