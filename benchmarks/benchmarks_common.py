@@ -47,3 +47,13 @@ def kept_drafters(run: Path) -> list[tuple[int, Path]]:
     if not found:
         raise SystemExit(f"{run} holds no drafter (OUT/drafter or OUT/snapshots/step-N)")
     return sorted(found)
+
+
+def method_generators(base, target: str, specs: list[str]) -> dict:
+    """A generator for each `method@budget` in `specs`, all on `base`'s loaded target (a
+    `SpecGenerator`): one copy of the weights however many methods are compared."""
+    out = {}
+    for spec in specs:
+        name, _, budget = spec.partition("@")
+        out[spec] = base.with_method(name, node_budget=int(budget), target_name=target)
+    return out

@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from benchmarks_common import run_header
+from benchmarks_common import method_generators, run_header
 
 from specblock.api import SpecGenerator
 from specblock.bench.prompts import load_prompts
@@ -40,10 +40,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     base = SpecGenerator.load(args.target, "vanilla", dtype="bfloat16")
-    methods = {}
-    for spec in args.methods.split(","):
-        name, _, budget = spec.partition("@")
-        methods[spec] = base.with_method(name, node_budget=int(budget), target_name=args.target)
+    methods = method_generators(base, args.target, args.methods.split(","))
     prompts = load_prompts(Path(args.data), per_category=args.per_category)
     rows = []
     for prompt in prompts:

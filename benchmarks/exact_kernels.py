@@ -20,21 +20,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from benchmarks_common import run_header
+from benchmarks_common import method_generators, run_header
 
 from specblock.api import SpecGenerator
 from specblock.bench.prompts import load_prompts
 from specblock.models.resolve import resolve_model
 from specblock.target.transformer import Transformer, load_safetensors_dir
-
-
-def generators(base: SpecGenerator, target: str, methods: list[str]) -> dict[str, SpecGenerator]:
-    """Plain decoding and each `method@budget` on `base`'s loaded target."""
-    out = {"vanilla": base}
-    for spec in methods:
-        name, _, budget = spec.partition("@")
-        out[spec] = base.with_method(name, node_budget=int(budget), target_name=target)
-    return out
 
 
 def main() -> None:
@@ -54,7 +45,8 @@ def main() -> None:
     plain_target = Transformer(chosen.target.cfg, weights, torch.bfloat16, "cpu", plan=plain_plan)
     plain = SpecGenerator(plain_target, chosen.tokenizer, chosen.drafter, "vanilla", 0, args.target)
     methods = args.methods.split(",")
-    kernels = {"chunked": generators(chosen, args.target, methods), "plain": generators(plain, args.target, methods)}
+    kernels = {name: {"vanilla": gen} | method_generators(gen, args.target, methods)
+               for name, gen in (("chunked", chosen), ("plain", plain))}
     describe = {name: gens["vanilla"].target.plan.describe() for name, gens in kernels.items()}
     pairs = [(k, m) for k in kernels for m in ["vanilla", *methods]]
     rows = []
