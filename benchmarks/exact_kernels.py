@@ -1,14 +1,17 @@
-"""What exact bf16 verification costs where no plain call size is row-invariant (the AMX Xeon).
+"""What exact verification costs: the kernel table's row-invariant choice against plain calls.
 
-The kernel table's choice (here: products of verify and decoding forwards in fixed 16-row
-chunks, `KernelPlan.chunk_rows`, with the layout-invariant verify attention) against what ran
-before it: the same kernel in one call per product, with scaled-dot-product attention (the
-plan marked not row-invariant), on one loaded target each. The cost is both parts together. For each prompt, every (kernels, method) pair decodes in turn, in a
-rotating order, so both kernel choices see the same machine state. Per kernel choice it
-reports decoding speed, prefill time, and how many outputs of each speculative method equal
-plain decoding through the same kernels token for token. Writes JSON and Markdown (not a test).
+The table's exact choice (on the AMX Xeon: bf16 products of verify and decoding forwards in
+fixed 16-row chunks, `KernelPlan.chunk_rows`; fp32 products with a lone row padded to two,
+`KernelPlan.min_rows`; both with the layout-invariant verify attention) against plain calls:
+the same kernel, one unpadded call per product, with scaled-dot-product attention (the plan
+marked not row-invariant), on one loaded target each. The cost is both parts together. For
+each prompt, every (kernels, method) pair decodes in turn, in a rotating order, so both kernel
+choices see the same machine state. Per kernel choice it reports decoding speed, prefill time,
+and how many outputs of each speculative method equal plain decoding through the same kernels
+token for token. Writes JSON and Markdown (not a test).
 
     python benchmarks/exact_kernels.py --target qwen2.5-coder-1.5b --methods specblock@6,eagle3@6 --out DIR
+    python benchmarks/exact_kernels.py --dtype float32 --methods specblock@16,eagle3@16 --out DIR
 """
 
 from __future__ import annotations
@@ -35,18 +38,21 @@ def main() -> None:
     ap.add_argument("--per-category", type=int, default=1)
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--methods", default="specblock@6,eagle3@6")
+    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
-    chosen = SpecGenerator.load(args.target, "vanilla", dtype="bfloat16")
-    if not chosen.target.plan.chunk_rows:
-        raise SystemExit(f"the kernel table chose no chunks here ({chosen.target.plan.describe()}): nothing to compare")
-    plain_plan = replace(chosen.target.plan, chunk_rows=0, invariant=False)  # same backend, one call per product
-    weights = load_safetensors_dir(resolve_model(args.target), torch.bfloat16, "cpu")
-    plain_target = Transformer(chosen.target.cfg, weights, torch.bfloat16, "cpu", plan=plain_plan)
+    dtype = getattr(torch, args.dtype)
+    chosen = SpecGenerator.load(args.target, "vanilla", dtype=args.dtype)
+    if not chosen.target.batch_invariant:
+        raise SystemExit(f"the kernel table found no exact kernels here ({chosen.target.kernels}): nothing to compare")
+    # the same backend, one unpadded call per product, scaled-dot-product attention
+    plain_plan = replace(chosen.target.plan, min_rows=1, chunk_rows=0, invariant=False)
+    weights = load_safetensors_dir(resolve_model(args.target), dtype, "cpu")
+    plain_target = Transformer(chosen.target.cfg, weights, dtype, "cpu", plan=plain_plan)
     plain = SpecGenerator(plain_target, chosen.tokenizer, chosen.drafter, "vanilla", 0, args.target)
     methods = args.methods.split(",")
     kernels = {name: {"vanilla": gen} | method_generators(gen, args.target, methods)
-               for name, gen in (("chunked", chosen), ("plain", plain))}
+               for name, gen in (("exact", chosen), ("plain", plain))}
     describe = {name: gens["vanilla"].target.plan.describe() for name, gens in kernels.items()}
     pairs = [(k, m) for k in kernels for m in ["vanilla", *methods]]
     rows = []
@@ -72,23 +78,24 @@ def main() -> None:
                         "prefill_s": round(statistics.mean(r["prefill_s"] for r in mine), 4),
                         "tau": round(statistics.mean(r["tau"] for r in mine), 3),
                         "equals_vanilla": sum(r["equals_vanilla"] for r in mine), "prompts": len(mine)})  # fmt: skip
-    ratios = {}  # per prompt, chunked over plain, then the geometric mean
+    ratios = {}  # per prompt, exact over plain, then the geometric mean
     for m in ["vanilla", *methods]:
         per = [a["decode_tokens_per_s"] / b["decode_tokens_per_s"]
-               for a in rows if a["kernels"] == "chunked" and a["method"] == m
+               for a in rows if a["kernels"] == "exact" and a["method"] == m
                for b in rows if b["kernels"] == "plain" and b["method"] == m and b["question_id"] == a["question_id"]]  # fmt: skip
         ratios[m] = round(statistics.geometric_mean(per), 3)
-    header = run_header() | {"target": args.target, "max_new_tokens": args.max_new_tokens, "kernels": describe}
+    header = run_header() | {"target": args.target, "dtype": args.dtype, "max_new_tokens": args.max_new_tokens,
+                             "kernels": describe}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "exact_kernels.json").write_text(json.dumps(header | {"summary": summary, "chunked_over_plain": ratios, "rows": rows}, indent=1))
-    lines = [f"# Exact bf16 kernels against plain ones: {args.target}", "",
+    (args.out / "exact_kernels.json").write_text(json.dumps(header | {"summary": summary, "exact_over_plain": ratios, "rows": rows}, indent=1))
+    lines = [f"# Exact {args.dtype} kernels against plain ones: {args.target}", "",
              *(f"- {key}: `{value}`" if key == "command" else f"- {key}: {value}" for key, value in header.items()), "",
              "| kernels | method | decode tokens/s | prefill s | tau | output = plain decoding (same kernels) |",
              "|---|---|---|---|---|---|"]  # fmt: skip
     for s in summary:
         lines.append(f"| {s['kernels']} | {s['method']} | {s['decode_tokens_per_s']:.2f} | {s['prefill_s']:.3f} | "
                      f"{s['tau']:.2f} | {s['equals_vanilla']}/{s['prompts']} |")  # fmt: skip
-    lines += ["", "Decode speed, chunked over plain (geometric mean of per-prompt ratios): "
+    lines += ["", "Decode speed, exact over plain (geometric mean of per-prompt ratios): "
               + ", ".join(f"{m} {r:.3f}" for m, r in ratios.items())]  # fmt: skip
     (args.out / "exact_kernels.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -1,6 +1,6 @@
-"""Batch invariance in bf16: a token's logits are the same, bit for bit, whether the target
-decodes it alone or verifies it inside a draft tree after the same prefix. This is what lets
-bf16 speculative decoding equal plain bf16 decoding token for token (design §11a)."""
+"""Batch invariance in bf16 and fp32: a token's logits are the same, bit for bit, whether the
+target decodes it alone or verifies it inside a draft tree after the same prefix. This is what
+lets speculative decoding equal plain decoding token for token, near-ties included (design §11a)."""
 
 import pytest
 import torch
@@ -25,10 +25,34 @@ def plain_logits(model: Transformer, prompt: list[int], continuation: list[int])
 # chain crosses the attention's chunk boundary at position 64 (target/primitives.py)
 @pytest.mark.parametrize("prompt_length", [9, 62])
 @pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_qwen2"])
-def test_a_chain_inside_a_bushy_tree_has_the_logits_of_plain_decoding(fixture, prompt_length, request):
-    if not kernel_table()["bfloat16"].invariant:
-        pytest.skip("this CPU gives no row-invariant bf16 product (see the kernel table)")
-    assert_chain_in_tree_decodes_plainly(Transformer.load(request.getfixturevalue(fixture), dtype=torch.bfloat16), prompt_length)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_chain_inside_a_bushy_tree_has_the_logits_of_plain_decoding(fixture, prompt_length, dtype, request):
+    if not kernel_table()[str(dtype).removeprefix("torch.")].invariant:
+        pytest.skip(f"this CPU gives no row-invariant {dtype} product (see the kernel table)")
+    model = Transformer.load(request.getfixturevalue(fixture), dtype=dtype)
+    assert model.batch_invariant
+    assert_chain_in_tree_decodes_plainly(model, prompt_length)
+
+
+def test_fp32_padding_keeps_tree_rows_plain_where_a_lone_row_rounds_differently(tiny_qwen2, monkeypatch):
+    """The AMX Xeon's fp32 case on any CPU: a product whose lone row takes another path (here
+    rows computed one by one, plus 0.01 in 1-row calls) still gives a chain inside a tree the
+    logits of plain decoding under a plan that pads every call to 2 rows."""
+    from specblock.target import attention, kernels
+    from specblock.target.kernels import KernelPlan, Linear
+
+    if not attention.attention_is_layout_invariant(torch.float32, 2):
+        pytest.skip("this CPU's layout-invariant attention is not invariant in fp32 (see the kernel table)")
+    monkeypatch.setattr(kernels, "_TABLE", kernel_table() | {"float32": KernelPlan("cpu", "float32", "torch", 2, 0)})
+    real = Linear._product
+
+    def lone_row_differs(self, x):
+        return torch.cat([real(self, row) for row in x.split(1)]) + (0.01 if x.shape[0] == 1 else 0.0)
+
+    monkeypatch.setattr(Linear, "_product", lone_row_differs)
+    model = Transformer.load(tiny_qwen2, dtype=torch.float32)
+    assert model.batch_invariant
+    assert_chain_in_tree_decodes_plainly(model, 62)
 
 
 def test_fixed_chunks_keep_tree_rows_plain_where_a_product_depends_on_the_call_size(tiny_llama, monkeypatch):
@@ -72,27 +96,28 @@ def assert_chain_in_tree_decodes_plainly(model: Transformer, prompt_length: int)
         assert torch.equal(got[row], expected)
 
 
-def test_the_attention_probe_fails_when_the_layout_leaks_into_the_result(monkeypatch):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_attention_probe_fails_when_the_layout_leaks_into_the_result(dtype, monkeypatch):
     """The kernel table's probe must notice an attention whose rows depend on the tree layout."""
     from specblock.target import attention
 
-    plan = kernel_table()["bfloat16"]
+    plan = kernel_table()[str(dtype).removeprefix("torch.")]
     if plan.invariant:  # the table ran the probe and it passed
-        assert attention.attention_is_layout_invariant(torch.bfloat16, plan.min_rows)
+        assert attention.attention_is_layout_invariant(dtype, plan.min_rows)
     real = attention.layout_invariant_attention
 
     def leaky(q, keys, values, layout, min_rows=2):  # depends on how many rows share the call
         return real(q, keys, values, layout, min_rows) + q.shape[1] * 1e-2
 
     monkeypatch.setattr(attention, "layout_invariant_attention", leaky)
-    assert not attention.attention_is_layout_invariant(torch.bfloat16, 2)
+    assert not attention.attention_is_layout_invariant(dtype, 2)
 
     def leaks_across_requests(q, keys, values, layout, min_rows=2):  # right alone, wrong beside another request
         out = real(q, keys, values, layout, min_rows)
         return out + 1e-2 if layout.padding.segments > 1 else out
 
     monkeypatch.setattr(attention, "layout_invariant_attention", leaks_across_requests)
-    assert not attention.attention_is_layout_invariant(torch.bfloat16, 2)
+    assert not attention.attention_is_layout_invariant(dtype, 2)
 
 
 def test_verify_forwards_ask_every_product_for_exact_calls_and_prefills_do_not(tiny_llama, monkeypatch):

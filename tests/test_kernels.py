@@ -145,12 +145,43 @@ def test_a_chunked_candidate_is_checked_in_exact_calls(monkeypatch):
     assert measure_kernel_table((torch.bfloat16,))["bfloat16"].chunk_rows == 0
 
 
+def test_fp32_takes_a_padded_row_invariant_candidate_and_probes_its_attention(monkeypatch):
+    """The AMX Xeon's fp32 case on any CPU: a lone row takes another path (matrix-vector) and
+    rounds differently from every larger call. The table must pad it to 2 rows rather than take
+    the faster plain call, and the verify attention's probe must run in fp32 as well."""
+    assert ("onednn", 2, 0) in kernels._candidates(torch.float32)
+    monkeypatch.setattr(kernels, "_candidates", lambda dtype: [("torch", 1, 0), ("torch", 2, 0)])
+    probed = []
+    monkeypatch.setattr(kernels, "attention_is_layout_invariant", lambda dtype, rows: probed.append((dtype, rows)) or True)
+    rows_seen: list[int] = []
+
+    def lone_row_differs(self, x):  # rows one by one (invariant by construction), but a 1-row call is off
+        rows_seen.append(x.shape[0])
+        return torch.cat([F.linear(row, self.weight) for row in x.split(1)]) + (1e-2 if x.shape[0] == 1 else 0.0)
+
+    monkeypatch.setattr(Linear, "_product", lone_row_differs)
+
+    def one_row_is_cheaper(fn):  # the unpadded candidate times faster, as a matrix-vector call does
+        rows_seen.clear()
+        fn()
+        return 50.0 if rows_seen == [1] else 100.0
+
+    monkeypatch.setattr(kernels, "median_us", one_row_is_cheaper)
+    plan = measure_kernel_table((torch.float32,))["float32"]
+    assert (plan.backend, plan.min_rows, plan.chunk_rows, plan.invariant) == ("torch", 2, 0, True)
+    assert plan.timings_us["torch_rows1"] < plan.timings_us["torch_rows2"]
+    assert probed == [(torch.float32, 2)]
+
+
 def test_fp32_numpy_backend_stores_one_transposed_copy():
     weight = torch.randn(16, 8)
     lin = Linear(weight, torch.randn(16), plan=KernelPlan("cpu", "float32", backend="numpy"))
     assert lin.weight is None and lin._weight_t.shape == (8, 16)
     x = torch.randn(5, 8)
     torch.testing.assert_close(lin(x), F.linear(x, weight, lin.bias), atol=1e-5, rtol=1e-5)
+    padded = Linear(weight, plan=KernelPlan("cpu", "float32", backend="numpy", min_rows=2, chunk_rows=4))
+    assert torch.equal(padded(x[:1]), padded(torch.cat([x[:1], torch.zeros(1, 8)]))[:1])  # padded like any backend
+    assert torch.equal(padded(x, exact=True)[4:], padded(torch.cat([x[4:], torch.zeros(3, 8)]))[:1])  # chunked too
 
 
 def test_bf16_rows_are_identical_alone_and_in_a_batch_with_the_measured_plan():

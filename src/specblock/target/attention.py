@@ -1,9 +1,9 @@
 """Attention of a forward over the rows of one or several requests (segments), each against its
 own cache, all cache regions of one `KVPool`.
 
-Two kernels, one per precision regime:
+Two kernels:
 
-- `layout_invariant_attention` (half precision on a CPU whose products are row-invariant):
+- `layout_invariant_attention` (a CPU whose products are row-invariant in the model's dtype):
   a row's result depends only on its query and its logical key sequence, not on the tree
   around it nor on the other requests in the batch. So plain decoding, a tree verification
   and a batched verification of the same token give the same bits.
@@ -160,8 +160,8 @@ def layout_invariant_attention(
     keys are laid out by logical position: its segment's context in whole chunks of
     ATTENTION_CHUNK on a grid from position 0 (every chunk of every segment in one batched
     product, no padding), then a per-row tail gathered from the context's end and the row's
-    ancestors. Scores and chunk outputs are half-precision products padded to the row count the
-    kernel table found row-invariant (`min_rows`); each chunk is reduced on its own and a row's
+    ancestors. Scores and chunk outputs are products in the model's dtype, padded to the row
+    count the kernel table found row-invariant (`min_rows`); each chunk is reduced alone and a row's
     chunks are summed in order (a shorter segment's missing chunks add exact zeros). So plain
     decoding (one segment, n = 1, paths [[0]]) computes exactly what a tree row, alone or
     batched with other requests, computes.

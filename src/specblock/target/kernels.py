@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from specblock.errors import InvalidSettingError
 from specblock.target.attention import attention_is_layout_invariant
 
-PAD_CANDIDATES = (1, 2, 4, 8, 16)  # pad fewer rows than this up to it (half precision, CPU)
+PAD_CANDIDATES = (1, 2, 4, 8, 16)  # pad fewer rows than this up to it (half precision, CPU; fp32: 1, 2, 16)
 # fixed call size of chunked candidates: about one row's cost with AMX (benchmarks/fixed_chunk_invariance.py)
 CHUNK_ROWS = 16
 PACK_ROWS_HINT = 16  # the row count oneDNN's packed layout is tuned for (trees; one row costs about the same)
@@ -130,8 +130,8 @@ class KernelPlan:
     that many rows, the last one padded: on CPUs where no call size keeps rows bit-identical
     (the AMX Xeon), one fixed size does, at about the cost of a plain call of that size.
     `invariant` says whether rows of exact calls came out bit-identical for every row count on
-    this machine (and, for half precision, the verify attention passed its probe): the
-    condition for exact bf16 speculative decoding."""
+    this machine (and the verify attention passed its probe in this dtype): the condition for
+    exact speculative decoding, fp32 as much as bf16."""
 
     device: str
     dtype: str
@@ -201,13 +201,21 @@ def chunks_allowed() -> bool:
 
 
 def _candidates(dtype: torch.dtype) -> list[Candidate]:
-    """The kernels worth timing for a CPU dtype (int8: the weights' dtype)."""
-    if dtype == torch.float32:
-        return [("torch", 1, 0), ("numpy", 1, 0), ("onednn", 1, 0)]
+    """The kernels worth timing for a CPU dtype (int8: the weights' dtype).
+
+    Padding matters for invariance as much as for speed: on the AMX Xeon fp32 oneDNN rounds a
+    lone row (its matrix-vector path) differently from every call of 2 to 320 rows, so padding
+    one row to two makes it row-invariant at about 1.1x a row's cost (benchmarks/results/
+    fp32_call_sizes_xeon_spr/probe.md)."""
     if dtype == torch.int8:
         return [("int8", 1, 0), ("int8", 2, 0)]
-    padded = [("torch", r, 0) for r in PAD_CANDIDATES] + [("onednn", r, 0) for r in (1, 2, 16)]
-    return padded + ([(backend, 1, CHUNK_ROWS) for backend in ("torch", "onednn")] if chunks_allowed() else [])
+    if dtype == torch.float32:
+        padded = [("torch", r, 0) for r in (1, 2, 16)] + [(b, r, 0) for b in ("numpy", "onednn") for r in (1, 2)]
+        chunked = [(backend, 1, CHUNK_ROWS) for backend in ("torch", "onednn", "numpy")]
+    else:
+        padded = [("torch", r, 0) for r in PAD_CANDIDATES] + [("onednn", r, 0) for r in (1, 2, 16)]
+        chunked = [(backend, 1, CHUNK_ROWS) for backend in ("torch", "onednn")]
+    return padded + (chunked if chunks_allowed() else [])
 
 
 def timing_name(candidate: Candidate) -> str:
@@ -223,10 +231,11 @@ def measure_kernel_table(dtypes=TABLE_DTYPES) -> dict[str, KernelPlan]:
     """Time the candidate kernels of each CPU dtype on this machine and pick one each (a few seconds).
 
     Each candidate is timed through `Linear` itself, in exact calls, at one row and at 16 rows
-    (decoding and a tree) on four weight shapes, and checked for row invariance. Half precision
-    takes the fastest row-invariant candidate (exact bf16 speculative decoding needs it),
-    preferring plain calls to fixed chunks, then the fewest padded rows, among those within
-    10% of it; fp32 the fastest.
+    (decoding and a tree) on four weight shapes, and checked for row invariance. Each dtype
+    takes the fastest row-invariant candidate (exact speculative decoding needs it), preferring
+    plain calls to fixed chunks, then the fewest padded rows, among those within 10% of it; the
+    fastest of all only where none is invariant. The verify attention's probe then runs in that
+    dtype too.
     """
     weights32 = [torch.randn(o, i, generator=torch.Generator().manual_seed(o + i)) / i**0.5 for o, i in _SHAPES]
     plans: dict[str, KernelPlan] = {}
@@ -258,13 +267,13 @@ def measure_kernel_table(dtypes=TABLE_DTYPES) -> dict[str, KernelPlan]:
         backend, rows, chunk = min(ok, key=lambda c: (cost[c] > 1.1 * best, c[2], c[1], cost[c]))
         plan = KernelPlan("cpu", name, backend, rows, chunk, invariant[(backend, rows, chunk)],
                           {timing_name(c): round(t, 1) for c, t in cost.items()})  # fmt: skip
-        if dtype in (torch.bfloat16, torch.float16) and plan.invariant:  # (int8 models attend with these plans)
+        if dtype != torch.int8 and plan.invariant:  # (int8 models attend with their activations' plan)
             plan.invariant = attention_is_layout_invariant(dtype, rows)  # the verify attention too
         plans[name] = plan
     return plans
 
 
-TABLE_FORMAT = 6  # bump when KernelPlan or the candidates change: older tables are measured again
+TABLE_FORMAT = 7  # bump when KernelPlan or the candidates change: older tables are measured again
 
 
 def _table_key() -> str:
@@ -370,10 +379,7 @@ class Linear:
         lead = x.shape[:-1]
         x = x.reshape(-1, x.shape[-1])
         rows = x.shape[0]
-        if self.uses_numpy:
-            y = torch.from_numpy(np.matmul(x.contiguous().numpy(), self._weight_t))
-            y = y if self.bias is None else y + self.bias
-        elif exact and self.chunk_rows:
+        if exact and self.chunk_rows:
             y = self._fixed_chunks(x)
         elif rows < self.min_rows:
             padded = x.new_zeros(self.min_rows, x.shape[1])
@@ -393,6 +399,9 @@ class Linear:
         return torch.cat([self._product(padded[i : i + c]) for i in range(0, padded.shape[0], c)])[:rows]
 
     def _product(self, x: torch.Tensor) -> torch.Tensor:
+        if self.uses_numpy:
+            y = torch.from_numpy(np.matmul(x.contiguous().numpy(), self._weight_t))
+            return y if self.bias is None else y + self.bias
         if self.int8:
             y = torch.ops.aten._weight_int8pack_mm(x.contiguous(), self.weight, self.scale)
             return y if self.bias is None else y + self.bias

@@ -84,8 +84,9 @@ class Transformer:
         configure_threads(self.plan)
         if self.plan.backend == "numpy" and torch.get_num_threads() > 1:
             # the pool was set for another model first: OpenBLAS threads beside PyTorch's
-            # spinning ones would starve each other, so products stay in PyTorch
-            self.plan = replace(self.plan, backend="torch")
+            # spinning ones would starve each other, so products stay in PyTorch, whose rows
+            # were not checked for invariance with this plan's padding
+            self.plan = replace(self.plan, backend="torch", invariant=False)
         self.embed = weights["model.embed_tokens.weight"]
         self.final_norm = weights["model.norm.weight"]
         if "lm_head.weight" not in weights and not cfg.tie_word_embeddings:
@@ -94,12 +95,12 @@ class Transformer:
         self.layers = [self._layer(weights, i) for i in range(cfg.num_layers)]
         self._capture_after = [idx - 1 for idx in cfg.feature_layers]  # may repeat or reorder in tiny models
         self.rotary = RotaryTable(rope_inverse_frequencies(cfg), self.dtype, self.device)
-        # half precision on a CPU whose products are row-invariant: verify forwards use the
-        # layout-invariant attention, so bf16 speculative decoding equals plain bf16 decoding
-        half = self.dtype in (torch.bfloat16, torch.float16)
-        # the attention's products run in the compute dtype: their plan sets its padding
+        # a CPU whose products are row-invariant in this dtype: verify forwards use the
+        # layout-invariant attention, so speculative decoding equals plain decoding bit for bit
+        # (bf16 as much as fp32, whose rows would otherwise differ in the last bits and flip
+        # near-ties). The attention's products run in the compute dtype: their plan sets its padding
         self.attention_plan = kernel_plan(self.device, self.dtype) if self.int8_weights else self.plan
-        self.batch_invariant = half and self.device.type == "cpu" and self.plan.invariant and self.attention_plan.invariant
+        self.batch_invariant = self.device.type == "cpu" and self.plan.invariant and self.attention_plan.invariant
         if self.batch_invariant:
             self.batch_invariant = self._warm_up_exact_kernels()
 

@@ -4,12 +4,12 @@ A drafter learns to predict the target's own text, so its training answers are w
 the target (design §5). Every user turn of a conversation is answered in order (UltraChat's
 later turns follow the target's own earlier answers), up to `max_turns` and the batch slot's
 room. Generation runs in this project's engine, `batch_size` requests at a time
-(`regen_engine`). On a batch-invariant target (bf16 on CPUs whose kernel table finds
-row-invariant products) a first turn's tokens equal those of decoding it alone in that dtype;
+(`regen_engine`). On a batch-invariant target (a CPU whose kernel table finds row-invariant
+products in its dtype) a first turn's tokens equal those of decoding it alone in that dtype;
 a later turn prefills only its new tokens after its own earlier turn's cache (a chunked
-prefill, which may part from a whole-prompt one at a near-tie); in fp32 and on CUDA the
-batched rows round differently and may part from solo decoding at near-ties (all of them
-still faithful samples of the target).
+prefill, which may part from a whole-prompt one at a near-tie); elsewhere (CUDA, CPUs without
+invariant products) the batched rows round differently and may part from solo decoding at
+near-ties (all of them still faithful samples of the target).
 
 The same pass keeps what training needs per token (features, top-k log-probabilities), so no
 second target pass over the text is needed: the output directory is ready for

@@ -4,9 +4,9 @@
 time: each iteration ONE target forward (`runner.verify_batch` with empty trees) takes the
 newest token of every active request. Requests join as others finish; a newcomer's prefill
 runs alone. On a batch-invariant target (layout-invariant attention and row-invariant
-products: the server's exactness argument, bf16 on CPUs whose kernel table finds them) a
+products: the server's exactness argument, on CPUs whose kernel table finds them) a
 request that prefills whole gets the tokens of decoding it alone, greedy or seeded; elsewhere
-(fp32, CUDA) they may part at near-ties.
+(CUDA, CPUs without invariant products) they may part at near-ties.
 
 While generating, it keeps per token what `data prepare` would otherwise recompute in a
 second pass over the text: the three captured target features after the token, and the
