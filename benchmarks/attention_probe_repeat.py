@@ -27,7 +27,7 @@ import json, torch
 from specblock.target import kernels
 verdicts = []
 real = kernels.attention_is_layout_invariant
-kernels.attention_is_layout_invariant = lambda d, m: verdicts.append((str(d), m, real(d, m))) or verdicts[-1][2]
+kernels.attention_is_layout_invariant = lambda d, m, *heads: verdicts.append((str(d), m, real(d, m, *heads))) or verdicts[-1][2]
 plans = kernels.measure_kernel_table()
 inside = [v for d, m, v in verdicts if d == "torch.bfloat16"]
 print(json.dumps({"inside_table": inside, "again": real(torch.bfloat16, plans["bfloat16"].min_rows),

@@ -32,10 +32,10 @@ def save_char_tokenizer(out: Path) -> None:
 
 
 def exact_dtype() -> torch.dtype:
-    """bf16 where this CPU's bf16 verification is batch-invariant (the kernel table: Zen 4 and
-    Zen 5 so far), else fp32 (the AMX Xeon): the dtype in which a batched request's
-    greedy output must equal its solo output token for token. fp32 products need not be
-    row-invariant, but their rounding (~1e-7) is far below a tiny random model's logit gaps:
+    """bf16 where this CPU's bf16 verification is batch-invariant (the kernel table: Zen 4,
+    Zen 5 and the AMX Xeon so far), else fp32: the dtype in which a batched request's greedy
+    output must equal its solo output token for token. fp32 is batch-invariant where the table
+    finds it so; elsewhere its rounding (~1e-7) is far below a tiny random model's logit gaps:
     equal outputs there are a fixed fact of the machine, not luck that varies between runs."""
     from specblock.target.kernels import kernel_table
 

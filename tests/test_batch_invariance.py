@@ -30,6 +30,8 @@ def test_a_chain_inside_a_bushy_tree_has_the_logits_of_plain_decoding(fixture, p
     if not kernel_table()[str(dtype).removeprefix("torch.")].invariant:
         pytest.skip(f"this CPU gives no row-invariant {dtype} product (see the kernel table)")
     model = Transformer.load(request.getfixturevalue(fixture), dtype=dtype)
+    if not model.plan.invariant:
+        pytest.skip("the table's OpenBLAS fp32 plan fell back to PyTorch: an earlier model set the thread pool")
     assert model.batch_invariant
     assert_chain_in_tree_decodes_plainly(model, prompt_length)
 
@@ -146,3 +148,41 @@ def test_verify_forwards_ask_every_product_for_exact_calls_and_prefills_do_not(t
     runner.verify(4, tree, capture=False)
     per_layer = 4  # qkv, o_proj, gate_up, down
     assert calls == [True] * (per_layer * model.cfg.num_layers + 1)  # + the lm_head
+
+
+def test_a_model_probes_the_attention_with_its_own_head_shape_at_load(tiny_qwen2, monkeypatch):
+    """The table probes two head shapes; a kernel may still treat the model's own apart (a lone
+    query row per kv head), so the load's probe, which decides exactness, uses the model's."""
+    from specblock.target import kernels, transformer
+    from specblock.target.kernels import KernelPlan
+
+    monkeypatch.setattr(kernels, "_TABLE", kernel_table() | {"float32": KernelPlan("cpu", "float32", "torch", 1, 0)})
+    seen = []
+    monkeypatch.setattr(transformer, "attention_is_layout_invariant", lambda dtype, rows, *heads: seen.append(heads))
+    model = Transformer.load(tiny_qwen2, dtype=torch.float32)
+    cfg = model.cfg
+    assert seen == [(cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads, cfg.head_dim)]
+    assert not model.batch_invariant  # the probe said no (None): no exactness claimed
+
+
+def test_verify_attention_pads_its_products_to_the_plans_attention_rows(tiny_qwen2, monkeypatch):
+    """The plan's `attention_rows` (8 for fp32 on the AMX Xeon) is what the probe passed with:
+    every product of the verify attention must be padded to it, not to the weights' `min_rows`."""
+    from specblock.target import attention, kernels
+    from specblock.target.kernels import KernelPlan
+
+    plan = KernelPlan("cpu", "float32", "torch", 2, 0, attention_rows=8)
+    monkeypatch.setattr(kernels, "_TABLE", kernel_table() | {"float32": plan})
+    paddings: list[int] = []
+    real = attention._rows_matmul
+    monkeypatch.setattr(attention, "_rows_matmul", lambda a, b, rows: paddings.append(rows) or real(a, b, rows))
+    model = Transformer.load(tiny_qwen2, dtype=torch.float32)
+    if not model.batch_invariant:
+        pytest.skip("the load's probe found this CPU's fp32 attention not invariant even at 8 rows")
+    runner = TargetRunner(model)
+    runner.prefill(list(range(3, 70)), 128, capture=False)  # 67 tokens: shared chunks and a tail
+    paddings.clear()
+    tree = DraftTree()
+    tree.add(9, tree.add(8, -1))
+    runner.verify(4, tree, capture=False)
+    assert paddings and set(paddings) == {8}

@@ -82,7 +82,7 @@ class Server:
 
     def exactness_note(self) -> str | None:
         """A warning when a full batch verifies more rows per product than the kernel table
-        checked for row invariance (bf16 outputs then equal solo ones, but unverified). A
+        checked for row invariance (outputs then equal solo ones, but unverified). A
         chunked plan runs every exact call in chunks of one checked size: no warning."""
         rows = self.config.max_batch * (self.gen.node_budget + 1)
         target = self.gen.target

@@ -138,7 +138,7 @@ class BatchLayout:
 
 def _rows_matmul(a: torch.Tensor, b: torch.Tensor, min_rows: int) -> torch.Tensor:
     """a @ b with a's row dimension (-2) padded to at least `min_rows` rows: the products of
-    this module then all run the row-invariant kernel the kernel table chose."""
+    this module then all run a kernel path the kernel table's probe found row-invariant."""
     rows = a.shape[-2]
     if rows >= min_rows:
         return torch.matmul(a, b)
@@ -161,7 +161,8 @@ def layout_invariant_attention(
     ATTENTION_CHUNK on a grid from position 0 (every chunk of every segment in one batched
     product, no padding), then a per-row tail gathered from the context's end and the row's
     ancestors. Scores and chunk outputs are products in the model's dtype, padded to the row
-    count the kernel table found row-invariant (`min_rows`); each chunk is reduced alone and a row's
+    count with which the kernel table's probe passed (`min_rows`, the plan's `attention_rows`);
+    each chunk is reduced alone and a row's
     chunks are summed in order (a shorter segment's missing chunks add exact zeros). So plain
     decoding (one segment, n = 1, paths [[0]]) computes exactly what a tree row, alone or
     batched with other requests, computes.
@@ -236,10 +237,17 @@ def padded_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
     return pad.from_padded(out.transpose(0, 1))
 
 
-def attention_is_layout_invariant(dtype: torch.dtype, min_rows: int) -> bool:
+# (kv heads, query heads per kv head, head dim) the kernel table probes: smollm2's, the 1.5B's,
+# and the groups of 1 and 2 whose few rows per batched product fp32 rounds apart on the AMX Xeon
+PROBE_SHAPES = ((3, 3, 64), (2, 6, 128), (2, 1, 128), (2, 2, 64))
+
+
+def attention_is_layout_invariant(dtype: torch.dtype, min_rows: int, kv_heads: int = 2, group: int = 3,
+                                  d: int = 64) -> bool:  # fmt: skip
     """Whether `layout_invariant_attention` gives each row of a branching tree, alone and batched
     with two other requests, exactly what plain decoding of that row's token gives, on this machine,
-    in `dtype` (the kernel table's probe).
+    in `dtype`, for heads of this shape (the kernel table probes `PROBE_SHAPES`; a model at load
+    its own: a lone query row per kv head, group 1, is the case a kernel may treat apart).
 
     The tree has a chain with a sibling at every depth, starting after 58 context positions so
     that the chain crosses a chunk boundary (64) and both the shared and the per-row paths run.
@@ -249,7 +257,7 @@ def attention_is_layout_invariant(dtype: torch.dtype, min_rows: int) -> bool:
     process could round differently from every later one (`Transformer` warms up the same way).
     """
     gen = torch.Generator().manual_seed(0)
-    kv_heads, group, d, start, depth, other_start, deep_start = 2, 3, 64, 58, 10, 100, 30
+    start, depth, other_start, deep_start = 58, 10, 100, 30
     tree, chain = DraftTree(), [0]  # chain: verify rows of the root and the chain nodes
     for _ in range(depth - 1):
         tree.add(1, chain[-1] - 1)  # a sibling, then the chain node (draft node i is verify row i + 1)

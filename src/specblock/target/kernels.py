@@ -32,9 +32,9 @@ import torch
 import torch.nn.functional as F
 
 from specblock.errors import InvalidSettingError
-from specblock.target.attention import attention_is_layout_invariant
+from specblock.target.attention import PROBE_SHAPES, attention_is_layout_invariant
 
-PAD_CANDIDATES = (1, 2, 4, 8, 16)  # pad fewer rows than this up to it (half precision, CPU; fp32: 1, 2, 16)
+PAD_CANDIDATES = (1, 2, 4, 8, 16)  # pad fewer rows than this up to it (half precision, CPU; fp32: `_candidates`)
 # fixed call size of chunked candidates: about one row's cost with AMX (benchmarks/fixed_chunk_invariance.py)
 CHUNK_ROWS = 16
 PACK_ROWS_HINT = 16  # the row count oneDNN's packed layout is tuned for (trees; one row costs about the same)
@@ -131,7 +131,9 @@ class KernelPlan:
     (the AMX Xeon), one fixed size does, at about the cost of a plain call of that size.
     `invariant` says whether rows of exact calls came out bit-identical for every row count on
     this machine (and the verify attention passed its probe in this dtype): the condition for
-    exact speculative decoding, fp32 as much as bf16."""
+    exact speculative decoding, fp32 as much as bf16. `attention_rows`: the row count the verify
+    attention's products are padded to, the fewest for which its probe passed (more than
+    `min_rows` where batched products of a few rows take other paths: fp32 on the AMX Xeon)."""
 
     device: str
     dtype: str
@@ -140,6 +142,7 @@ class KernelPlan:
     chunk_rows: int = 0
     invariant: bool = True
     timings_us: dict = field(default_factory=dict)
+    attention_rows: int = 1
 
     def describe(self) -> str:
         """The choice in words (without timings): printed, and recorded beside every measurement
@@ -147,8 +150,9 @@ class KernelPlan:
         if self.device != "cpu":
             return f"{self.device} {self.dtype}: F.linear (no kernel table off the CPU)"
         chunks = f", exact calls in chunks of {self.chunk_rows} rows" if self.chunk_rows else ""
+        attention = f", attention rows padded to {self.attention_rows}" if self.attention_rows > self.min_rows else ""
         verdict = "row-invariant" if self.invariant else "not row-invariant"
-        return f"{self.dtype}: {self.backend}, rows padded to {self.min_rows}{chunks}, {verdict}"
+        return f"{self.dtype}: {self.backend}, rows padded to {self.min_rows}{chunks}{attention}, {verdict}"
 
 
 def median_us(fn, repeats: int = 15) -> float:
@@ -190,14 +194,27 @@ def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 Candidate = tuple[str, int, int]  # (backend, min_rows, chunk_rows)
 
 
+def _env_choice(name: str, choices: tuple[str, ...]) -> str:
+    """Environment variable `name`, one of `choices` (the first when unset)."""
+    value = os.environ.get(name, choices[0]).strip().lower()
+    if value not in choices:
+        raise InvalidSettingError(f"{name}={value!r}: use {' or '.join(choices)}")
+    return value
+
+
 def chunks_allowed() -> bool:
     """False when SPECBLOCK_KERNEL_CHUNKS=off: plain calls only, faster where chunks would be
-    chosen (the AMX Xeon: about 15% on the 1.5B), but bf16 is then not exact there; also how
-    a report begun with plain calls is resumed on them."""
-    value = os.environ.get("SPECBLOCK_KERNEL_CHUNKS", "on").strip().lower()
-    if value not in ("on", "off"):
-        raise InvalidSettingError(f"SPECBLOCK_KERNEL_CHUNKS={value!r}: use on or off")
-    return value == "on"
+    chosen (bf16 on the AMX Xeon: about 15% on the 1.5B), but not exact there; also how a
+    report begun with plain calls is resumed on them."""
+    return _env_choice("SPECBLOCK_KERNEL_CHUNKS", ("on", "off")) == "on"
+
+
+def exact_kernels_wanted() -> bool:
+    """False when SPECBLOCK_KERNELS=fastest: each dtype takes its fastest candidate whether or
+    not its rows are invariant, for users who trade exactness (speculative output equal to
+    plain decoding only up to near-ties) for speed where it costs (fp32 on the AMX Xeon:
+    0.80x plain decoding on smollm2-135m)."""
+    return _env_choice("SPECBLOCK_KERNELS", ("exact", "fastest")) == "exact"
 
 
 def _candidates(dtype: torch.dtype) -> list[Candidate]:
@@ -234,8 +251,8 @@ def measure_kernel_table(dtypes=TABLE_DTYPES) -> dict[str, KernelPlan]:
     (decoding and a tree) on four weight shapes, and checked for row invariance. Each dtype
     takes the fastest row-invariant candidate (exact speculative decoding needs it), preferring
     plain calls to fixed chunks, then the fewest padded rows, among those within 10% of it; the
-    fastest of all only where none is invariant. The verify attention's probe then runs in that
-    dtype too.
+    fastest of all where none is invariant or SPECBLOCK_KERNELS=fastest. The verify attention's
+    probe then runs in that dtype too.
     """
     weights32 = [torch.randn(o, i, generator=torch.Generator().manual_seed(o + i)) / i**0.5 for o, i in _SHAPES]
     plans: dict[str, KernelPlan] = {}
@@ -261,24 +278,42 @@ def measure_kernel_table(dtypes=TABLE_DTYPES) -> dict[str, KernelPlan]:
         if not cost:
             plans[name] = KernelPlan("cpu", name, "torch", 1, 0, False)
             continue
-        ok = [c for c in cost if invariant[c]] or list(cost)
+        ok = [c for c in cost if invariant[c]] if exact_kernels_wanted() else []
+        ok = ok or list(cost)
         best = min(cost[c] for c in ok)
         # within 10% of the fastest: plain calls, then the fewest padded rows (less work where a row costs)
         backend, rows, chunk = min(ok, key=lambda c: (cost[c] > 1.1 * best, c[2], c[1], cost[c]))
         plan = KernelPlan("cpu", name, backend, rows, chunk, invariant[(backend, rows, chunk)],
-                          {timing_name(c): round(t, 1) for c, t in cost.items()})  # fmt: skip
+                          {timing_name(c): round(t, 1) for c, t in cost.items()}, rows)  # fmt: skip
         if dtype != torch.int8 and plan.invariant:  # (int8 models attend with their activations' plan)
-            plan.invariant = attention_is_layout_invariant(dtype, rows)  # the verify attention too
+            plan.attention_rows = invariant_attention_rows(dtype, rows)
+            plan.invariant = plan.attention_rows > 0
+            plan.attention_rows = plan.attention_rows or rows
         plans[name] = plan
     return plans
 
 
-TABLE_FORMAT = 7  # bump when KernelPlan or the candidates change: older tables are measured again
+def invariant_attention_rows(dtype: torch.dtype, min_rows: int) -> int:
+    """The fewest rows, from `min_rows` up, that the verify attention's products must be padded
+    to for its probe to pass on every head shape in `PROBE_SHAPES`; 0 if none does. On the AMX
+    Xeon fp32 batched products of fewer than 8 rows round differently from larger ones for
+    some head shapes (a query group of 1 or 2, head dim 128), and 8 or more pass; bf16 passes
+    unpadded."""
+    for rows in sorted({min_rows, *(r for r in ATTENTION_PAD_CANDIDATES if r > min_rows)}):
+        if all(attention_is_layout_invariant(dtype, rows, *shape) for shape in PROBE_SHAPES):
+            return rows
+    return 0
+
+
+ATTENTION_PAD_CANDIDATES = (8, 16)
+TABLE_FORMAT = 8  # bump when KernelPlan or the candidates change: older tables are measured again
 
 
 def _table_key() -> str:
     chunks = "" if chunks_allowed() else " | no chunks"
-    return f"format {TABLE_FORMAT} | {cpu_features().key()} | {compute_threads()} threads | torch {torch.__version__}{chunks}"
+    fastest = "" if exact_kernels_wanted() else " | fastest"
+    return (f"format {TABLE_FORMAT} | {cpu_features().key()} | {compute_threads()} threads | torch {torch.__version__}"
+            f"{chunks}{fastest}")
 
 
 def table_path() -> Path:

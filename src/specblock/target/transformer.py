@@ -9,6 +9,7 @@ Hugging Face reference (RMSNorm in float32, rotate-half RoPE), so logits agree w
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -86,6 +87,10 @@ class Transformer:
             # the pool was set for another model first: OpenBLAS threads beside PyTorch's
             # spinning ones would starve each other, so products stay in PyTorch, whose rows
             # were not checked for invariance with this plan's padding
+            if self.plan.invariant:
+                warnings.warn("fp32 products run in PyTorch, not the OpenBLAS kernel the kernel table chose, because "
+                              "a model loaded earlier in this process set PyTorch's thread pool: speculative output "
+                              "is then exact only up to near-ties", RuntimeWarning, stacklevel=2)  # fmt: skip
             self.plan = replace(self.plan, backend="torch", invariant=False)
         self.embed = weights["model.embed_tokens.weight"]
         self.final_norm = weights["model.norm.weight"]
@@ -110,12 +115,15 @@ class Transformer:
         in a process could round differently from every later one (its probe failed now and
         then on a process's first call, never on a second: benchmarks/attention_probe_repeat.py),
         so no request may be the first; and a process whose kernels still disagree after
-        warming up does not claim exactness (a few hundred ms for a 1.5B model)."""
+        warming up does not claim exactness (a few hundred ms for a 1.5B model). The probe
+        runs with this model's head shape, which the table's probes may not have covered."""
         for lw in self.layers:
             for lin in (lw.qkv, lw.o_proj, lw.gate_up, lw.down):
                 lin(torch.zeros(1, lin.in_features, dtype=self.dtype, device=self.device), exact=True)
         self.lm_head(torch.zeros(1, self.cfg.hidden_size, dtype=self.dtype, device=self.device), exact=True)
-        return attention_is_layout_invariant(self.dtype, self.attention_plan.min_rows)
+        cfg = self.cfg
+        heads = (cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads, cfg.head_dim)  # this model's, not the table's
+        return attention_is_layout_invariant(self.dtype, self.attention_plan.attention_rows, *heads)
 
     @property
     def weights_key(self) -> str:
@@ -262,7 +270,7 @@ class SegmentAttention:
 
     def __init__(self, model: "Transformer", segments: list[Segment]) -> None:
         self.segments = segments
-        self.min_rows = model.attention_plan.min_rows
+        self.min_rows = model.attention_plan.attention_rows
         device = model.device
         sizes = [s.tokens.shape[0] for s in segments]
         starts = [s.start for s in segments]
