@@ -46,7 +46,7 @@ def main() -> None:
     if not chosen.target.batch_invariant:
         raise SystemExit(f"the kernel table found no exact kernels here ({chosen.target.kernels}): nothing to compare")
     # the same backend, one unpadded call per product, scaled-dot-product attention
-    plain_plan = replace(chosen.target.plan, min_rows=1, chunk_rows=0, invariant=False)
+    plain_plan = replace(chosen.target.plan, min_rows=1, chunk_rows=0, invariant=False, attention_rows=1)
     weights = load_safetensors_dir(resolve_model(args.target), dtype, "cpu")
     plain_target = Transformer(chosen.target.cfg, weights, dtype, "cpu", plan=plain_plan)
     plain = SpecGenerator(plain_target, chosen.tokenizer, chosen.drafter, "vanilla", 0, args.target)
