@@ -413,3 +413,27 @@ def test_llama_server_rows_count_its_target_forwards_from_the_accepted_drafts():
     plain = {"tokens_predicted": 10, "timings": {"prompt_ms": 40.0}}  # no speculative mode: no draft keys
     row = reference_row(prompt, 0, "llama.cpp-server", {"new_tokens": 10, "wall_s": 1.0} | server_timings(plain), 5)
     assert row["iterations"] == 10 and row["draft_accepted"] == 0
+
+
+def test_a_resume_keeps_the_auto_budget_its_rows_ran_at(tiny_llama, tiny_draft_llama, data_file, tmp_path, monkeypatch):
+    """`auto` is resolved per process; a resumed bench must not measure the rest at another budget."""
+    from specblock import methods
+
+    monkeypatch.setattr(methods, "budget_inputs", lambda target, name, drafter: (None, None, None))
+    monkeypatch.setattr(methods, "auto_budget", lambda profile, calibration, draft_s=None: 5)
+
+    def stop_after_three(stage, done, total):
+        if done == 3:
+            raise KeyboardInterrupt
+
+    args = bench_args(tiny_llama, tiny_draft_llama, data_file, tmp_path) | {"methods": "vanilla,lookup@auto"}
+    with pytest.raises(KeyboardInterrupt):
+        run_bench(**args | {"report": stop_after_three})
+    monkeypatch.setattr(methods, "auto_budget", lambda profile, calibration, draft_s=None: 7)  # a new profile
+    run_bench(**args)
+    rows = [r for r in read_rows(tmp_path / "results.jsonl") if r["method"] == "lookup@auto"]
+    assert len(rows) > 1 and {r["node_budget"] for r in rows} == {5}
+    assert json.loads((tmp_path / "settings.json").read_text())["node_budgets"]["lookup@auto"] == 5
+    fresh = tmp_path / "fresh"
+    run_bench(**args | {"out": fresh})  # a new directory resolves `auto` anew
+    assert {r["node_budget"] for r in read_rows(fresh / "results.jsonl") if r["method"] == "lookup@auto"} == {7}

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
+from specblock.bench.methods import MethodSpec
 from specblock.errors import InvalidSettingError
 
 RESULTS = "results.jsonl"
@@ -103,6 +105,19 @@ def check_settings(out: Path, settings: dict) -> None:
                 resume[key] = settings.pop(key)
         settings["resumed"] = old.get("resumed", []) + [resume]
         settings["date"] = old.get("date", settings.get("date"))
+
+
+def keep_resolved_budgets(specs: list[MethodSpec], out: Path) -> list[MethodSpec]:
+    """On a resume, each `@auto` method keeps the node budget its rows already ran at. `auto` is
+    resolved per process from a verify profile, which a new process may measure again (profiles
+    are filed under the kernel choice) and resolve otherwise: the 1.5B report's run 3, resumed on
+    2026-12-07, got 12 and 8 nodes where runs 1-2 had 6, and the report would have pooled them."""
+    path = Path(out) / RESULTS
+    ran: dict[str, int] = {}
+    for row in read_rows(path) if path.is_file() else []:
+        ran.setdefault(row["method"], row.get("node_budget"))
+    return [replace(s, budget=str(ran[s.spec])) if str(s.budget).lower() == "auto" and ran.get(s.spec) is not None
+            else s for s in specs]  # fmt: skip
 
 
 def _recorded(old: dict) -> list[tuple[str, object]]:

@@ -21,7 +21,7 @@ from specblock.api import GenerationResult, SpecGenerator, parse_device, parse_d
 from specblock.bench.machine import machine_description
 from specblock.bench.methods import MethodSpec, parse_drafters, parse_methods
 from specblock.bench.prompts import Prompt, load_prompts
-from specblock.bench.results import ResultsFile, check_settings, write_settings
+from specblock.bench.results import ResultsFile, check_settings, keep_resolved_budgets, write_settings
 from specblock.bench.suspension import SuspensionWatch
 from specblock.errors import InvalidSettingError, SpecBlockError
 from specblock.methods import NEURAL_METHODS
@@ -143,7 +143,7 @@ def run_bench(
         "reference_flags": {name: list(LLAMA_SERVER_FLAGS[name]) for name in references or [] if name in LLAMA_SERVER_FLAGS},
     }  # fmt: skip
     check_settings(out, settings)  # before the slow model load
-    gens = build_generators(target, specs, drafters, dtype, device, report)
+    gens = build_generators(target, keep_resolved_budgets(specs, out), drafters, dtype, device, report)
     settings["node_budgets"] = {spec: g.node_budget for spec, g in gens.items()}
     settings["dtype_resolved"] = gens["vanilla"].target.dtype_name  # what `auto` chose on this machine
     if adapt:  # every trained drafter keeps learning across the requests (its update time counts)
