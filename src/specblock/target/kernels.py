@@ -35,6 +35,7 @@ from specblock.errors import InvalidSettingError
 from specblock.target.attention import PROBE_SHAPES, attention_is_layout_invariant
 
 PAD_CANDIDATES = (1, 2, 4, 8, 16)  # pad fewer rows than this up to it (half precision, CPU; fp32: `_candidates`)
+ATTENTION_PAD_CANDIDATES = (8, 16)  # the verify attention's padding where its products' plain rows fail the probe
 # fixed call size of chunked candidates: about one row's cost with AMX (benchmarks/fixed_chunk_invariance.py)
 CHUNK_ROWS = 16
 PACK_ROWS_HINT = 16  # the row count oneDNN's packed layout is tuned for (trees; one row costs about the same)
@@ -306,7 +307,6 @@ def invariant_attention_rows(dtype: torch.dtype, min_rows: int) -> int:
     return 0
 
 
-ATTENTION_PAD_CANDIDATES = (8, 16)
 TABLE_FORMAT = 8  # bump when KernelPlan or the candidates change: older tables are measured again
 
 
