@@ -30,7 +30,7 @@ real = kernels.attention_is_layout_invariant
 kernels.attention_is_layout_invariant = lambda d, m, *heads: verdicts.append((str(d), m, real(d, m, *heads))) or verdicts[-1][2]
 plans = kernels.measure_kernel_table()
 inside = [v for d, m, v in verdicts if d == "torch.bfloat16"]
-print(json.dumps({"inside_table": inside, "again": real(torch.bfloat16, plans["bfloat16"].min_rows),
+print(json.dumps({"inside_table": inside, "again": real(torch.bfloat16, plans["bfloat16"].attention_rows),
                   "plan": plans["bfloat16"].describe()}))
 """
 

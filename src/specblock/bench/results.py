@@ -107,14 +107,14 @@ def check_settings(out: Path, settings: dict) -> None:
         settings["date"] = old.get("date", settings.get("date"))
 
 
-def keep_resolved_budgets(specs: list[MethodSpec], out: Path) -> list[MethodSpec]:
-    """On a resume, each `@auto` method keeps the node budget its rows already ran at. `auto` is
-    resolved per process from a verify profile, which a new process may measure again (profiles
-    are filed under the kernel choice) and resolve otherwise: the 1.5B report's run 3, resumed on
-    2026-12-07, got 12 and 8 nodes where runs 1-2 had 6, and the report would have pooled them."""
-    path = Path(out) / RESULTS
+def keep_resolved_budgets(specs: list[MethodSpec], rows: list[dict]) -> list[MethodSpec]:
+    """On a resume, each `@auto` method keeps the node budget its `rows` (the directory's) already
+    ran at. `auto` is resolved per process from a verify profile, which a new process may measure
+    again (profiles are filed under the kernel choice) and resolve otherwise: the 1.5B report's
+    run 3, resumed on 2026-12-07, got 12 and 8 nodes where runs 1-2 had 6, and the report would
+    have pooled them."""
     ran: dict[str, int] = {}
-    for row in read_rows(path) if path.is_file() else []:
+    for row in rows:
         ran.setdefault(row["method"], row.get("node_budget"))
     return [replace(s, budget=str(ran[s.spec])) if str(s.budget).lower() == "auto" and ran.get(s.spec) is not None
             else s for s in specs]  # fmt: skip

@@ -143,7 +143,8 @@ def run_bench(
         "reference_flags": {name: list(LLAMA_SERVER_FLAGS[name]) for name in references or [] if name in LLAMA_SERVER_FLAGS},
     }  # fmt: skip
     check_settings(out, settings)  # before the slow model load
-    gens = build_generators(target, keep_resolved_budgets(specs, out), drafters, dtype, device, report)
+    results = ResultsFile(out)
+    gens = build_generators(target, keep_resolved_budgets(specs, results.rows), drafters, dtype, device, report)
     settings["node_budgets"] = {spec: g.node_budget for spec, g in gens.items()}
     settings["dtype_resolved"] = gens["vanilla"].target.dtype_name  # what `auto` chose on this machine
     if adapt:  # every trained drafter keeps learning across the requests (its update time counts)
@@ -155,7 +156,6 @@ def run_bench(
     for g in gens.values():
         g.generate(WARMUP_PROMPT, max_new_tokens=8)
 
-    results = ResultsFile(out)
     decode = gens["vanilla"].tokenizer.decode
     watch = SuspensionWatch()
     total, done = runs * sum(len(p.turns) for p in prompts) * len(specs), 0

@@ -288,9 +288,8 @@ def measure_kernel_table(dtypes=TABLE_DTYPES) -> dict[str, KernelPlan]:
         plan = KernelPlan("cpu", name, backend, rows, chunk, invariant[(backend, rows, chunk)],
                           {timing_name(c): round(t, 1) for c, t in cost.items()}, rows)  # fmt: skip
         if dtype != torch.int8 and plan.invariant:  # (int8 models attend with their activations' plan)
-            plan.attention_rows = invariant_attention_rows(dtype, rows)
-            plan.invariant = plan.attention_rows > 0
-            plan.attention_rows = plan.attention_rows or rows
+            found = invariant_attention_rows(dtype, rows)
+            plan.invariant, plan.attention_rows = found > 0, found or rows
         plans[name] = plan
     return plans
 
