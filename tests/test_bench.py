@@ -89,10 +89,40 @@ def test_rows_complete_with_own_turn_one_answer(bench_out, tiny_llama):
     assert settings["node_budgets"] == {"vanilla": 0, "lookup@6": 6, "draft-model@4": 4}
 
 
-def test_rerun_adds_nothing(bench_out, tiny_llama, tiny_draft_llama, data_file):
-    before = (bench_out / "results.jsonl").read_text()
-    run_bench(**bench_args(tiny_llama, tiny_draft_llama, data_file, bench_out))
-    assert (bench_out / "results.jsonl").read_text() == before
+def test_rerun_adds_nothing_and_loads_nothing(bench_out, tiny_llama, tiny_draft_llama, data_file, monkeypatch):
+    from specblock.bench import runner
+
+    before = {name: (bench_out / name).read_text() for name in ("results.jsonl", "settings.json")}
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("a finished bench loaded the models")
+
+    monkeypatch.setattr(runner, "build_generators", no_load)
+    settings = run_bench(**bench_args(tiny_llama, tiny_draft_llama, data_file, bench_out, runs=1))  # run 1 is done too
+    assert settings == json.loads(before["settings.json"])
+    assert {name: (bench_out / name).read_text() for name in before} == before  # no resume recorded: nothing ran
+
+
+def test_a_bench_with_one_row_left_loads_and_measures_it(bench_out, tiny_llama, tiny_draft_llama, data_file, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(bench_out, out)
+    rows = read_rows(out / "results.jsonl")
+    (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:-1]))
+    run_bench(**bench_args(tiny_llama, tiny_draft_llama, data_file, out))
+    again = read_rows(out / "results.jsonl")
+    assert len(again) == len(rows) and row_key(again[-1]) == row_key(rows[-1])
+    assert len(json.loads((out / "settings.json").read_text())["resumed"]) == 1
+
+
+def test_a_finished_bench_still_measures_a_reference_it_lacks(bench_out, tiny_llama, tiny_draft_llama, data_file, monkeypatch):
+    from specblock.bench import runner
+
+    def loaded(*args, **kwargs):
+        raise RuntimeError("loaded")
+
+    monkeypatch.setattr(runner, "build_generators", loaded)
+    with pytest.raises(RuntimeError, match="loaded"):  # its rows are missing: the models are needed
+        run_bench(**bench_args(tiny_llama, tiny_draft_llama, data_file, bench_out, references=["llama.cpp-server"]))
 
 
 def test_interrupted_run_resumes(bench_out, tiny_llama, tiny_draft_llama, data_file, tmp_path):
@@ -133,9 +163,10 @@ def test_other_settings_refuse_to_resume(bench_out, tiny_llama, tiny_draft_llama
     settings.pop("cpu")
     settings.pop("kernels")
     settings_path.write_text(json.dumps(settings))
-    before = (tmp_path / "copy" / "results.jsonl").read_text()
+    rows = read_rows(tmp_path / "copy" / "results.jsonl")  # one row left to measure: a real resume
+    (tmp_path / "copy" / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:-1]))
     run_bench(**bench_args(tiny_llama, tiny_draft_llama, data_file, tmp_path / "copy"))
-    assert (tmp_path / "copy" / "results.jsonl").read_text() == before
+    assert [row_key(r) for r in read_rows(tmp_path / "copy" / "results.jsonl")] == [row_key(r) for r in rows]
     # what the first rows were measured on stays unknown: the resume records its own beside itself
     resumed = json.loads(settings_path.read_text())
     assert "cpu" not in resumed and "kernels" not in resumed

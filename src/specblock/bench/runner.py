@@ -21,7 +21,7 @@ from specblock.api import GenerationResult, SpecGenerator, parse_device, parse_d
 from specblock.bench.machine import machine_description
 from specblock.bench.methods import MethodSpec, parse_drafters, parse_methods
 from specblock.bench.prompts import Prompt, load_prompts
-from specblock.bench.results import ResultsFile, check_settings, keep_resolved_budgets, write_settings
+from specblock.bench.results import ResultsFile, check_settings, keep_resolved_budgets, read_settings, write_settings
 from specblock.bench.suspension import SuspensionWatch
 from specblock.errors import InvalidSettingError, SpecBlockError
 from specblock.methods import NEURAL_METHODS
@@ -105,6 +105,18 @@ def target_kernels(dtype: str, device: str) -> str:
     return kernel_plan(resolved, parse_dtype(dtype, resolved)).describe()
 
 
+def rows_to_measure(
+    results: ResultsFile, prompts: list[Prompt], specs: list[MethodSpec], runs: int, references: list[str]
+) -> int:  # fmt: skip
+    """How many rows the bench still has to measure: every method's in every run, each reference
+    engine's in run 1. A resumed bench with none left loads nothing (a pipeline passes its
+    finished benches in seconds instead of loading the models and starting llama-servers)."""
+    turns = [(json.dumps(p.question_id), turn) for p in prompts for turn in range(1, len(p.turns) + 1)]
+    keys = [(qid, turn, s.spec, run) for run in range(1, runs + 1) for qid, turn in turns for s in specs]
+    keys += [(qid, turn, name, 1) for qid, turn in turns for name in references]
+    return sum(1 for key in keys if not results.done(key))
+
+
 def run_bench(
     target: str | Path,
     methods: str | list[str],
@@ -144,6 +156,8 @@ def run_bench(
     }  # fmt: skip
     check_settings(out, settings)  # before the slow model load
     results = ResultsFile(out)
+    if results.rows and not rows_to_measure(results, prompts, specs, runs, references or []):
+        return read_settings(out)  # finished: no model load, no reference engines; the caller rewrites the report
     gens = build_generators(target, keep_resolved_budgets(specs, results.rows), drafters, dtype, device, report)
     settings["node_budgets"] = {spec: g.node_budget for spec, g in gens.items()}
     settings["dtype_resolved"] = gens["vanilla"].target.dtype_name  # what `auto` chose on this machine
