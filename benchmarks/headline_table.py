@@ -127,7 +127,7 @@ def targets(name: str, summary: dict, rows: list[dict], args: argparse.Namespace
 
 def runs_measured(rows: list[dict]) -> str:
     """'2 runs', or '2 runs and run 3 in part (30 of 35 vanilla rows)': counted from the rows,
-    since a resumed report's settings give the last command's --runs."""
+    since a resumed report's settings give the --runs of the last command that measured."""
     counts = Counter(r["run"] for r in rows if r["method"] == "vanilla")
     full = max(counts.values(), default=0)
     complete = sum(c == full for c in counts.values())

@@ -8,7 +8,7 @@
 # four variants to step 1,000, about 3 hours). Resumable stage by stage,
 # like pipeline_qwen.sh, and meant to run after it:
 #
-#   nohup bash -c 'bash benchmarks/pipeline_qwen.sh && bash benchmarks/pipeline_smollm2.sh' >> /work/data/logs/pipeline-qwen.log 2>&1 &
+#   nohup bash benchmarks/pipeline_issue15.sh >> /work/data/logs/pipeline-qwen.log 2>&1 &
 #
 # About 10.5 hours of a 2-core Zen 4/5 (regen 3 h, SpecBlock 2.25 h, EAGLE-3 45 min, the
 # ablations 3 h, the rest under 1.5 h) and 11 GB of disk. Shipping the pair (`benchmarks/ship_drafter.py`, at most

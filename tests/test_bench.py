@@ -103,6 +103,53 @@ def test_rerun_adds_nothing_and_loads_nothing(bench_out, tiny_llama, tiny_draft_
     assert {name: (bench_out / name).read_text() for name in before} == before  # no resume recorded: nothing ran
 
 
+def test_rows_to_measure_counts_every_turn_run_and_reference_once(tmp_path):
+    from specblock.bench.prompts import Prompt
+    from specblock.bench.results import ResultsFile
+    from specblock.bench.runner import rows_to_measure
+
+    prompts = [Prompt("mt_bench", "writing", 81, ("a", "b")), Prompt("qa", "qa", "q7", ("c",))]
+    specs = parse_methods("vanilla,lookup@4")
+    results = ResultsFile(tmp_path)
+
+    def row(qid, turn, method, run):
+        return {"question_id": qid, "turn": turn, "method": method, "run": run}
+
+    for run in (1, 2, 3):
+        for qid, turn in [(81, 1), (81, 2), ("q7", 1)]:
+            for method in ("vanilla", "lookup@4"):
+                results.append(row(qid, turn, method, run))
+    assert rows_to_measure(results, prompts, specs, 3, []) == 0
+    assert rows_to_measure(results, prompts, specs, 4, []) == 6  # a run added: every row of it
+    assert rows_to_measure(results, prompts, specs, 3, ["llama.cpp-server"]) == 3  # references: run 1 only
+    for qid, turn in [(81, 1), ("q7", 1)]:
+        results.append(row(qid, turn, "llama.cpp-server", 1))
+    assert rows_to_measure(results, prompts, specs, 3, ["llama.cpp-server"]) == 1  # MT-bench's turn 2 still missing
+    results.append(row(81, 2, "llama.cpp-server", 1))
+    assert rows_to_measure(results, prompts, specs, 3, ["llama.cpp-server"]) == 0
+    as_text = [Prompt("mt_bench", "writing", "81", ("a", "b"))]  # the id "81" is not 81
+    assert rows_to_measure(results, as_text, specs, 1, []) == 4
+
+
+def test_the_cli_rewrites_a_finished_benchs_report_without_loading(bench_out, tiny_llama, tiny_draft_llama, data_file,
+                                                                    tmp_path, monkeypatch):  # fmt: skip
+    from specblock.bench import runner
+
+    out = tmp_path / "copy"
+    shutil.copytree(bench_out, out)
+    (out / "report.md").unlink()
+    (out / "summary.json").unlink()
+    monkeypatch.setattr(runner, "build_generators", lambda *a, **k: pytest.fail("a finished bench loaded the models"))
+    result = CliRunner().invoke(app, [
+        "bench", "--target", str(tiny_llama), "--methods", METHODS, "--data", str(data_file), "--per-category", "2",
+        "--runs", str(RUNS), "--max-new-tokens", str(MAX_NEW), "--out", str(out),
+        "--drafters", f"draft-model={tiny_draft_llama}", "--dtype", "float32",
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert (out / "report.md").read_text() == (bench_out / "report.md").read_text()
+    assert json.loads((out / "summary.json").read_text()) == json.loads((bench_out / "summary.json").read_text())
+
+
 def test_a_bench_with_one_row_left_loads_and_measures_it(bench_out, tiny_llama, tiny_draft_llama, data_file, tmp_path):
     out = tmp_path / "copy"
     shutil.copytree(bench_out, out)
@@ -112,6 +159,15 @@ def test_a_bench_with_one_row_left_loads_and_measures_it(bench_out, tiny_llama, 
     again = read_rows(out / "results.jsonl")
     assert len(again) == len(rows) and row_key(again[-1]) == row_key(rows[-1])
     assert len(json.loads((out / "settings.json").read_text())["resumed"]) == 1
+
+
+def test_finished_rows_without_their_settings_get_them_written_again(bench_out, tiny_llama, tiny_draft_llama, data_file,
+                                                                      tmp_path):  # fmt: skip
+    out = tmp_path / "copy"
+    shutil.copytree(bench_out, out)
+    (out / "settings.json").unlink()
+    run_bench(**bench_args(tiny_llama, tiny_draft_llama, data_file, out))
+    assert json.loads((out / "settings.json").read_text())["node_budgets"]["lookup@6"] == 6
 
 
 def test_a_finished_bench_still_measures_a_reference_it_lacks(bench_out, tiny_llama, tiny_draft_llama, data_file, monkeypatch):

@@ -21,7 +21,7 @@ from specblock.api import GenerationResult, SpecGenerator, parse_device, parse_d
 from specblock.bench.machine import machine_description
 from specblock.bench.methods import MethodSpec, parse_drafters, parse_methods
 from specblock.bench.prompts import Prompt, load_prompts
-from specblock.bench.results import ResultsFile, check_settings, keep_resolved_budgets, read_settings, write_settings
+from specblock.bench.results import SETTINGS, ResultsFile, check_settings, keep_resolved_budgets, read_settings, write_settings
 from specblock.bench.suspension import SuspensionWatch
 from specblock.errors import InvalidSettingError, SpecBlockError
 from specblock.methods import NEURAL_METHODS
@@ -156,7 +156,8 @@ def run_bench(
     }  # fmt: skip
     check_settings(out, settings)  # before the slow model load
     results = ResultsFile(out)
-    if results.rows and not rows_to_measure(results, prompts, specs, runs, references or []):
+    finished = (out / SETTINGS).is_file() and not rows_to_measure(results, prompts, specs, runs, references or [])
+    if results.rows and finished:
         return read_settings(out)  # finished: no model load, no reference engines; the caller rewrites the report
     gens = build_generators(target, keep_resolved_budgets(specs, results.rows), drafters, dtype, device, report)
     settings["node_budgets"] = {spec: g.node_budget for spec, g in gens.items()}
