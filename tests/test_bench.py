@@ -170,7 +170,9 @@ def test_finished_rows_without_their_settings_get_them_written_again(bench_out, 
     assert json.loads((out / "settings.json").read_text())["node_budgets"]["lookup@6"] == 6
 
 
-def test_a_finished_bench_still_measures_a_reference_it_lacks(bench_out, tiny_llama, tiny_draft_llama, data_file, monkeypatch):
+def test_a_finished_bench_still_measures_a_reference_it_lacks(
+    bench_out, tiny_llama, tiny_draft_llama, data_file, monkeypatch
+):
     from specblock.bench import runner
 
     def loaded(*args, **kwargs):

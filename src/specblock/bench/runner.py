@@ -21,7 +21,14 @@ from specblock.api import GenerationResult, SpecGenerator, parse_device, parse_d
 from specblock.bench.machine import machine_description
 from specblock.bench.methods import MethodSpec, parse_drafters, parse_methods
 from specblock.bench.prompts import Prompt, load_prompts
-from specblock.bench.results import SETTINGS, ResultsFile, check_settings, keep_resolved_budgets, read_settings, write_settings
+from specblock.bench.results import (
+    SETTINGS,
+    ResultsFile,
+    check_settings,
+    keep_resolved_budgets,
+    read_settings,
+    write_settings,
+)
 from specblock.bench.suspension import SuspensionWatch
 from specblock.errors import InvalidSettingError, SpecBlockError
 from specblock.methods import NEURAL_METHODS
