@@ -15,7 +15,7 @@ __all__ = ["heldout_evaluations", "kept_drafters", "machine_description", "run_h
 
 def run_header() -> dict:
     """What every result file starts with: the command, the UTC date, the machine and its CPU."""
-    from specblock.target.kernels import cpu_features
+    from specblock.target.cpu import cpu_features
 
     return {
         "command": "python " + " ".join(sys.argv),

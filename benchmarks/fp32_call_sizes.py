@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 from benchmarks_common import run_header
 
-from specblock.target.kernels import KernelPlan, Linear, _rows_invariant, compute_threads, median_us
+from specblock.target.cpu import compute_threads
+from specblock.target.kernels import KernelPlan, Linear, _rows_invariant, median_us
 
 SHAPES = [(2048, 1536), (17920, 1536), (1536, 8960)]  # qwen2.5-coder-1.5b: qkv, gate_up, down
 SIZES = (1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 32, 33, 64, 65, 128)

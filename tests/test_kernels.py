@@ -9,7 +9,9 @@ import torch.nn.functional as F
 
 from specblock.errors import InvalidSettingError
 from specblock.target import kernels
-from specblock.target.kernels import CpuFeatures, KernelPlan, Linear, auto_dtype, kernel_table, measure_kernel_table
+from specblock.target import cpu as cpu_info
+from specblock.target.cpu import CpuFeatures, auto_dtype
+from specblock.target.kernels import KernelPlan, Linear, kernel_table, measure_kernel_table
 from specblock.target.transformer import Transformer
 
 
@@ -68,7 +70,9 @@ def test_cpus_sharing_a_model_name_keep_their_own_measurements(monkeypatch):
     flags = {"amx_bf16": False, "avx512_bf16": True, "avx512": True, "avx2": True}
     keys = []
     for generation in ("cpu family 25 model 17 stepping 1", "cpu family 26 model 2 stepping 0"):  # Zen 4, Zen 5
-        monkeypatch.setattr(kernels, "cpu_features", lambda g=generation: CpuFeatures("AMD EPYC", **flags, generation=g))
+        features = lambda g=generation: CpuFeatures("AMD EPYC", **flags, generation=g)  # noqa: E731
+        monkeypatch.setattr(kernels, "cpu_features", features)  # the table's key
+        monkeypatch.setattr(cpu_info, "cpu_features", features)  # the profiles' (budget.machine_key)
         keys.append((kernels._table_key(), machine_key("bfloat16: onednn, rows padded to 2, row-invariant")))
     assert keys[0][0] != keys[1][0] and keys[0][1] != keys[1][1]
     assert "family 25" in keys[0][0] and "family 26" in keys[1][1]
@@ -78,13 +82,13 @@ def test_cpuinfo_parsing_reads_the_generation_on_x86_and_arm():
     x86 = ("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
            "model name\t: AMD EPYC\nstepping\t: 1\nflags\t\t: fpu avx2 avx512f avx512_bf16\n\n"
            "processor\t: 1\ncpu family\t: 99\nmodel\t\t: 99\nmodel name\t: other\nflags\t\t: fpu\n")  # fmt: skip
-    cpu = kernels.parse_cpuinfo(x86)
+    cpu = cpu_info.parse_cpuinfo(x86)
     assert (cpu.model, cpu.avx512_bf16, cpu.amx_bf16) == ("AMD EPYC", True, False)  # "model" is not "model name"
     assert cpu.generation == "cpu family 25 model 17 stepping 1"  # the first processor's
     arm = "processor\t: 0\nFeatures\t: fp asimd\nCPU implementer\t: 0x41\nCPU part\t: 0xd0c\n"
-    cpu = kernels.parse_cpuinfo(arm, fallback_model="aarch64")
+    cpu = cpu_info.parse_cpuinfo(arm, fallback_model="aarch64")
     assert cpu.model == "aarch64" and cpu.generation == "CPU implementer 0x41 CPU part 0xd0c"
-    empty = kernels.parse_cpuinfo("", fallback_model="x86_64")
+    empty = cpu_info.parse_cpuinfo("", fallback_model="x86_64")
     assert empty.model == "x86_64" and "generation unknown" in empty.key()
 
 
@@ -93,11 +97,11 @@ def test_auto_dtype_follows_the_instruction_set(monkeypatch):
         base = {"amx_bf16": False, "avx512_bf16": False, "avx512": True, "avx2": True}
         return lambda: CpuFeatures("test CPU", **(base | flags))
 
-    monkeypatch.setattr(kernels, "cpu_features", cpu(amx_bf16=True))
+    monkeypatch.setattr(cpu_info, "cpu_features", cpu(amx_bf16=True))
     assert auto_dtype("cpu") == torch.bfloat16
-    monkeypatch.setattr(kernels, "cpu_features", cpu(avx512_bf16=True))
+    monkeypatch.setattr(cpu_info, "cpu_features", cpu(avx512_bf16=True))
     assert auto_dtype("cpu") == torch.bfloat16
-    monkeypatch.setattr(kernels, "cpu_features", cpu())
+    monkeypatch.setattr(cpu_info, "cpu_features", cpu())
     assert auto_dtype("cpu") == torch.float32
     assert auto_dtype("cuda") == torch.bfloat16
 
@@ -219,7 +223,7 @@ def test_fp32_numpy_backend_stores_one_transposed_copy(monkeypatch):
 def test_bf16_rows_are_identical_alone_and_in_a_batch_with_the_measured_plan():
     plan = kernel_table()["bfloat16"]
     if not plan.invariant:
-        pytest.skip(f"no row count gives bit-identical bf16 rows on this CPU ({kernels.cpu_features().describe()})")
+        pytest.skip(f"no row count gives bit-identical bf16 rows on this CPU ({cpu_info.cpu_features().describe()})")
     weight = (torch.randn(1536, 576) / 24).bfloat16()
     lin = Linear(weight, plan=plan)
     x = torch.randn(40, 576).bfloat16()

@@ -29,7 +29,7 @@ from specblock.models.fetch import Reporter
 from specblock.models.registry import DEFAULT_TARGET
 from specblock.models.resolve import resolve_model
 from specblock.sampling import SamplingParams
-from specblock.target.kernels import auto_dtype
+from specblock.target.cpu import auto_dtype
 from specblock.target.runner import TargetRunner
 from specblock.target.transformer import Transformer
 from specblock.text import ChatTokenizer
@@ -43,7 +43,7 @@ DTYPES = {
 
 
 def parse_dtype(name: str, device: str = "cpu") -> torch.dtype:
-    """A dtype by name; 'auto' is the fastest on this machine (`kernels.auto_dtype`)."""
+    """A dtype by name; 'auto' is the fastest on this machine (`cpu.auto_dtype`)."""
     if name == "auto":
         return auto_dtype(device)
     if name == "int8" and not device.startswith("cpu"):

@@ -36,7 +36,7 @@ def machine_key(kernels: str) -> str:
     """The CPU (model, instruction sets, generation), core count and the model's kernel choice
     (`Transformer.kernels`) a profile was measured with: another choice (a new candidate,
     `specblock profile`) times differently, so its profiles are measured again."""
-    from specblock.target.kernels import cpu_features
+    from specblock.target.cpu import cpu_features
 
     return f"{cpu_features().key()} x{os.cpu_count()} | {kernels}"
 

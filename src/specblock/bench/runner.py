@@ -32,7 +32,8 @@ from specblock.bench.results import (
 from specblock.bench.suspension import SuspensionWatch
 from specblock.errors import InvalidSettingError, SpecBlockError
 from specblock.methods import NEURAL_METHODS
-from specblock.target.kernels import cpu_features, kernel_plan
+from specblock.target.cpu import cpu_features
+from specblock.target.kernels import kernel_plan
 
 Reporter = Callable[[str, int, int], None]
 T = TypeVar("T")

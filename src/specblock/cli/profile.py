@@ -42,7 +42,8 @@ def profile(
             err.print(f"no drafter ships for {target!r}: timing the target only (give --drafters METHOD=DIR)")
         from dataclasses import asdict
 
-        from specblock.target.kernels import cpu_features, kernel_table
+        from specblock.target.cpu import cpu_features
+        from specblock.target.kernels import kernel_table
 
         err.print(f"CPU: {cpu_features().describe()}; measuring the kernel table...", highlight=False)
         table = kernel_table(refresh=True)

@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from specblock.errors import InvalidSettingError
+from specblock.target.cpu import auto_dtype, compute_threads, cpu_features
 from specblock.target.attention import PROBE_SHAPES, attention_is_layout_invariant
 
 PAD_CANDIDATES = (1, 2, 4, 8, 16)  # pad fewer rows than this up to it (half precision, CPU; fp32: `_candidates`)
@@ -42,82 +41,6 @@ PACK_ROWS_HINT = 16  # the row count oneDNN's packed layout is tuned for (trees;
 _SHAPES = ((1536, 576), (576, 1536), (8192, 576), (2048, 1536))  # (out, in) of typical products
 _CHECK_ROWS = (1, 2, 3, 4, 5, 8, 9, 16, 17, 64, 160, 320)  # call sizes the 32 checked rows are compared in
 CHECKED_CALL_ROWS = max(_CHECK_ROWS)  # a server batch verifying more rows than this is exact only unchecked
-
-
-@dataclass(frozen=True)
-class CpuFeatures:
-    model: str
-    amx_bf16: bool
-    avx512_bf16: bool
-    avx512: bool
-    avx2: bool
-    # family / model / stepping: KVM guests of different CPU generations can share one model
-    # name ("AMD EPYC"), and timings or bit-exactness measured on one must not pass for another's
-    generation: str = ""
-
-    @property
-    def fast_bf16(self) -> bool:
-        """Native bf16 dot products (AMX tiles or AVX512-BF16): bf16 beats fp32 here."""
-        return self.amx_bf16 or self.avx512_bf16
-
-    def describe(self) -> str:
-        isa = [name for name, on in (("AMX-BF16", self.amx_bf16), ("AVX512-BF16", self.avx512_bf16),
-                                     ("AVX-512", self.avx512), ("AVX2", self.avx2)) if on]  # fmt: skip
-        return f"{self.model} ({', '.join(isa) or 'no AVX2'})"
-
-    def key(self) -> str:
-        """What a cached measurement (kernel table, verify profile) is filed under."""
-        return f"{self.describe()} [{self.generation or 'generation unknown'}]"
-
-
-# what tells CPU generations apart: x86's family/model/stepping, ARM's implementer/part/variant/revision
-GENERATION_FIELDS = ("cpu family", "model", "stepping", "CPU implementer", "CPU part", "CPU variant", "CPU revision")
-
-
-def parse_cpuinfo(text: str, fallback_model: str = "") -> CpuFeatures:
-    """The first processor's model name, instruction sets and generation in /proc/cpuinfo text."""
-    model, flags, fields = "", set(), {}
-    for line in text.splitlines():
-        name, _, value = (part.strip() for part in line.partition(":"))
-        if name == "model name" and not model:
-            model = value
-        elif name in ("flags", "Features") and not flags:
-            flags = set(value.split())
-        elif name in GENERATION_FIELDS and name not in fields:
-            fields[name] = value
-    generation = " ".join(f"{name} {value}" for name, value in fields.items())
-    return CpuFeatures(model or fallback_model, "amx_bf16" in flags, "avx512_bf16" in flags, "avx512f" in flags,
-                       "avx2" in flags, generation)  # fmt: skip
-
-
-@lru_cache(maxsize=1)
-def cpu_features() -> CpuFeatures:
-    """The CPU model and the instruction sets that decide the kernels (from /proc/cpuinfo)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        text = ""
-    return parse_cpuinfo(text, platform.processor() or platform.machine())
-
-
-def auto_dtype(device: str) -> torch.dtype:
-    """The fastest dtype here: bf16 on CUDA and on CPUs with AMX or AVX512-BF16, else fp32."""
-    if str(device).startswith("cuda"):
-        return torch.bfloat16
-    return torch.bfloat16 if cpu_features().fast_bf16 else torch.float32
-
-
-def compute_threads() -> int:
-    """Threads for compute: OMP_NUM_THREADS when the user set it, else the CPUs this process may
-    run on. The kernel table is measured with this many and the pool is set to it."""
-    try:
-        return max(1, int(os.environ["OMP_NUM_THREADS"]))
-    except (KeyError, ValueError):
-        pass
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 @dataclass

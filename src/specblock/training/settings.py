@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from specblock.errors import InvalidSettingError
-from specblock.target.kernels import auto_dtype
+from specblock.target.cpu import auto_dtype
 
 METHODS = ("specblock", "eagle3")
 PRECISIONS = ("auto", "float32", "bfloat16")
