@@ -333,6 +333,33 @@ def test_summary_matches_hand_computation(tmp_path):
     assert mean_std([1.0]) == (1.0, None)
 
 
+def test_a_row_timed_across_a_stop_is_left_out_of_the_timings_only():
+    """A third question whose sb row in run 2 spans a pause (`suspended`, 100 s): every timing
+    equals the summary without that row and without vanilla's counterpart in its speedup, while
+    tau and the output check count it."""
+    extra = [_row("vanilla", "qa", 3, run, 10, 10, 1.0, [0] * 9) for run in (1, 2)]
+    extra += [_row("sb", "qa", 3, 1, 10, 5, 0.5, [1, 2, 3, 0], fwd=8, draft=1.0)]
+    stopped = _row("sb", "qa", 3, 2, 10, 5, 100.0, [1, 2, 3, 0], fwd=8, draft=500.0, target=9000.0) | {"suspended": True}
+    # and a fourth question whose vanilla row in run 1 spans a pause: sb's row there has no speedup pair
+    extra += [_row("vanilla", "qa", 4, 2, 10, 10, 1.0, [0] * 9)]
+    extra += [_row("sb", "qa", 4, run, 10, 5, 0.5, [1, 2, 3, 0], fwd=8, draft=1.0) for run in (1, 2)]
+    stopped_vanilla = _row("vanilla", "qa", 4, 1, 10, 10, 100.0, [0] * 9) | {"suspended": True}
+    with_stop = summarise(synthetic_rows() + extra + [stopped, stopped_vanilla], ["vanilla", "sb"],
+                          pairs=[("sb", "vanilla")])  # fmt: skip
+    expected = summarise(synthetic_rows() + extra, ["vanilla", "sb"], pairs=[("sb", "vanilla")])
+    a, b = with_stop["table"]["sb"]["all"], expected["table"]["sb"]["all"]
+    for key in ("tokens_per_s", "tokens_per_s_mean", "decode_tokens_per_s", "speedup_per_run", "draft_ms_per_iteration",
+                "target_ms_per_iteration", "prefill_ms_mean"):  # fmt: skip
+        assert a[key] == pytest.approx(b[key]), key
+    assert a["speedup_per_run"][1] == pytest.approx((31 / 2.0) / (31 / 4.0))  # questions 1-3: question 4 unpaired
+    assert a["tau"] == pytest.approx((42 + 40) / (18 + 20)) != b["tau"]  # question 3's stopped sb row counts
+    assert a["equal_to_vanilla_count"] == "8/8"
+    vanilla_tps = [summary["table"]["vanilla"]["all"]["tokens_per_s"] for summary in (with_stop, expected)]
+    assert vanilla_tps[0] == pytest.approx(vanilla_tps[1])
+    assert with_stop["comparisons"][0]["ci95_mean_ratio"] == expected["comparisons"][0]["ci95_mean_ratio"]
+    assert with_stop["suspended_rows"] == 2
+
+
 def paired_rows(ratios):
     rows = []
     for q, ratio in enumerate(ratios):

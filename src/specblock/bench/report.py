@@ -48,7 +48,8 @@ def render_report(summary: dict, figures: list[str] | None = None) -> str:
     s, table, cats = summary.get("settings", {}), summary["table"], summary["categories"]
     lines = ["# specblock bench", "", *settings_lines(s), f"- turns: {summary['turns']}"]
     if summary.get("suspended_rows"):
-        lines.append(f"- **{summary['suspended_rows']} row(s) timed across a stop of the process** (`suspended` in results.jsonl)")
+        lines.append(f"- **{summary['suspended_rows']} row(s) timed across a stop of the process** (`suspended` in "
+                     "results.jsonl): left out of the timings, counted in tau and the output check")
     lines += ["", "## Definitions", ""]
     lines += [f"{line}" for line in summary["definitions"].splitlines()]
     lines += [

@@ -6,6 +6,9 @@ Definitions (the same as `specblock generate`):
   decode tokens/s = tokens after the first / wall time after the prefill.
 - speedup (run r) = a method's pooled tokens/s / vanilla's pooled tokens/s over the same
   prompts and turns in run r; reported as mean ± sample std over runs.
+- a row whose timing spans a pause of the process (`suspended`: still so after the bench's
+  retries) is left out of every timing (and its vanilla counterpart out of that speedup); tau, the
+  acceptance and the output check count it.
 """
 
 from __future__ import annotations
@@ -21,6 +24,11 @@ from specblock.bench.results import RESULTS, read_rows, read_settings
 from specblock.bench.stats import bootstrap_mean_ci, mean_std, wilcoxon_signed_rank
 
 MAX_SLOT = 8  # per-slot acceptance for d = 1..8
+
+
+def timed(rows: list[dict]) -> list[dict]:
+    """The rows whose timings hold: not `suspended` (a pause of the process sits in their wall time)."""
+    return [r for r in rows if not r.get("suspended")]
 
 
 def _tps(rows: list[dict]) -> float:
@@ -60,13 +68,15 @@ def acceptance(rows: list[dict]) -> dict:
 
 
 def metrics(rows: list[dict], vanilla: list[dict]) -> dict:
-    """Every figure for one method x category."""
+    """Every figure for one method x category: timings from the `timed` rows, the rest from all."""
     tokens = sum(r["new_tokens"] for r in rows)
     forwards = sum(r["iterations"] for r in rows)
-    decode_s = sum(r["wall_s"] - r["prefill_s"] for r in rows)
     iters = sum(len(r["accepted_lengths"]) for r in rows)  # verify iterations (the prefill excluded)
-    per_run = {run: _tps([r for r in rows if r["run"] == run]) for run in sorted({r["run"] for r in rows})}
-    speedups = run_speedups(rows, vanilla)
+    clean = timed(rows)
+    decode_s = sum(r["wall_s"] - r["prefill_s"] for r in clean)
+    timed_iters = sum(len(r["accepted_lengths"]) for r in clean)
+    per_run = {run: _tps([r for r in clean if r["run"] == run]) for run in sorted({r["run"] for r in clean})}
+    speedups = run_speedups(clean, timed(vanilla))
     tps_mean, tps_std = mean_std(list(per_run.values()))
     sp_mean, sp_std = mean_std(list(speedups.values()))
     checked = [r["equal_to_vanilla"] for r in rows if r.get("equal_to_vanilla") is not None]
@@ -77,20 +87,20 @@ def metrics(rows: list[dict], vanilla: list[dict]) -> dict:
         "new_tokens": tokens,
         "target_forwards": forwards,
         "tau": tokens / forwards if forwards else None,
-        "tokens_per_s": _tps(rows),
+        "tokens_per_s": _tps(clean),
         "tokens_per_s_mean": tps_mean,
         "tokens_per_s_std": tps_std,
-        "decode_tokens_per_s": sum(r["new_tokens"] - 1 for r in rows) / decode_s if decode_s > 0 else None,
+        "decode_tokens_per_s": sum(r["new_tokens"] - 1 for r in clean) / decode_s if decode_s > 0 else None,
         "speedup_per_run": speedups,
         "speedup_mean": sp_mean,
         "speedup_std": sp_std,
         "drafter_forwards_per_iteration": sum(r["drafter_forwards"] for r in rows) / iters if iters else None,
-        "draft_ms_per_iteration": sum(sum(r["draft_ms"]) for r in rows) / iters if iters else None,
-        "target_ms_per_iteration": sum(sum(r["target_ms"]) for r in rows) / iters if iters else None,
+        "draft_ms_per_iteration": sum(sum(r["draft_ms"]) for r in clean) / timed_iters if timed_iters else None,
+        "target_ms_per_iteration": sum(sum(r["target_ms"]) for r in clean) / timed_iters if timed_iters else None,
         "mean_tree_nodes": sum(r["mean_tree_nodes"] * len(r["accepted_lengths"]) for r in rows) / iters
         if iters
         else None,
-        "prefill_ms_mean": 1000 * sum(r["prefill_s"] for r in rows) / len(rows),
+        "prefill_ms_mean": 1000 * sum(r["prefill_s"] for r in clean) / len(clean) if clean else None,
         **acceptance(rows),
         "equal_to_vanilla": all(checked) if checked else None,
         "equal_to_vanilla_count": f"{sum(checked)}/{len(checked)}" if checked else None,
@@ -109,8 +119,8 @@ def compare(rows: list[dict], a: str, b: str, seed: int = 0) -> dict:
     """Paired test of method a against b: per question the tokens/s ratio a/b (turns and runs
     pooled), Wilcoxon signed-rank on the log ratios, and a bootstrap 95% CI of the mean ratio;
     per category, the geometric mean and range of the ratios (too few questions for a test)."""
-    ta = per_prompt_tps([r for r in rows if r["method"] == a])
-    tb = per_prompt_tps([r for r in rows if r["method"] == b])
+    ta = per_prompt_tps([r for r in timed(rows) if r["method"] == a])
+    tb = per_prompt_tps([r for r in timed(rows) if r["method"] == b])
     common = sorted(set(ta) & set(tb))
     ratios = [ta[q] / tb[q] for q in common]
     test = wilcoxon_signed_rank([math.log(x) for x in ratios])
