@@ -48,13 +48,18 @@ def bench_args(tiny_llama, tiny_draft_llama, data_file, out, **changes):
 def bench_out(tiny_llama, tiny_draft_llama, data_file, tmp_path_factory):
     """One full benchmark through the CLI (vanilla, lookup, draft model; 2 runs; MT-bench 2 turns)."""
     out = tmp_path_factory.mktemp("bench")
+    bench_cli(tiny_llama, tiny_draft_llama, data_file, out)
+    return out
+
+
+def bench_cli(tiny_llama, tiny_draft_llama, data_file, out) -> None:
+    """`specblock bench` with the module's settings, through the CLI (report and summary included)."""
     result = CliRunner().invoke(app, [
         "bench", "--target", str(tiny_llama), "--methods", METHODS, "--data", str(data_file), "--per-category", "2",
         "--runs", str(RUNS), "--max-new-tokens", str(MAX_NEW), "--out", str(out),
         "--drafters", f"draft-model={tiny_draft_llama}", "--dtype", "float32",
     ])  # fmt: skip
     assert result.exit_code == 0, result.output
-    return out
 
 
 def test_prompts_grouped_and_first_n(data_file):
@@ -140,12 +145,7 @@ def test_the_cli_rewrites_a_finished_benchs_report_without_loading(bench_out, ti
     (out / "report.md").unlink()
     (out / "summary.json").unlink()
     monkeypatch.setattr(runner, "build_generators", lambda *a, **k: pytest.fail("a finished bench loaded the models"))
-    result = CliRunner().invoke(app, [
-        "bench", "--target", str(tiny_llama), "--methods", METHODS, "--data", str(data_file), "--per-category", "2",
-        "--runs", str(RUNS), "--max-new-tokens", str(MAX_NEW), "--out", str(out),
-        "--drafters", f"draft-model={tiny_draft_llama}", "--dtype", "float32",
-    ])  # fmt: skip
-    assert result.exit_code == 0, result.output
+    bench_cli(tiny_llama, tiny_draft_llama, data_file, out)
     assert (out / "report.md").read_text() == (bench_out / "report.md").read_text()
     assert json.loads((out / "summary.json").read_text()) == json.loads((bench_out / "summary.json").read_text())
 
