@@ -64,8 +64,8 @@ def _rank_class(rank: float) -> int:
 def _block_loss_by_loops(model, batch, out, offset, valid_floor=0.0):
     """Draft loss (valid-prefix means, 0.8^k) and rank loss of one block, cell by cell.
     `valid_floor`: slot k's sum is divided by max(valid cells, valid_floor x trainable cells)."""
-    logits = model.logits(out.hidden).float()
-    rank_logits = model.rank_logits(out.hidden, logits).float()
+    logits = model.logits(out.hidden).float().detach()  # a hand computation: plain numbers, no graph
+    rank_logits = model.rank_logits(out.hidden, logits).float().detach()
     b, p = batch.tokens.shape
     cells = {}
     for bi in range(b):
