@@ -48,6 +48,8 @@ def cells(summary: dict, rows: list[dict], method: str | None) -> list[str]:
         tau = f"{entry['tau']:.2f}" if counted else "-"
     else:
         tau = f"{entry['tau']:.2f}"
+    if entry.get("tokens_per_s_mean") is None:  # every row of it timed across a pause (`suspended`)
+        return [str(nodes), tau, "-", "-"]
     std = f" ± {entry['tokens_per_s_std']:.1f}" if entry.get("tokens_per_s_std") else ""
     return [str(nodes), tau, f"{entry['tokens_per_s_mean']:.1f}{std}", f"{entry['speedup_mean']:.2f}x"]
 
@@ -112,8 +114,9 @@ def targets(name: str, summary: dict, rows: list[dict], args: argparse.Namespace
     lines = [
         f"- {name}, SpecBlock tau >= {args.tau} {within}: {entry['tau']:.2f} at {nodes} nodes (this row's budget), "
         + tau_verdict,
-        f"- {name}, speedup over vanilla >= {args.speedup}x: {entry['speedup_mean']:.2f}x, "
-        + verdict(entry["speedup_mean"] >= args.speedup),
+        f"- {name}, speedup over vanilla >= {args.speedup}x: "
+        + ("no timed rows (all `suspended`)" if entry["speedup_mean"] is None
+           else f"{entry['speedup_mean']:.2f}x, " + verdict(entry["speedup_mean"] >= args.speedup)),
     ]
     if e3 is not None:
         c = paired(rows, sb, e3)

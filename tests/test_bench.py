@@ -353,11 +353,34 @@ def test_a_row_timed_across_a_stop_is_left_out_of_the_timings_only():
         assert a[key] == pytest.approx(b[key]), key
     assert a["speedup_per_run"][1] == pytest.approx((31 / 2.0) / (31 / 4.0))  # questions 1-3: question 4 unpaired
     assert a["tau"] == pytest.approx((42 + 40) / (18 + 20)) != b["tau"]  # question 3's stopped sb row counts
+    assert a["iterations"] == b["iterations"] + 4 and a["runs"] == 2  # so do its acceptance and its run
     assert a["equal_to_vanilla_count"] == "8/8"
     vanilla_tps = [summary["table"]["vanilla"]["all"]["tokens_per_s"] for summary in (with_stop, expected)]
     assert vanilla_tps[0] == pytest.approx(vanilla_tps[1])
     assert with_stop["comparisons"][0]["ci95_mean_ratio"] == expected["comparisons"][0]["ci95_mean_ratio"]
     assert with_stop["suspended_rows"] == 2
+
+
+def test_a_paired_test_drops_a_stopped_rows_counterpart_and_all_stopped_timings_are_empty():
+    """A stopped turn 2 of one method takes the other method's turn 2 out of that question's
+    ratio (else the two sides pool different turns); a method whose rows all stopped has no
+    timings, and the report prints dashes."""
+    from specblock.bench.report import render_report
+
+    def row(method, turn, wall, suspended=False):
+        r = _row(method, "mt_bench", 1, 1, 10, 5, wall, [1, 1, 1, 1]) | {"turn": turn}
+        return r | {"suspended": True} if suspended else r
+
+    rows = [row("vanilla", 1, 2.0), row("vanilla", 2, 2.0), row("a", 1, 1.0), row("a", 2, 50.0, suspended=True),
+            row("b", 1, 2.0), row("b", 2, 0.1)]  # fmt: skip
+    c = summarise(rows, ["vanilla", "a", "b"], pairs=[("a", "b")])["comparisons"][0]
+    assert c["pairs"] == 1 and c["mean_ratio"] == pytest.approx(2.0)  # turn 1 only: 10/1.0 against 10/2.0
+    stopped = [row("vanilla", 1, 2.0), row("a", 1, 1.0, suspended=True)]
+    s = summarise(stopped, ["vanilla", "a"], pairs=[])
+    e = s["table"]["a"]["all"]
+    assert e["tokens_per_s"] is None and e["speedup_mean"] is None and e["prefill_ms_mean"] is None
+    assert e["tau"] == pytest.approx(2.0) and e["runs"] == 1
+    assert "| a | all | 2.00 | - |" in render_report(s | {"settings": {}})
 
 
 def paired_rows(ratios):

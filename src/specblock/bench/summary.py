@@ -7,8 +7,8 @@ Definitions (the same as `specblock generate`):
 - speedup (run r) = a method's pooled tokens/s / vanilla's pooled tokens/s over the same
   prompts and turns in run r; reported as mean ± sample std over runs.
 - a row whose timing spans a pause of the process (`suspended`: still so after the bench's
-  retries) is left out of every timing (and its vanilla counterpart out of that speedup); tau, the
-  acceptance and the output check count it.
+  retries) is left out of every timing, and its counterpart with it (vanilla's in that run's
+  speedup, the other method's in a paired test); tau, the acceptance and the output check count it.
 """
 
 from __future__ import annotations
@@ -83,11 +83,11 @@ def metrics(rows: list[dict], vanilla: list[dict]) -> dict:
     return {
         "rows": len(rows),
         "prompts": len({json.dumps(r["question_id"]) for r in rows}),
-        "runs": len(per_run),
+        "runs": len({r["run"] for r in rows}),
         "new_tokens": tokens,
         "target_forwards": forwards,
         "tau": tokens / forwards if forwards else None,
-        "tokens_per_s": _tps(clean),
+        "tokens_per_s": _tps(clean) if clean else None,
         "tokens_per_s_mean": tps_mean,
         "tokens_per_s_std": tps_std,
         "decode_tokens_per_s": sum(r["new_tokens"] - 1 for r in clean) / decode_s if decode_s > 0 else None,
@@ -119,8 +119,11 @@ def compare(rows: list[dict], a: str, b: str, seed: int = 0) -> dict:
     """Paired test of method a against b: per question the tokens/s ratio a/b (turns and runs
     pooled), Wilcoxon signed-rank on the log ratios, and a bootstrap 95% CI of the mean ratio;
     per category, the geometric mean and range of the ratios (too few questions for a test)."""
-    ta = per_prompt_tps([r for r in timed(rows) if r["method"] == a])
-    tb = per_prompt_tps([r for r in timed(rows) if r["method"] == b])
+    pair = [r for r in rows if r["method"] in (a, b)]
+    stopped = {(json.dumps(r["question_id"]), r["turn"], r["run"]) for r in pair if r.get("suspended")}
+    kept = [r for r in pair if (json.dumps(r["question_id"]), r["turn"], r["run"]) not in stopped]  # both sides alike
+    ta = per_prompt_tps([r for r in kept if r["method"] == a])
+    tb = per_prompt_tps([r for r in kept if r["method"] == b])
     common = sorted(set(ta) & set(tb))
     ratios = [ta[q] / tb[q] for q in common]
     test = wilcoxon_signed_rank([math.log(x) for x in ratios])
