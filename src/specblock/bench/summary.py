@@ -120,8 +120,8 @@ def compare(rows: list[dict], a: str, b: str, seed: int = 0) -> dict:
     pooled), Wilcoxon signed-rank on the log ratios, and a bootstrap 95% CI of the mean ratio;
     per category, the geometric mean and range of the ratios (too few questions for a test)."""
     pair = [r for r in rows if r["method"] in (a, b)]
-    stopped = {(json.dumps(r["question_id"]), r["turn"], r["run"]) for r in pair if r.get("suspended")}
-    kept = [r for r in pair if (json.dumps(r["question_id"]), r["turn"], r["run"]) not in stopped]  # both sides alike
+    stopped = {(*_prompt_turn(r), r["run"]) for r in pair if r.get("suspended")}
+    kept = [r for r in pair if (*_prompt_turn(r), r["run"]) not in stopped]  # both sides alike
     ta = per_prompt_tps([r for r in kept if r["method"] == a])
     tb = per_prompt_tps([r for r in kept if r["method"] == b])
     common = sorted(set(ta) & set(tb))
