@@ -60,6 +60,11 @@ def _f(x: float | None, digits: int = 2, sign: bool = False) -> str:
     return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
 
 
+def _delta(x: float | None, base: float | None) -> str:
+    """x - base, signed; "-" where either is missing (a variant whose rows all stopped has no timings)."""
+    return "-" if x is None or base is None else _f(x - base, sign=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bench", type=Path, required=True, help="the ablation benchmark's output directory")
@@ -92,10 +97,11 @@ def main() -> None:
         else:
             common = sorted(set(tau_q[m]) & set(tau_q[control]))
             p_tau = _f(wilcoxon_signed_rank([tau_q[m][q] - tau_q[control][q] for q in common])["p_value"], 3)
-            p_tps = _f(compare(rows, m, control)["wilcoxon"]["p_value"], 3)
+            paired = compare(rows, m, control)
+            p_tps = _f(paired["wilcoxon"]["p_value"], 3) if paired["pairs"] else "-"
         out.append(
-            f"| {VARIANTS.get(name, name)} | {_f(e['tau'])} | {_f(e['tau'] - base['tau'], sign=True) if m != control else '-'} | {p_tau} "
-            f"| {_f(e['tokens_per_s'])} | {_f(e['speedup_mean'])}x | {_f(e['speedup_mean'] - base['speedup_mean'], sign=True) if m != control else '-'} "
+            f"| {VARIANTS.get(name, name)} | {_f(e['tau'])} | {_delta(e['tau'], base['tau']) if m != control else '-'} | {p_tau} "
+            f"| {_f(e['tokens_per_s'])} | {_f(e['speedup_mean'])}{'x' if e['speedup_mean'] is not None else ''} | {_delta(e['speedup_mean'], base['speedup_mean']) if m != control else '-'} "
             f"| {p_tps} | {_f(e['drafter_forwards_per_iteration'])} / {_f(e['draft_ms_per_iteration'], 1)} "
             f"| {_f(trained.get('chain_tau4'), 3)} | {e['equal_to_vanilla_count']} |"
         )  # fmt: skip
